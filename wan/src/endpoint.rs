@@ -1,0 +1,442 @@
+//! The WAN endpoint: one QUIC socket per agent, mutual TLS, one pooled connection per peer and
+//! one stream per request, tagged with its [`Channel`].
+//!
+//! Wire format of a stream: one channel byte, then one request frame from the caller, then one
+//! response frame from the callee. A stream that breaks the format (unknown channel, oversized or
+//! malformed frame) is reset with an error code and logged; the connection and every other
+//! stream carry on. Incoming connections are accepted only from agents of this fabric (see
+//! `tls`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, VarInt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::frame::{self, FrameError};
+use crate::identity::{Identity, Role};
+use crate::tls::{FabricTls, TlsError, peer_identity};
+
+/// What a stream is for; each purpose has its own streams so a large transfer never queues a
+/// heartbeat behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Channel {
+    Raft = 1,
+    Control = 2,
+    Bulk = 3,
+}
+
+impl Channel {
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Channel::Raft),
+            2 => Some(Channel::Control),
+            3 => Some(Channel::Bulk),
+            _ => None,
+        }
+    }
+}
+
+/// QUIC application error codes used when we reset a stream or close a connection.
+pub mod codes {
+    pub const BAD_FRAME: u32 = 0x10;
+    pub const UNKNOWN_CHANNEL: u32 = 0x11;
+    pub const HANDLER_FAILED: u32 = 0x12;
+    pub const SHUTDOWN: u32 = 0x20;
+    pub const WRONG_PEER: u32 = 0x21;
+}
+
+/// Tunables of the endpoint.
+#[derive(Debug, Clone)]
+pub struct WanConfig {
+    /// Largest frame accepted or sent.
+    pub max_frame: usize,
+    /// How long one request may take, connect included.
+    pub request_timeout: Duration,
+    /// A connection with no traffic for this long is closed (keep-alives run at a third of it).
+    pub idle_timeout: Duration,
+}
+
+impl Default for WanConfig {
+    fn default() -> Self {
+        Self {
+            max_frame: 16 << 20,
+            request_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WanError {
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("peer at {addr} is {found}, expected node {expected}")]
+    WrongPeer {
+        addr: SocketAddr,
+        found: Identity,
+        expected: u64,
+    },
+    #[error("request to {addr} timed out after {after:?}")]
+    Timeout { addr: SocketAddr, after: Duration },
+    #[error("stream to {addr}: {reason}")]
+    Stream { addr: SocketAddr, reason: String },
+    #[error("frame from {addr}: {source}")]
+    Frame {
+        addr: SocketAddr,
+        source: FrameError,
+    },
+}
+
+/// Answers requests that arrive on the WAN. Errors reset the stream; they are logged by the
+/// endpoint with the peer and channel.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        peer: Identity,
+        channel: Channel,
+        request: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, anyhow::Error>> + Send + '_>>;
+}
+
+struct Peer {
+    conn: Connection,
+    identity: Identity,
+}
+
+/// An agent's WAN endpoint: serves incoming streams and makes outgoing requests.
+pub struct Wan {
+    endpoint: Endpoint,
+    identity: Identity,
+    config: WanConfig,
+    peers: Mutex<HashMap<SocketAddr, Peer>>,
+}
+
+const ALPN: &[u8] = b"fabric/1";
+
+fn transport(config: &WanConfig) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        config
+            .idle_timeout
+            .try_into()
+            .unwrap_or(VarInt::from_u32(10_000).into()),
+    ));
+    t.keep_alive_interval(Some(config.idle_timeout / 3));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1024));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    Arc::new(t)
+}
+
+impl Wan {
+    /// Binds the endpoint. It accepts connections only once [`Wan::serve`] runs.
+    pub fn bind(
+        addr: SocketAddr,
+        tls: &FabricTls,
+        config: WanConfig,
+    ) -> Result<Arc<Self>, WanError> {
+        let mut server_tls = tls.server_config(Role::Agent, true)?;
+        server_tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic_server = QuicServerConfig::try_from(server_tls)
+            .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
+        server.transport_config(transport(&config));
+
+        let mut client_tls = tls.client_config(true)?;
+        client_tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic_client = QuicClientConfig::try_from(client_tls)
+            .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic_client));
+        client.transport_config(transport(&config));
+
+        let mut endpoint =
+            Endpoint::server(server, addr).map_err(|source| WanError::Bind { addr, source })?;
+        endpoint.set_default_client_config(client);
+        Ok(Arc::new(Self {
+            endpoint,
+            identity: tls.identity().clone(),
+            config,
+            peers: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn config(&self) -> &WanConfig {
+        &self.config
+    }
+
+    /// Accepts connections until `shutdown`, then closes the endpoint.
+    pub async fn serve(self: Arc<Self>, handler: Arc<dyn Handler>, shutdown: CancellationToken) {
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                i = self.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => break,
+                },
+            };
+            let remote = incoming.remote_address();
+            let handler = handler.clone();
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => this.serve_connection(conn, handler, shutdown).await,
+                    Err(e) => tracing::warn!(%remote, "refused WAN connection from {remote}: {e}"),
+                }
+            });
+        }
+        self.endpoint
+            .close(VarInt::from_u32(codes::SHUTDOWN), b"shutting down");
+    }
+
+    async fn serve_connection(
+        self: Arc<Self>,
+        conn: Connection,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) {
+        let remote = conn.remote_address();
+        let Some(peer) = connection_identity(&conn) else {
+            tracing::warn!(%remote, "refused WAN connection from {remote}: no fabric identity");
+            conn.close(VarInt::from_u32(codes::WRONG_PEER), b"no identity");
+            return;
+        };
+        tracing::debug!(%remote, peer = %peer, "WAN connection accepted");
+        loop {
+            let (mut send, mut recv) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                s = conn.accept_bi() => match s {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(%remote, "WAN connection from {peer} ended: {e}");
+                        return;
+                    }
+                },
+            };
+            let handler = handler.clone();
+            let peer = peer.clone();
+            let max = self.config.max_frame;
+            tokio::spawn(async move {
+                let mut tag = [0u8; 1];
+                if recv.read_exact(&mut tag).await.is_err() {
+                    return;
+                }
+                let Some(channel) = Channel::from_byte(tag[0]) else {
+                    tracing::warn!(%remote, "closed stream from {peer}: unknown channel {}", tag[0]);
+                    let _ = recv.stop(VarInt::from_u32(codes::UNKNOWN_CHANNEL));
+                    let _ = send.reset(VarInt::from_u32(codes::UNKNOWN_CHANNEL));
+                    return;
+                };
+                let request = match frame::read_frame(&mut recv, max).await {
+                    Ok(Some(body)) => body,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(%remote, ?channel, "closed {channel:?} stream from {peer}: {e}");
+                        let _ = recv.stop(VarInt::from_u32(codes::BAD_FRAME));
+                        let _ = send.reset(VarInt::from_u32(codes::BAD_FRAME));
+                        return;
+                    }
+                };
+                match handler.handle(peer.clone(), channel, request).await {
+                    Ok(reply) => {
+                        if let Err(e) = frame::write_frame(&mut send, &reply, max).await {
+                            tracing::warn!(%remote, ?channel, "reply to {peer} failed: {e}");
+                            let _ = send.reset(VarInt::from_u32(codes::HANDLER_FAILED));
+                            return;
+                        }
+                        let _ = send.finish();
+                    }
+                    Err(e) => {
+                        tracing::warn!(%remote, ?channel, "closed {channel:?} stream from {peer}: {e:#}");
+                        let _ = send.reset(VarInt::from_u32(codes::HANDLER_FAILED));
+                    }
+                }
+            });
+        }
+    }
+
+    /// The connection to `addr`, made if needed; checks the peer is node `expect` when given.
+    async fn connection(
+        &self,
+        addr: SocketAddr,
+        expect: Option<u64>,
+    ) -> Result<Connection, WanError> {
+        let cached = self.lock_peers().get(&addr).and_then(|p| {
+            (p.conn.close_reason().is_none()).then(|| (p.conn.clone(), p.identity.clone()))
+        });
+        let (conn, identity) = match cached {
+            Some(c) => c,
+            None => {
+                let conn = self
+                    .endpoint
+                    .connect(addr, "fabric")
+                    .map_err(|e| WanError::Connect {
+                        addr,
+                        reason: e.to_string(),
+                    })?
+                    .await
+                    .map_err(|e| WanError::Connect {
+                        addr,
+                        reason: e.to_string(),
+                    })?;
+                let identity = connection_identity(&conn).ok_or_else(|| WanError::Connect {
+                    addr,
+                    reason: "peer presented no fabric identity".into(),
+                })?;
+                self.lock_peers().insert(
+                    addr,
+                    Peer {
+                        conn: conn.clone(),
+                        identity: identity.clone(),
+                    },
+                );
+                (conn, identity)
+            }
+        };
+        if let Some(expected) = expect
+            && identity.node_id() != Some(expected)
+        {
+            self.lock_peers().remove(&addr);
+            conn.close(VarInt::from_u32(codes::WRONG_PEER), b"unexpected node");
+            return Err(WanError::WrongPeer {
+                addr,
+                found: identity,
+                expected,
+            });
+        }
+        Ok(conn)
+    }
+
+    fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Peer>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removes), so a poisoned lock is still usable.
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends one request frame on a new stream of `channel` and returns the reply frame.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        expect: Option<u64>,
+        channel: Channel,
+        request: &[u8],
+    ) -> Result<Vec<u8>, WanError> {
+        let after = self.config.request_timeout;
+        let result = tokio::time::timeout(after, self.call_inner(addr, expect, channel, request))
+            .await
+            .unwrap_or(Err(WanError::Timeout { addr, after }));
+        if matches!(
+            result,
+            Err(WanError::Timeout { .. } | WanError::Connect { .. })
+        ) {
+            self.lock_peers().remove(&addr);
+        }
+        result
+    }
+
+    async fn call_inner(
+        &self,
+        addr: SocketAddr,
+        expect: Option<u64>,
+        channel: Channel,
+        request: &[u8],
+    ) -> Result<Vec<u8>, WanError> {
+        let max = self.config.max_frame;
+        let conn = self.connection(addr, expect).await?;
+        let stream_err = |e: &dyn std::fmt::Display| WanError::Stream {
+            addr,
+            reason: e.to_string(),
+        };
+        let (mut send, mut recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.lock_peers().remove(&addr);
+                return Err(stream_err(&e));
+            }
+        };
+        send.write_all(&[channel as u8])
+            .await
+            .map_err(|e| stream_err(&e))?;
+        frame::write_frame(&mut send, request, max)
+            .await
+            .map_err(|source| WanError::Frame { addr, source })?;
+        send.finish().map_err(|e| stream_err(&e))?;
+        match frame::read_frame(&mut recv, max).await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => Err(stream_err(&"peer closed the stream without a reply")),
+            Err(source) => Err(WanError::Frame { addr, source }),
+        }
+    }
+
+    /// Typed request: encodes `req`, decodes the reply.
+    pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: SocketAddr,
+        expect: Option<u64>,
+        channel: Channel,
+        req: &Req,
+    ) -> Result<Resp, WanError> {
+        let body = frame::encode(req).map_err(|source| WanError::Frame { addr, source })?;
+        let reply = self.call(addr, expect, channel, &body).await?;
+        frame::decode(&reply).map_err(|source| WanError::Frame { addr, source })
+    }
+
+    /// Round-trip times of the open peer connections.
+    pub fn peer_rtts(&self) -> Vec<(Identity, SocketAddr, Duration)> {
+        self.lock_peers()
+            .iter()
+            .filter(|(_, p)| p.conn.close_reason().is_none())
+            .map(|(addr, p)| (p.identity.clone(), *addr, p.conn.rtt()))
+            .collect()
+    }
+
+    /// Closes every connection and waits briefly for the peers to be told.
+    pub async fn close(&self) {
+        self.endpoint
+            .close(VarInt::from_u32(codes::SHUTDOWN), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+
+    /// Opens a raw stream for protocol tests: the caller writes whatever bytes it likes.
+    pub async fn open_raw(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), WanError> {
+        let conn = self.connection(addr, None).await?;
+        conn.open_bi().await.map_err(|e| WanError::Stream {
+            addr,
+            reason: e.to_string(),
+        })
+    }
+}
+
+fn connection_identity(conn: &Connection) -> Option<Identity> {
+    let any = conn.peer_identity()?;
+    let chain = any
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    peer_identity(&chain)
+}

@@ -1,0 +1,18 @@
+//! The encrypted WAN between site agents: QUIC (quinn) with mutual TLS (rustls), the fabric's
+//! own PKI (rcgen), and framed typed messages.
+//!
+//! Invariant: every byte between agents travels inside a QUIC connection whose both ends were
+//! verified against the fabric CA; a peer is known only by the identity in its certificate.
+//!
+//! It does not interpret messages: Raft, control and bulk payloads belong to their owners; this
+//! crate moves frames and enforces their size.
+
+pub mod endpoint;
+pub mod frame;
+pub mod identity;
+pub mod pki;
+pub mod tls;
+
+pub use endpoint::{Channel, Handler, Wan, WanConfig, WanError};
+pub use identity::{Identity, Role};
+pub use tls::{FabricTls, TlsFiles};
