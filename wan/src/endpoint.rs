@@ -11,9 +11,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, VarInt};
 use serde::Serialize;
@@ -119,12 +121,21 @@ struct Peer {
     identity: Identity,
 }
 
+type Connecting = Shared<BoxFuture<'static, Result<(Connection, Identity), String>>>;
+
 /// An agent's WAN endpoint: serves incoming streams and makes outgoing requests.
+///
+/// Every connection, whichever side dialed it, carries requests both ways: the side that did
+/// not dial serves the streams the dialer opens and may open its own on the same connection.
 pub struct Wan {
     endpoint: Endpoint,
     identity: Identity,
     config: WanConfig,
     peers: Mutex<HashMap<SocketAddr, Peer>>,
+    /// Connection attempts in flight, shared by every caller that wants the same peer.
+    connecting: Mutex<HashMap<SocketAddr, Connecting>>,
+    /// Set by [`Wan::serve`]: who answers streams, and when to stop.
+    serving: OnceLock<(Arc<dyn Handler>, CancellationToken)>,
 }
 
 const ALPN: &[u8] = b"fabric/1";
@@ -164,14 +175,38 @@ impl Wan {
         let mut client = quinn::ClientConfig::new(Arc::new(quic_client));
         client.transport_config(transport(&config));
 
-        let mut endpoint =
-            Endpoint::server(server, addr).map_err(|source| WanError::Bind { addr, source })?;
+        // A reset key that survives restarts: when this agent comes back, peers still holding a
+        // connection to its previous process get a stateless reset on their next packet and
+        // reconnect at once, instead of waiting for the idle timeout.
+        let reset_key =
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &tls.stable_secret("quic reset"));
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        // The CID generator validates incoming CIDs with its key; a random key per process
+        // would make the restarted agent drop (not reset) packets for its old connections.
+        let cid_secret = tls.stable_secret("quic cid");
+        let mut cid_key = [0u8; 8];
+        cid_key.copy_from_slice(&cid_secret[..8]);
+        let cid_key = u64::from_le_bytes(cid_key);
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let socket =
+            std::net::UdpSocket::bind(addr).map_err(|source| WanError::Bind { addr, source })?;
+        let mut endpoint = Endpoint::new(
+            endpoint_config,
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| WanError::Bind { addr, source })?;
         endpoint.set_default_client_config(client);
         Ok(Arc::new(Self {
             endpoint,
             identity: tls.identity().clone(),
             config,
             peers: Mutex::new(HashMap::new()),
+            connecting: Mutex::new(HashMap::new()),
+            serving: OnceLock::new(),
         }))
     }
 
@@ -189,6 +224,14 @@ impl Wan {
 
     /// Accepts connections until `shutdown`, then closes the endpoint.
     pub async fn serve(self: Arc<Self>, handler: Arc<dyn Handler>, shutdown: CancellationToken) {
+        if self
+            .serving
+            .set((handler.clone(), shutdown.clone()))
+            .is_err()
+        {
+            tracing::error!("Wan::serve called twice; the second call does nothing");
+            return;
+        }
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -198,12 +241,10 @@ impl Wan {
                 },
             };
             let remote = incoming.remote_address();
-            let handler = handler.clone();
             let this = self.clone();
-            let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 match incoming.await {
-                    Ok(conn) => this.serve_connection(conn, handler, shutdown).await,
+                    Ok(conn) => this.accepted(conn),
                     Err(e) => tracing::warn!(%remote, "refused WAN connection from {remote}: {e}"),
                 }
             });
@@ -212,12 +253,8 @@ impl Wan {
             .close(VarInt::from_u32(codes::SHUTDOWN), b"shutting down");
     }
 
-    async fn serve_connection(
-        self: Arc<Self>,
-        conn: Connection,
-        handler: Arc<dyn Handler>,
-        shutdown: CancellationToken,
-    ) {
+    /// A connection a peer dialed: adopt it for our own requests when we have none, serve it.
+    fn accepted(self: &Arc<Self>, conn: Connection) {
         let remote = conn.remote_address();
         let Some(peer) = connection_identity(&conn) else {
             tracing::warn!(%remote, "refused WAN connection from {remote}: no fabric identity");
@@ -225,62 +262,65 @@ impl Wan {
             return;
         };
         tracing::debug!(%remote, peer = %peer, "WAN connection accepted");
-        loop {
-            let (mut send, mut recv) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                s = conn.accept_bi() => match s {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(%remote, "WAN connection from {peer} ended: {e}");
-                        return;
-                    }
-                },
-            };
-            let handler = handler.clone();
-            let peer = peer.clone();
-            let max = self.config.max_frame;
-            tokio::spawn(async move {
-                let mut tag = [0u8; 1];
-                if recv.read_exact(&mut tag).await.is_err() {
-                    return;
-                }
-                let Some(channel) = Channel::from_byte(tag[0]) else {
-                    tracing::warn!(%remote, "closed stream from {peer}: unknown channel {}", tag[0]);
-                    let _ = recv.stop(VarInt::from_u32(codes::UNKNOWN_CHANNEL));
-                    let _ = send.reset(VarInt::from_u32(codes::UNKNOWN_CHANNEL));
-                    return;
-                };
-                let request = match frame::read_frame(&mut recv, max).await {
-                    Ok(Some(body)) => body,
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::warn!(%remote, ?channel, "closed {channel:?} stream from {peer}: {e}");
-                        let _ = recv.stop(VarInt::from_u32(codes::BAD_FRAME));
-                        let _ = send.reset(VarInt::from_u32(codes::BAD_FRAME));
-                        return;
-                    }
-                };
-                match handler.handle(peer.clone(), channel, request).await {
-                    Ok(reply) => {
-                        if let Err(e) = frame::write_frame(&mut send, &reply, max).await {
-                            tracing::warn!(%remote, ?channel, "reply to {peer} failed: {e}");
-                            let _ = send.reset(VarInt::from_u32(codes::HANDLER_FAILED));
+        // Agents dial from their listening socket, so the remote address is where we would dial
+        // them. A live connection of our own is kept (dropping it would close it under the
+        // peer's feet); a stale one to a restarted peer was closed by the peer's stateless reset.
+        {
+            let mut peers = self.lock_peers();
+            if peers
+                .get(&remote)
+                .is_none_or(|p| p.conn.close_reason().is_some())
+            {
+                peers.insert(
+                    remote,
+                    Peer {
+                        conn: conn.clone(),
+                        identity: peer.clone(),
+                    },
+                );
+            }
+        }
+        self.spawn_stream_server(conn, peer);
+    }
+
+    /// Serves the streams the peer opens on `conn`, if this endpoint is serving.
+    fn spawn_stream_server(self: &Arc<Self>, conn: Connection, peer: Identity) {
+        let Some((handler, shutdown)) = self.serving.get().cloned() else {
+            return;
+        };
+        let max = self.config.max_frame;
+        tokio::spawn(async move {
+            let remote = conn.remote_address();
+            loop {
+                let (send, recv) = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    s = conn.accept_bi() => match s {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(%remote, "WAN connection with {peer} ended: {e}");
                             return;
                         }
-                        let _ = send.finish();
-                    }
-                    Err(e) => {
-                        tracing::warn!(%remote, ?channel, "closed {channel:?} stream from {peer}: {e:#}");
-                        let _ = send.reset(VarInt::from_u32(codes::HANDLER_FAILED));
-                    }
-                }
-            });
-        }
+                    },
+                };
+                tokio::spawn(serve_stream(
+                    handler.clone(),
+                    peer.clone(),
+                    remote,
+                    max,
+                    send,
+                    recv,
+                ));
+            }
+        });
     }
 
     /// The connection to `addr`, made if needed; checks the peer is node `expect` when given.
+    ///
+    /// Dialing runs in its own task shared by every caller, so a caller that gives up (Raft
+    /// cancels an RPC after one heartbeat interval) does not abort a handshake the next call
+    /// will want.
     async fn connection(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
         expect: Option<u64>,
     ) -> Result<Connection, WanError> {
@@ -289,32 +329,10 @@ impl Wan {
         });
         let (conn, identity) = match cached {
             Some(c) => c,
-            None => {
-                let conn = self
-                    .endpoint
-                    .connect(addr, "fabric")
-                    .map_err(|e| WanError::Connect {
-                        addr,
-                        reason: e.to_string(),
-                    })?
-                    .await
-                    .map_err(|e| WanError::Connect {
-                        addr,
-                        reason: e.to_string(),
-                    })?;
-                let identity = connection_identity(&conn).ok_or_else(|| WanError::Connect {
-                    addr,
-                    reason: "peer presented no fabric identity".into(),
-                })?;
-                self.lock_peers().insert(
-                    addr,
-                    Peer {
-                        conn: conn.clone(),
-                        identity: identity.clone(),
-                    },
-                );
-                (conn, identity)
-            }
+            None => self
+                .dial(addr)
+                .await
+                .map_err(|reason| WanError::Connect { addr, reason })?,
         };
         if let Some(expected) = expect
             && identity.node_id() != Some(expected)
@@ -330,6 +348,49 @@ impl Wan {
         Ok(conn)
     }
 
+    fn dial(self: &Arc<Self>, addr: SocketAddr) -> Connecting {
+        let mut connecting = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = connecting.get(&addr) {
+            return c.clone();
+        }
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let result = async {
+                let conn = this
+                    .endpoint
+                    .connect(addr, "fabric")
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let identity = connection_identity(&conn)
+                    .ok_or_else(|| "peer presented no fabric identity".to_string())?;
+                this.lock_peers().insert(
+                    addr,
+                    Peer {
+                        conn: conn.clone(),
+                        identity: identity.clone(),
+                    },
+                );
+                this.spawn_stream_server(conn.clone(), identity.clone());
+                Ok((conn, identity))
+            }
+            .await;
+            this.connecting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&addr);
+            result
+        });
+        let shared = async move {
+            task.await
+                .unwrap_or_else(|e| Err(format!("dial task: {e}")))
+        }
+        .boxed()
+        .shared();
+        connecting.insert(addr, shared.clone());
+        shared
+    }
+
     fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Peer>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts
         // and removes), so a poisoned lock is still usable.
@@ -338,7 +399,7 @@ impl Wan {
 
     /// Sends one request frame on a new stream of `channel` and returns the reply frame.
     pub async fn call(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
         expect: Option<u64>,
         channel: Channel,
@@ -358,7 +419,7 @@ impl Wan {
     }
 
     async fn call_inner(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
         expect: Option<u64>,
         channel: Channel,
@@ -393,7 +454,7 @@ impl Wan {
 
     /// Typed request: encodes `req`, decodes the reply.
     pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
         expect: Option<u64>,
         channel: Channel,
@@ -422,7 +483,7 @@ impl Wan {
 
     /// Opens a raw stream for protocol tests: the caller writes whatever bytes it likes.
     pub async fn open_raw(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), WanError> {
         let conn = self.connection(addr, None).await?;
@@ -430,6 +491,52 @@ impl Wan {
             addr,
             reason: e.to_string(),
         })
+    }
+}
+
+/// One incoming stream: channel byte, request frame, handler, reply frame. Anything malformed
+/// resets this stream only.
+async fn serve_stream(
+    handler: Arc<dyn Handler>,
+    peer: Identity,
+    remote: SocketAddr,
+    max: usize,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let mut tag = [0u8; 1];
+    if recv.read_exact(&mut tag).await.is_err() {
+        return;
+    }
+    let Some(channel) = Channel::from_byte(tag[0]) else {
+        tracing::warn!(%remote, "closed stream from {peer}: unknown channel {}", tag[0]);
+        let _ = recv.stop(VarInt::from_u32(codes::UNKNOWN_CHANNEL));
+        let _ = send.reset(VarInt::from_u32(codes::UNKNOWN_CHANNEL));
+        return;
+    };
+    let request = match frame::read_frame(&mut recv, max).await {
+        Ok(Some(body)) => body,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(%remote, ?channel, "closed {channel:?} stream from {peer}: {e}");
+            let _ = recv.stop(VarInt::from_u32(codes::BAD_FRAME));
+            let _ = send.reset(VarInt::from_u32(codes::BAD_FRAME));
+            return;
+        }
+    };
+    match handler.handle(peer.clone(), channel, request).await {
+        Ok(reply) => {
+            if let Err(e) = frame::write_frame(&mut send, &reply, max).await {
+                tracing::warn!(%remote, ?channel, "reply to {peer} failed: {e}");
+                let _ = send.reset(VarInt::from_u32(codes::HANDLER_FAILED));
+                return;
+            }
+            let _ = send.finish();
+        }
+        Err(e) => {
+            tracing::warn!(%remote, ?channel, "closed {channel:?} stream from {peer}: {e:#}");
+            let _ = send.reset(VarInt::from_u32(codes::HANDLER_FAILED));
+        }
     }
 }
 

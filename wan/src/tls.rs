@@ -138,6 +138,19 @@ impl FabricTls {
         })
     }
 
+    /// A secret stable across restarts of this member (derived from its private key), for
+    /// keys that peers must recognise after a restart, such as QUIC stateless resets.
+    pub fn stable_secret(&self, purpose: &str) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"fabric stable secret\0");
+        ctx.update(purpose.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(self.key.secret_der());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
     /// The identity of this member's own certificate.
     pub fn identity(&self) -> &Identity {
         &self.identity

@@ -1,0 +1,287 @@
+//! A running Raft member: starts openraft on the redb store and offers what the agent needs —
+//! propose, read linearizably, change membership, observe.
+//!
+//! Invariant: a read served through [`FabricRaft::read_linearizable`] reflects every write that
+//! was acknowledged before the read began (Raft read-index: the leader confirms its leadership
+//! with a quorum and names a log index; the reader waits until it has applied that index).
+//!
+//! It does not forward to the leader itself: it says who the leader is ([`NotLeader`]) and the
+//! agent carries the request there over the WAN.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::network::{Network, RaftTransport};
+use crate::state::{CommandResult, FabricState, NodeId, Proposal};
+use crate::store::{self, StateHandle};
+use crate::types::{FabricNode, Raft, RaftMetrics};
+
+/// Raft timing and log retention.
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Build a snapshot (and purge the log before it) after this many applied entries.
+    pub snapshot_after_logs: u64,
+}
+
+impl Default for RaftSettings {
+    /// LAN defaults. For a WAN, set the heartbeat near one RTT and the election timeout to at
+    /// least ten RTTs (e.g. 100 ms RTT: heartbeat 100 ms, election 1–2 s).
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            snapshot_after_logs: 5000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("storage: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("raft configuration: {0}")]
+    Config(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// This node cannot serve the request; the leader (if known) can.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("not the leader (leader: {leader:?})")]
+pub struct NotLeader {
+    pub leader: Option<(NodeId, FabricNode)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Who is in the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+    pub nodes: BTreeMap<NodeId, FabricNode>,
+}
+
+/// One Raft member of the fabric.
+#[derive(Clone)]
+pub struct FabricRaft {
+    id: NodeId,
+    raft: Raft,
+    state: StateHandle,
+}
+
+impl FabricRaft {
+    /// Opens the store at `db_path` and starts Raft. A node restarted on the same file comes back
+    /// with its log, vote and applied state.
+    pub async fn start<T: RaftTransport>(
+        id: NodeId,
+        settings: &RaftSettings,
+        db_path: &Path,
+        transport: Arc<T>,
+    ) -> Result<Self, NodeError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let config = openraft::Config {
+            cluster_name: "fabric".into(),
+            heartbeat_interval: ms(settings.heartbeat_interval),
+            election_timeout_min: ms(settings.election_timeout_min),
+            election_timeout_max: ms(settings.election_timeout_max),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: settings.snapshot_after_logs / 2,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+        let (log, sm) = store::open(db_path)?;
+        let state = sm.state_handle();
+        let raft = Raft::new(id, Arc::new(config), Network::new(transport), log, sm)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        Ok(Self { id, raft, state })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The locally applied state, without any freshness guarantee.
+    pub fn local_state(&self) -> FabricState {
+        self.state.read(|s| s.clone())
+    }
+
+    pub fn state_handle(&self) -> &StateHandle {
+        &self.state
+    }
+
+    /// Makes this node the first member of a new cluster; a no-op when it already is in one.
+    pub async fn bootstrap(&self, me: FabricNode) -> Result<bool, NodeError> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+        {
+            return Ok(false);
+        }
+        let members = BTreeMap::from([(self.id, me)]);
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(e)) => {
+                tracing::info!("bootstrap skipped: {e}");
+                Ok(false)
+            }
+            Err(e) => Err(NodeError::Raft(e.to_string())),
+        }
+    }
+
+    pub fn leader(&self) -> Option<(NodeId, FabricNode)> {
+        let m = self.metrics();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    fn not_leader(&self) -> NotLeader {
+        NotLeader {
+            leader: self.leader().filter(|(id, _)| *id != self.id),
+        }
+    }
+
+    pub fn members(&self) -> Members {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<_> = membership.voter_ids().collect();
+        let learners = membership.learner_ids().collect();
+        let nodes = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        Members {
+            voters,
+            learners,
+            nodes,
+        }
+    }
+
+    /// Proposes on this node; fails with [`NotLeader`] when it is not the leader.
+    pub async fn propose(&self, p: Proposal) -> Result<CommandResult, ProposeError> {
+        match self.raft.client_write(p).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader(NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                }))
+            }
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Leader side of a read: confirms leadership with a quorum and returns the index a reader
+    /// must have applied.
+    pub async fn read_index(&self) -> Result<u64, ProposeError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(_)) => Err(ProposeError::NotLeader(self.not_leader())),
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Waits until this node has applied `index`, then reads.
+    pub async fn read_at<R>(
+        &self,
+        index: u64,
+        timeout: Duration,
+        f: impl FnOnce(&FabricState) -> R,
+    ) -> Result<R, ProposeError> {
+        if index > 0 {
+            self.raft
+                .wait(Some(timeout))
+                .applied_index_at_least(Some(index), "read index")
+                .await
+                .map_err(|e| ProposeError::Raft(e.to_string()))?;
+        }
+        Ok(self.state.read(f))
+    }
+
+    /// Linearizable read on the leader.
+    pub async fn read_linearizable<R>(
+        &self,
+        f: impl FnOnce(&FabricState) -> R,
+    ) -> Result<R, ProposeError> {
+        self.read_index().await?;
+        Ok(self.state.read(f))
+    }
+
+    /// Adds a non-voter and waits until it has caught up.
+    pub async fn add_learner(&self, id: NodeId, node: FabricNode) -> Result<(), ProposeError> {
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.membership_error(e))
+    }
+
+    /// Makes a learner a voter.
+    pub async fn promote(&self, id: NodeId) -> Result<(), ProposeError> {
+        self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+            .await
+    }
+
+    /// Removes a member: a voter is removed from the voters first, then the node itself.
+    pub async fn remove(&self, id: NodeId) -> Result<(), ProposeError> {
+        if self.members().voters.contains(&id) {
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                .await?;
+        }
+        self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+            .await
+    }
+
+    async fn change(&self, c: ChangeMembers<NodeId, FabricNode>) -> Result<(), ProposeError> {
+        self.raft
+            .change_membership(c, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.membership_error(e))
+    }
+
+    fn membership_error(
+        &self,
+        e: RaftError<NodeId, ClientWriteError<NodeId, FabricNode>>,
+    ) -> ProposeError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                ProposeError::NotLeader(NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                })
+            }
+            e => ProposeError::Raft(e.to_string()),
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}

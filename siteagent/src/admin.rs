@@ -1,0 +1,418 @@
+//! The admin API: HTTPS that admits only operator certificates of this fabric.
+//!
+//! Reads are linearizable (carried to the leader as a read index) unless `?local=true` asks for
+//! this agent's possibly stale copy; writes are proposals through the leader. The operator's
+//! identity, taken from its verified certificate, is recorded as the actor of every write.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use consensus::state::{Command, FabricState, HostState};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use wan::{FabricTls, Identity, Role};
+
+use crate::agent::{Agent, AgentError};
+use crate::api::*;
+
+type Shared = Arc<Agent>;
+
+/// Binds the admin listener and returns the future that serves it until `shutdown`.
+pub async fn serve(
+    agent: Shared,
+    tls: &FabricTls,
+    shutdown: CancellationToken,
+) -> Result<impl Future<Output = ()> + Send + 'static, Box<dyn std::error::Error + Send + Sync>> {
+    let mut config = tls.server_config(Role::Operator, false)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let addr = agent.config().admin_listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot bind {addr}: {e}"))?;
+    let router = router(agent);
+    Ok(async move {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("admin accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = acceptor.clone();
+            let router = router.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::warn!(%remote, "refused admin connection from {remote}: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%remote, "admin handshake from {remote} timed out");
+                        return;
+                    }
+                };
+                let Some(operator) = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(wan::tls::peer_identity)
+                else {
+                    tracing::warn!(%remote, "refused admin connection from {remote}: no identity");
+                    return;
+                };
+                let service = TowerToHyperService::new(router.layer(Extension(operator)));
+                let conn = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(%remote, "admin connection ended: {e}");
+                }
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("admin connections still open after 5 s; closing");
+        }
+    })
+}
+
+fn router(agent: Shared) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/sites", get(sites).post(upsert_site))
+        .route("/v1/hosts", get(hosts))
+        .route("/v1/events", get(events).post(note))
+        .route("/v1/state", get(state))
+        .route("/v1/members", get(members))
+        .route("/v1/members/{id}/promote", post(promote))
+        .route("/v1/members/{id}/remove", post(remove))
+        .route("/metrics", get(metrics))
+        .with_state(agent)
+}
+
+/// An error answer with its HTTP status.
+struct Failure(StatusCode, ApiError);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+fn failure(status: StatusCode, kind: &str, error: impl ToString) -> Failure {
+    Failure(
+        status,
+        ApiError {
+            kind: kind.into(),
+            error: error.to_string(),
+        },
+    )
+}
+
+impl From<AgentError> for Failure {
+    fn from(e: AgentError) -> Self {
+        match e {
+            AgentError::Rejected(e) => failure(StatusCode::CONFLICT, "rejected", e),
+            AgentError::Unavailable(e) => {
+                failure(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadOpts {
+    /// Read this agent's copy without asking the leader.
+    #[serde(default)]
+    local: bool,
+}
+
+async fn read<R>(
+    agent: &Agent,
+    opts: &ReadOpts,
+    f: impl FnOnce(&FabricState) -> R,
+) -> Result<R, Failure> {
+    if opts.local {
+        Ok(agent.raft().state_handle().read(f))
+    } else {
+        Ok(agent.read(f).await?)
+    }
+}
+
+fn actor(op: &Identity) -> String {
+    format!("operator {}", op.node)
+}
+
+async fn status(State(agent): State<Shared>) -> Json<Status> {
+    let m = agent.raft().metrics();
+    let members = agent.raft().members();
+    let (revision, hosts) = agent.raft().state_handle().read(|s| {
+        let hosts = s
+            .hosts
+            .values()
+            .map(|h| HostSummary {
+                id: h.id,
+                site: h.site.clone(),
+                state: h.state,
+            })
+            .collect();
+        (s.revision, hosts)
+    });
+    Json(Status {
+        node: agent.id(),
+        site: agent.config().site.clone(),
+        roles: agent.config().roles.clone(),
+        leader: m.current_leader,
+        term: m.current_term,
+        voters: members.voters.into_iter().collect(),
+        learners: members.learners.into_iter().collect(),
+        raft_state: format!("{:?}", m.state).to_lowercase(),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        revision,
+        hosts,
+    })
+}
+
+async fn sites(
+    State(agent): State<Shared>,
+    Query(opts): Query<ReadOpts>,
+) -> Result<Json<Vec<SiteView>>, Failure> {
+    let members = agent.raft().members();
+    let views = read(&agent, &opts, |s| {
+        s.sites
+            .values()
+            .map(|site| {
+                let hosts: Vec<_> = s.hosts.values().filter(|h| h.site == site.name).collect();
+                SiteView {
+                    name: site.name.clone(),
+                    priority: site.priority,
+                    state: site.state,
+                    since_ms: site.since_ms,
+                    hosts: hosts.len(),
+                    hosts_up: hosts.iter().filter(|h| h.state == HostState::Up).count(),
+                    voters: members
+                        .voters
+                        .iter()
+                        .filter(|v| members.nodes.get(v).is_some_and(|n| n.site == site.name))
+                        .copied()
+                        .collect(),
+                }
+            })
+            .collect()
+    })
+    .await?;
+    Ok(Json(views))
+}
+
+async fn hosts(
+    State(agent): State<Shared>,
+    Query(opts): Query<ReadOpts>,
+) -> Result<Json<Vec<HostView>>, Failure> {
+    let members = agent.raft().members();
+    let views = read(&agent, &opts, |s| {
+        s.hosts
+            .values()
+            .map(|h| HostView {
+                id: h.id,
+                site: h.site.clone(),
+                address: h.address.clone(),
+                admin_address: h.admin_address.clone(),
+                capacity: h.capacity,
+                labels: h.labels.clone(),
+                state: h.state,
+                since_ms: h.since_ms,
+                last_report_ms: h.last_report_ms,
+                raft: if members.voters.contains(&h.id) {
+                    "voter"
+                } else if members.learners.contains(&h.id) {
+                    "learner"
+                } else {
+                    "none"
+                }
+                .into(),
+            })
+            .collect()
+    })
+    .await?;
+    Ok(Json(views))
+}
+
+async fn events(
+    State(agent): State<Shared>,
+    Query(opts): Query<ReadOpts>,
+) -> Result<Json<Vec<EventView>>, Failure> {
+    let views = read(&agent, &opts, |s| {
+        s.events
+            .iter()
+            .map(|e| EventView {
+                revision: e.revision,
+                at_ms: e.at_ms,
+                actor: e.actor.clone(),
+                message: e.message.clone(),
+            })
+            .collect()
+    })
+    .await?;
+    Ok(Json(views))
+}
+
+/// Parses a JSON body, answering 400 with serde's message (which names the field).
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+    serde_json::from_slice(bytes).map_err(|e| failure(StatusCode::BAD_REQUEST, "bad_request", e))
+}
+
+async fn upsert_site(
+    State(agent): State<Shared>,
+    Extension(op): Extension<Identity>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<WriteResult>, Failure> {
+    let req: SiteUpsert = body(&bytes)?;
+    let applied = agent
+        .propose(
+            actor(&op),
+            Command::UpsertSite {
+                name: req.name,
+                priority: req.priority,
+            },
+        )
+        .await?;
+    Ok(Json(WriteResult {
+        revision: applied.revision,
+    }))
+}
+
+async fn note(
+    State(agent): State<Shared>,
+    Extension(op): Extension<Identity>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<WriteResult>, Failure> {
+    let req: EventNote = body(&bytes)?;
+    let applied = agent
+        .propose(
+            actor(&op),
+            Command::RecordEvent {
+                message: req.message,
+            },
+        )
+        .await?;
+    Ok(Json(WriteResult {
+        revision: applied.revision,
+    }))
+}
+
+/// The whole replicated state, for inspection and for comparing replicas.
+async fn state(
+    State(agent): State<Shared>,
+    Query(opts): Query<ReadOpts>,
+) -> Result<Json<FabricState>, Failure> {
+    Ok(Json(read(&agent, &opts, |s| s.clone()).await?))
+}
+
+async fn members(State(agent): State<Shared>) -> Json<Vec<MemberView>> {
+    let m = agent.raft().members();
+    Json(
+        m.nodes
+            .iter()
+            .map(|(id, n)| MemberView {
+                node: *id,
+                site: n.site.clone(),
+                address: n.addr.clone(),
+                admin_address: n.admin_addr.clone(),
+                role: if m.voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
+            })
+            .collect(),
+    )
+}
+
+async fn membership_change(
+    agent: &Agent,
+    id: u64,
+    promote: bool,
+) -> Result<Json<WriteResult>, Failure> {
+    let raft = agent.raft();
+    let result = if promote {
+        raft.promote(id).await
+    } else {
+        raft.remove(id).await
+    };
+    match result {
+        Ok(()) => Ok(Json(WriteResult {
+            revision: raft.local_state().revision,
+        })),
+        Err(consensus::node::ProposeError::NotLeader(n)) => Err(failure(
+            StatusCode::MISDIRECTED_REQUEST,
+            "not_leader",
+            format!(
+                "membership changes go to the leader; ask node {}",
+                n.leader
+                    .map(|(id, _)| id.to_string())
+                    .unwrap_or("(none known)".into())
+            ),
+        )),
+        Err(e) => Err(failure(StatusCode::CONFLICT, "rejected", e)),
+    }
+}
+
+async fn promote(
+    State(agent): State<Shared>,
+    Path(id): Path<u64>,
+) -> Result<Json<WriteResult>, Failure> {
+    membership_change(&agent, id, true).await
+}
+
+async fn remove(
+    State(agent): State<Shared>,
+    Path(id): Path<u64>,
+) -> Result<Json<WriteResult>, Failure> {
+    membership_change(&agent, id, false).await
+}
+
+async fn metrics() -> Response {
+    match crate::metrics::render() {
+        Some(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            text,
+        )
+            .into_response(),
+        None => failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "metrics recorder not installed",
+        )
+        .into_response(),
+    }
+}

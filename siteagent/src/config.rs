@@ -1,0 +1,399 @@
+//! The agent's configuration file (`agent.toml`): documented data with defaults in one place.
+//!
+//! Unknown fields are errors, and every error names the field (and the line, for syntax and type
+//! errors). Relative paths are taken relative to the directory of the config file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use wan::TlsFiles;
+
+/// What an agent does in the fabric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentRole {
+    /// A Raft voter: holds the replicated state and votes in elections.
+    Voter,
+    /// Runs workloads; registered in the state as a host.
+    Host,
+    /// A voter with no workloads, the tie-breaker of a two-site fabric.
+    Witness,
+    /// Serves the fabric's DNS zone.
+    Dns,
+}
+
+/// The whole `agent.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Raft node id, a positive integer unique in the fabric; must match the certificate.
+    pub node_id: u64,
+    /// Site (data centre) of this agent; must match the certificate.
+    pub site: String,
+    /// Priority of this site when the site is first registered (lower is preferred).
+    #[serde(default = "defaults::site_priority")]
+    pub site_priority: u32,
+    /// Roles of this agent: any of `voter`, `host`, `witness`, `dns`.
+    pub roles: Vec<AgentRole>,
+    /// Where the Raft log, vote and state live.
+    pub data_dir: PathBuf,
+    /// UDP address of the WAN (QUIC) endpoint.
+    pub wan_listen: SocketAddr,
+    /// TCP address of the admin API (HTTPS, operator client certificates).
+    pub admin_listen: SocketAddr,
+    /// Create a new cluster with this agent as its first member if it has no state yet. Set it
+    /// on exactly one agent, once.
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// WAN addresses of other agents to ask for admission into the cluster.
+    #[serde(default)]
+    pub peers: Vec<SocketAddr>,
+    /// Certificates of this agent.
+    pub tls: TlsFiles,
+    #[serde(default)]
+    pub raft: RaftConfig,
+    #[serde(default)]
+    pub host: HostConfig,
+    #[serde(default)]
+    pub wan: WanTuning,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Raft timing. Defaults suit a LAN; on a WAN use heartbeat ≈ RTT and election ≥ 10 × RTT.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftConfig {
+    /// How often the leader sends heartbeats.
+    #[serde(with = "humantime_serde", default = "defaults::heartbeat")]
+    pub heartbeat_interval: Duration,
+    /// Lower bound of the randomized election timeout.
+    #[serde(with = "humantime_serde", default = "defaults::election_min")]
+    pub election_timeout_min: Duration,
+    /// Upper bound of the randomized election timeout.
+    #[serde(with = "humantime_serde", default = "defaults::election_max")]
+    pub election_timeout_max: Duration,
+    /// Take a snapshot and compact the log after this many entries.
+    #[serde(default = "defaults::snapshot_after_logs")]
+    pub snapshot_after_logs: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: defaults::heartbeat(),
+            election_timeout_min: defaults::election_min(),
+            election_timeout_max: defaults::election_max(),
+            snapshot_after_logs: defaults::snapshot_after_logs(),
+        }
+    }
+}
+
+/// What this agent offers as a host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// CPU offered to workloads, in thousandths of a core.
+    #[serde(default = "defaults::cpu_millis")]
+    pub cpu_millis: u64,
+    /// Memory offered to workloads, MiB.
+    #[serde(default = "defaults::memory_mib")]
+    pub memory_mib: u64,
+    /// Free-form labels (keys: a-z, 0-9, -).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// How often the agent reports that its host is alive.
+    #[serde(with = "humantime_serde", default = "defaults::report_interval")]
+    pub report_interval: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            cpu_millis: defaults::cpu_millis(),
+            memory_mib: defaults::memory_mib(),
+            labels: BTreeMap::new(),
+            report_interval: defaults::report_interval(),
+        }
+    }
+}
+
+/// WAN transport tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WanTuning {
+    /// Largest frame accepted from or sent to a peer, bytes.
+    #[serde(default = "defaults::max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// Time limit of one WAN request, connect included.
+    #[serde(with = "humantime_serde", default = "defaults::request_timeout")]
+    pub request_timeout: Duration,
+    /// A silent connection is dropped after this long.
+    #[serde(with = "humantime_serde", default = "defaults::idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for WanTuning {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: defaults::max_frame_bytes(),
+            request_timeout: defaults::request_timeout(),
+            idle_timeout: defaults::idle_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `info,openraft=warn`; `RUST_LOG` overrides it.
+    #[serde(default = "defaults::log_filter")]
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            filter: defaults::log_filter(),
+        }
+    }
+}
+
+/// Every default value, in one place.
+mod defaults {
+    use std::time::Duration;
+
+    pub fn site_priority() -> u32 {
+        100
+    }
+    pub fn heartbeat() -> Duration {
+        Duration::from_millis(100)
+    }
+    pub fn election_min() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub fn election_max() -> Duration {
+        Duration::from_millis(1000)
+    }
+    pub fn snapshot_after_logs() -> u64 {
+        5000
+    }
+    pub fn cpu_millis() -> u64 {
+        4000
+    }
+    pub fn memory_mib() -> u64 {
+        8192
+    }
+    pub fn report_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn max_frame_bytes() -> usize {
+        16 << 20
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn log_filter() -> String {
+        "info,openraft=warn".into()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: field `{field}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+impl AgentConfig {
+    /// Reads, parses and checks a config file; relative paths become relative to its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            ConfigError::Invalid { field, reason, .. } => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                reason,
+            },
+            other => other,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.data_dir = base.join(&config.data_dir);
+        config.tls = config.tls.relative_to(base);
+        Ok(config)
+    }
+
+    /// Parses and checks config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            path: PathBuf::from("<config>"),
+            field,
+            reason: reason.to_string(),
+        };
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "must be a positive integer"));
+        }
+        if wan::Identity::new(&self.node_id.to_string(), &self.site, wan::Role::Agent).is_err() {
+            return Err(invalid("site", "use 1 to 63 of a-z, 0-9 and inner -"));
+        }
+        if self.roles.is_empty() {
+            return Err(invalid(
+                "roles",
+                "name at least one of voter, host, witness, dns",
+            ));
+        }
+        if self.has(AgentRole::Witness) && self.has(AgentRole::Host) {
+            return Err(invalid(
+                "roles",
+                "a witness runs no workloads; drop `host` or `witness`",
+            ));
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval.is_zero() || r.election_timeout_min <= r.heartbeat_interval {
+            return Err(invalid(
+                "raft.election_timeout_min",
+                "must be greater than raft.heartbeat_interval (which must be > 0)",
+            ));
+        }
+        if r.election_timeout_max <= r.election_timeout_min {
+            return Err(invalid(
+                "raft.election_timeout_max",
+                "must be greater than raft.election_timeout_min",
+            ));
+        }
+        if self.wan.max_frame_bytes < 64 << 10 {
+            return Err(invalid("wan.max_frame_bytes", "must be at least 65536"));
+        }
+        if self.host.report_interval.is_zero() {
+            return Err(invalid("host.report_interval", "must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    pub fn has(&self, role: AgentRole) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// Voters and witnesses hold a vote.
+    pub fn is_voter(&self) -> bool {
+        self.has(AgentRole::Voter) || self.has(AgentRole::Witness)
+    }
+
+    pub fn raft_settings(&self) -> consensus::node::RaftSettings {
+        consensus::node::RaftSettings {
+            heartbeat_interval: self.raft.heartbeat_interval,
+            election_timeout_min: self.raft.election_timeout_min,
+            election_timeout_max: self.raft.election_timeout_max,
+            snapshot_after_logs: self.raft.snapshot_after_logs,
+        }
+    }
+
+    pub fn wan_config(&self) -> wan::WanConfig {
+        wan::WanConfig {
+            max_frame: self.wan.max_frame_bytes,
+            request_timeout: self.wan.request_timeout,
+            idle_timeout: self.wan.idle_timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../agent.example.toml");
+
+    #[test]
+    fn example_file_parses() {
+        let c = AgentConfig::parse(EXAMPLE).expect("example parses");
+        assert_eq!(c.node_id, 1);
+        assert!(c.is_voter());
+        assert_eq!(c.raft.heartbeat_interval, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let text = EXAMPLE.replace("bootstrap = true", "bootstrap = true\nbootsrap = 1");
+        let err = AgentConfig::parse(&text)
+            .expect_err("unknown field")
+            .to_string();
+        assert!(err.contains("bootsrap"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let text = EXAMPLE.replace("node_id = 1", "node_id = \"one\"");
+        let err = AgentConfig::parse(&text).expect_err("bad type").to_string();
+        assert!(err.contains("node_id"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_timeouts_are_refused() {
+        let text = EXAMPLE.replace(
+            "election_timeout_max = \"1s\"",
+            "election_timeout_max = \"100ms\"",
+        );
+        let err = AgentConfig::parse(&text)
+            .expect_err("bad timeouts")
+            .to_string();
+        assert!(err.contains("raft.election_timeout_max"), "{err}");
+    }
+
+    #[test]
+    fn witness_cannot_host() {
+        let text = EXAMPLE.replace(
+            r#"roles = ["voter", "host"]"#,
+            r#"roles = ["witness", "host"]"#,
+        );
+        let err = AgentConfig::parse(&text)
+            .expect_err("witness host")
+            .to_string();
+        assert!(err.contains("roles"), "{err}");
+    }
+}

@@ -1,0 +1,17 @@
+//! The site agent daemon: configuration, wiring of WAN + Raft + admin API, and metrics.
+//!
+//! `main.rs` only parses arguments and calls [`agent::run`]; everything here is a library so
+//! tests can run an agent in-process too.
+//!
+//! Invariant: an agent holds no authority of its own; everything it decides or records goes
+//! through the replicated state.
+
+pub mod admin;
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod control;
+pub mod metrics;
+
+pub use agent::run;
+pub use config::AgentConfig;

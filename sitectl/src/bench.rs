@@ -1,0 +1,101 @@
+//! `sitectl bench raft`: commit latency and throughput of real writes through the admin API.
+//!
+//! Each write is an operator event note (`POST /v1/events`), sent to the leader's admin API: it
+//! is a full round of HTTPS, a Raft commit on a quorum with fsync on every member, and the apply.
+//! Figures are measured, never asserted; the machine may be shared and noisy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use siteagent::api::{EventNote, Status, WriteResult};
+
+use crate::client::Client;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRun {
+    pub clients: usize,
+    pub writes: usize,
+    pub errors: usize,
+    pub seconds: f64,
+    pub writes_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+/// Runs `clients` concurrent writers for `duration` against the current leader.
+pub async fn raft(client: &Client, clients: usize, duration: Duration) -> anyhow::Result<BenchRun> {
+    let status: Status = client.get("/v1/status").await?;
+    let leader = status
+        .leader
+        .ok_or_else(|| anyhow::anyhow!("the fabric has no leader"))?;
+    let members: Vec<siteagent::api::MemberView> = client.get("/v1/members").await?;
+    let admin = members
+        .iter()
+        .find(|m| m.node == leader)
+        .and_then(|m| m.admin_address.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("leader {leader} has no admin address"))?;
+    let target = Arc::new(client.pinned(admin));
+    // Warm the connections.
+    for _ in 0..clients.min(8) {
+        let _: WriteResult = target
+            .post(
+                "/v1/events",
+                &EventNote {
+                    message: "bench warm-up".into(),
+                },
+            )
+            .await?;
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let target = target.clone();
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let note = EventNote {
+                    message: format!("bench client {c} write {i}"),
+                };
+                match target.post::<_, WriteResult>("/v1/events", &note).await {
+                    Ok(_) => lat.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
+                i += 1;
+            }
+            (lat, errors)
+        });
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (lat, e) = r?;
+        all.extend(lat);
+        errors += e;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    all.sort();
+    Ok(BenchRun {
+        clients,
+        writes: all.len(),
+        errors,
+        seconds,
+        writes_per_sec: all.len() as f64 / seconds,
+        p50_ms: percentile(&all, 50.0),
+        p99_ms: percentile(&all, 99.0),
+        max_ms: all.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
+    })
+}

@@ -1,0 +1,123 @@
+//! HTTPS client of the agents' admin API, authenticated with the operator's certificate.
+//!
+//! Every failure becomes one line saying what failed where: unreachable, certificate refused,
+//! an error answer from the agent, or an answer that does not parse.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use siteagent::api::ApiError;
+use wan::FabricTls;
+
+use crate::context::Context;
+
+pub struct Client {
+    http: reqwest::Client,
+    endpoints: Vec<SocketAddr>,
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
+    }
+    if msg.contains("Connection refused") {
+        "connection refused (is the agent running?)".into()
+    } else if msg.contains("CertificateRequired")
+        || msg.contains("certificate")
+        || msg.contains("alert")
+        || msg.contains("handshake")
+    {
+        format!("TLS handshake refused: {msg}")
+    } else {
+        msg
+    }
+}
+
+impl Client {
+    pub fn new(ctx: &Context) -> anyhow::Result<Self> {
+        let tls = FabricTls::load(&ctx.tls).context("operator certificates")?;
+        let mut config = tls.client_config(false)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .timeout(Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(3))
+            .pool_max_idle_per_host(64)
+            .build()
+            .context("http client")?;
+        Ok(Self {
+            http,
+            endpoints: ctx.endpoints.clone(),
+        })
+    }
+
+    /// A client that talks to one endpoint only.
+    pub fn pinned(&self, endpoint: SocketAddr) -> Self {
+        Self {
+            http: self.http.clone(),
+            endpoints: vec![endpoint],
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        build: impl Fn(&reqwest::Client, String) -> reqwest::RequestBuilder,
+        path: &str,
+    ) -> anyhow::Result<T> {
+        let mut errors = Vec::new();
+        for ep in &self.endpoints {
+            let url = format!("https://{ep}{path}");
+            let resp = match build(&self.http, url).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Unreachable or refused: try the next endpoint.
+                    errors.push(format!("{ep}: {}", describe(&e)));
+                    continue;
+                }
+            };
+            let status = resp.status();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| anyhow!("{ep}: reading the answer: {}", describe(&e)))?;
+            if !status.is_success() {
+                let msg = serde_json::from_slice::<ApiError>(&bytes)
+                    .map(|e| format!("{} ({})", e.error, e.kind))
+                    .unwrap_or_else(|_| {
+                        String::from_utf8_lossy(&bytes).chars().take(200).collect()
+                    });
+                return Err(anyhow!("{ep}: {status}: {msg}"));
+            }
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow!("{ep}: malformed answer to {path}: {e}"));
+        }
+        Err(anyhow!("no agent answered: {}", errors.join("; ")))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(|c, url| c.get(url), path).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let body = serde_json::to_vec(body)?;
+        self.send(
+            |c, url| {
+                c.post(url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            },
+            path,
+        )
+        .await
+    }
+}

@@ -1,0 +1,485 @@
+//! A local fabric of real `siteagent` processes on loopback: `sitectl lab up|status|down|start`.
+//!
+//! Layout of a lab directory `D`:
+//! `D/lab.toml` (what was started), `D/pki/` (CA, agent and operator certificates),
+//! `D/nodes/n<ID>/{agent.toml, agent.log, agent.pid, data/}`, `D/context.toml` (for `sitectl`).
+//! Agent of site `s`, host `h` binds `127.<net>.<s>.<h>` (WAN on UDP 7100, admin on TCP 7443);
+//! `<net>` is chosen so that every address is free, which lets labs run side by side.
+//!
+//! Invariant: `lab up` never touches a directory that already holds a lab; processes are found
+//! again by pid *and* command line, so a recycled pid is never signalled.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use siteagent::api::Status;
+use siteagent::config::AgentRole;
+use wan::pki::{self, Validity};
+use wan::{Identity, Role, TlsFiles};
+
+use crate::client::Client;
+use crate::context::Context;
+
+pub const WAN_PORT: u16 = 7100;
+pub const ADMIN_PORT: u16 = 7443;
+const OPERATOR: &str = "admin";
+
+/// What `lab.toml` records about each agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabAgent {
+    pub node: u64,
+    pub site: String,
+    pub roles: Vec<AgentRole>,
+    pub wan: SocketAddr,
+    pub admin: SocketAddr,
+    /// Directory of this agent (config, log, pid, data), relative to the lab directory.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabFile {
+    pub sites: u32,
+    pub hosts_per_site: u32,
+    /// Second octet of every agent address.
+    pub net: u8,
+    pub agents: Vec<LabAgent>,
+}
+
+/// One line of `lab status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentProcess {
+    pub node: u64,
+    pub site: String,
+    pub pid: Option<i32>,
+    pub address: String,
+    pub admin: String,
+    pub roles: Vec<AgentRole>,
+    pub alive: bool,
+}
+
+pub struct Lab {
+    pub dir: PathBuf,
+    pub file: LabFile,
+}
+
+fn lab_file(dir: &Path) -> PathBuf {
+    dir.join("lab.toml")
+}
+
+pub fn context_path(dir: &Path) -> PathBuf {
+    dir.join("context.toml")
+}
+
+/// Options of `lab up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub sites: u32,
+    pub hosts_per_site: u32,
+    /// Second address octet; `None` picks a free one.
+    pub net: Option<u8>,
+    pub timeout: Duration,
+    pub siteagent: PathBuf,
+    pub progress: bool,
+}
+
+/// The `siteagent` binary: `$SITEAGENT_BIN`, else next to this `sitectl`.
+pub fn find_siteagent() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SITEAGENT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe().context("cannot locate sitectl itself")?;
+    let candidate = me.with_file_name("siteagent");
+    if candidate.exists() {
+        Ok(candidate)
+    } else {
+        bail!(
+            "cannot find the siteagent binary at {} (build it with `cargo build -p siteagent` or set SITEAGENT_BIN)",
+            candidate.display()
+        )
+    }
+}
+
+fn addr(net: u8, site: u32, host: u32, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::new(127, net, site as u8, host as u8),
+        port,
+    ))
+}
+
+/// True when every agent address of a lab on `net` can be bound right now.
+fn net_is_free(net: u8, sites: u32, hosts: u32) -> bool {
+    (1..=sites).all(|s| {
+        (1..=hosts).all(|h| {
+            std::net::UdpSocket::bind(addr(net, s, h, WAN_PORT)).is_ok()
+                && std::net::TcpListener::bind(addr(net, s, h, ADMIN_PORT)).is_ok()
+        })
+    })
+}
+
+fn pick_net(sites: u32, hosts: u32) -> anyhow::Result<u8> {
+    // Start at 10 (the documented default) and search upwards, then from a pid-derived offset
+    // so parallel labs rarely probe the same nets.
+    let offset = (std::process::id() % 200) as u8;
+    let candidates =
+        std::iter::once(10u8).chain((0..230u8).map(|i| 20 + (offset.wrapping_add(i)) % 230));
+    for net in candidates {
+        if net_is_free(net, sites, hosts) {
+            return Ok(net);
+        }
+    }
+    bail!("no free 127.N.0.0/16 network for {sites} sites × {hosts} hosts")
+}
+
+fn agent_config(lab: &LabFile, a: &LabAgent, voters: &[&LabAgent]) -> String {
+    let peers: Vec<String> = voters
+        .iter()
+        .filter(|v| v.node != a.node)
+        .map(|v| format!("\"{}\"", v.wan))
+        .collect();
+    let roles: Vec<String> = a
+        .roles
+        .iter()
+        .map(|r| format!("\"{}\"", format!("{r:?}").to_lowercase()))
+        .collect();
+    let site_index: u32 = a.site.trim_start_matches('s').parse().unwrap_or(100);
+    format!(
+        r#"# Written by `sitectl lab up` ({sites} sites x {hosts} hosts).
+node_id = {node}
+site = "{site}"
+site_priority = {site_index}
+roles = [{roles}]
+data_dir = "data"
+wan_listen = "{wan}"
+admin_listen = "{admin}"
+bootstrap = {bootstrap}
+peers = [{peers}]
+
+[tls]
+ca = "../../pki/ca.crt"
+cert = "../../pki/agent-{node}.crt"
+key = "../../pki/agent-{node}.key"
+
+[host]
+report_interval = "2s"
+"#,
+        sites = lab.sites,
+        hosts = lab.hosts_per_site,
+        node = a.node,
+        site = a.site,
+        roles = roles.join(", "),
+        wan = a.wan,
+        admin = a.admin,
+        bootstrap = a.node == 1,
+        peers = peers.join(", "),
+    )
+}
+
+impl Lab {
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let path = lab_file(dir);
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no lab in {} (cannot read {})",
+                dir.display(),
+                path.display()
+            )
+        })?;
+        let file = toml::from_str(&text)
+            .map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Creates PKI, configs and data dirs, starts every agent and waits until the fabric is up.
+    pub async fn up(dir: &Path, opts: &UpOptions) -> anyhow::Result<Self> {
+        if lab_file(dir).exists() {
+            bail!(
+                "{} already holds a lab; stop it with `sitectl lab down --dir {0}` and use a new directory",
+                dir.display()
+            );
+        }
+        if !(1..=9).contains(&opts.sites) || !(1..=50).contains(&opts.hosts_per_site) {
+            bail!("a lab has 1 to 9 sites and 1 to 50 hosts per site");
+        }
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let net = match opts.net {
+            Some(n) => n,
+            None => pick_net(opts.sites, opts.hosts_per_site)?,
+        };
+        let mut agents = Vec::new();
+        for s in 1..=opts.sites {
+            for h in 1..=opts.hosts_per_site {
+                let node = u64::from((s - 1) * opts.hosts_per_site + h);
+                let roles = if h == 1 {
+                    vec![AgentRole::Voter, AgentRole::Host]
+                } else {
+                    vec![AgentRole::Host]
+                };
+                agents.push(LabAgent {
+                    node,
+                    site: format!("s{s}"),
+                    roles,
+                    wan: addr(net, s, h, WAN_PORT),
+                    admin: addr(net, s, h, ADMIN_PORT),
+                    dir: PathBuf::from(format!("nodes/n{node}")),
+                });
+            }
+        }
+        let file = LabFile {
+            sites: opts.sites,
+            hosts_per_site: opts.hosts_per_site,
+            net,
+            agents,
+        };
+
+        let pki_dir = dir.join("pki");
+        pki::init_ca(&pki_dir, "lab")?;
+        for a in &file.agents {
+            let id = Identity::new(&a.node.to_string(), &a.site, Role::Agent)?;
+            pki::issue(&pki_dir, &id, Validity::days(365))?;
+        }
+        let op = pki::issue(
+            &pki_dir,
+            &Identity::new(OPERATOR, "s1", Role::Operator)?,
+            Validity::days(365),
+        )?;
+        let voters: Vec<&LabAgent> = file
+            .agents
+            .iter()
+            .filter(|a| a.roles.contains(&AgentRole::Voter))
+            .collect();
+        for a in &file.agents {
+            let adir = dir.join(&a.dir);
+            fs::create_dir_all(adir.join("data"))?;
+            fs::write(adir.join("agent.toml"), agent_config(&file, a, &voters))?;
+        }
+        fs::write(lab_file(dir), toml::to_string_pretty(&file)?)?;
+        Context {
+            endpoints: file.agents.iter().map(|a| a.admin).collect(),
+            tls: TlsFiles {
+                ca: PathBuf::from("pki/ca.crt"),
+                cert: op.cert.strip_prefix(dir).unwrap_or(&op.cert).to_path_buf(),
+                key: op.key.strip_prefix(dir).unwrap_or(&op.key).to_path_buf(),
+            },
+        }
+        .save(&context_path(dir))?;
+
+        let lab = Lab {
+            dir: dir.to_path_buf(),
+            file,
+        };
+        let mut children = Vec::new();
+        for a in &lab.file.agents {
+            children.push((a.node, lab.spawn(a, &opts.siteagent)?));
+        }
+        lab.wait_ready(opts.timeout, opts.progress, &mut children)
+            .await?;
+        Ok(lab)
+    }
+
+    pub fn agent(&self, node: u64) -> anyhow::Result<&LabAgent> {
+        self.file
+            .agents
+            .iter()
+            .find(|a| a.node == node)
+            .ok_or_else(|| anyhow!("the lab has no node {node}"))
+    }
+
+    fn agent_dir(&self, a: &LabAgent) -> PathBuf {
+        self.dir.join(&a.dir)
+    }
+
+    /// Starts one agent process in its own process group, logging to its `agent.log`. The
+    /// returned child may be dropped: the agent keeps running and is found again by pid file.
+    pub fn spawn(&self, a: &LabAgent, siteagent: &Path) -> anyhow::Result<std::process::Child> {
+        if let Some(pid) = self.live_pid(a) {
+            bail!("node {} is already running (pid {pid})", a.node);
+        }
+        let adir = self.agent_dir(a);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(adir.join("agent.log"))?;
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new(siteagent)
+            .arg("--config")
+            .arg(adir.join("agent.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {}", siteagent.display()))?;
+        fs::write(adir.join("agent.pid"), child.id().to_string())?;
+        Ok(child)
+    }
+
+    /// The pid of a running agent: the pid file names it and its command line is this agent's.
+    pub fn live_pid(&self, a: &LabAgent) -> Option<i32> {
+        let adir = self.agent_dir(a);
+        let pid: i32 = fs::read_to_string(adir.join("agent.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let config = adir.join("agent.toml");
+        let ours = String::from_utf8_lossy(&cmdline).contains(&*config.to_string_lossy());
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Field 3 is the state; `Z` is a zombie waiting to be reaped: not alive.
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'));
+        (ours && !zombie).then_some(pid)
+    }
+
+    pub fn processes(&self) -> Vec<AgentProcess> {
+        self.file
+            .agents
+            .iter()
+            .map(|a| {
+                let live = self.live_pid(a);
+                let recorded = fs::read_to_string(self.agent_dir(a).join("agent.pid"))
+                    .ok()
+                    .and_then(|p| p.trim().parse().ok());
+                AgentProcess {
+                    node: a.node,
+                    site: a.site.clone(),
+                    pid: live.or(recorded),
+                    address: a.wan.to_string(),
+                    admin: a.admin.to_string(),
+                    roles: a.roles.clone(),
+                    alive: live.is_some(),
+                }
+            })
+            .collect()
+    }
+
+    /// SIGTERM to every live agent, SIGKILL after `grace`. Returns the nodes that needed SIGKILL.
+    pub async fn down(&self, grace: Duration) -> Vec<u64> {
+        let live: Vec<(u64, i32)> = self
+            .file
+            .agents
+            .iter()
+            .filter_map(|a| self.live_pid(a).map(|p| (a.node, p)))
+            .collect();
+        for (_, pid) in &live {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            let remaining: Vec<_> = live
+                .iter()
+                .filter(|(node, _)| {
+                    self.agent(*node)
+                        .ok()
+                        .and_then(|a| self.live_pid(a))
+                        .is_some()
+                })
+                .copied()
+                .collect();
+            if remaining.is_empty() {
+                return Vec::new();
+            }
+            if Instant::now() >= deadline {
+                for (_, pid) in &remaining {
+                    let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+                }
+                return remaining.into_iter().map(|(n, _)| n).collect();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn context(&self) -> anyhow::Result<Context> {
+        Context::load(&context_path(&self.dir))
+    }
+
+    /// Polls the agents until there is a leader and every host is registered; fails early when
+    /// one of `children` (the agents just started) exits.
+    pub async fn wait_ready(
+        &self,
+        timeout: Duration,
+        progress: bool,
+        children: &mut [(u64, std::process::Child)],
+    ) -> anyhow::Result<Status> {
+        let client = Client::new(&self.context()?)?;
+        let expected = self
+            .file
+            .agents
+            .iter()
+            .filter(|a| a.roles.contains(&AgentRole::Host))
+            .count();
+        let bar = if progress {
+            indicatif::ProgressBar::new(expected as u64 + 1)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let deadline = Instant::now() + timeout;
+        loop {
+            for (node, child) in children.iter_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    bar.finish_and_clear();
+                    bail!(
+                        "node {node} exited during start-up ({status}); see {}",
+                        self.dir.join(format!("nodes/n{node}/agent.log")).display()
+                    );
+                }
+            }
+            let last = match client.get::<Status>("/v1/status").await {
+                Ok(s) => {
+                    let registered = s.hosts.len();
+                    bar.set_position(registered as u64 + u64::from(s.leader.is_some()));
+                    bar.set_message(match s.leader {
+                        Some(l) => format!("leader {l}, hosts registered"),
+                        None => "electing a leader".into(),
+                    });
+                    if s.leader.is_some() && registered >= expected {
+                        // Confirm through a linearizable read that the leader agrees.
+                        if let Ok(hosts) = client
+                            .get::<Vec<siteagent::api::HostView>>("/v1/hosts")
+                            .await
+                            && hosts.len() >= expected
+                        {
+                            bar.finish_and_clear();
+                            return Ok(s);
+                        }
+                    }
+                    format!(
+                        "leader {:?}, {registered}/{expected} hosts registered",
+                        s.leader
+                    )
+                }
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                bar.finish_and_clear();
+                bail!("lab not ready after {timeout:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Agents by node id.
+    pub fn by_node(&self) -> BTreeMap<u64, &LabAgent> {
+        self.file.agents.iter().map(|a| (a.node, a)).collect()
+    }
+}

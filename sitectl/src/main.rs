@@ -1,0 +1,555 @@
+//! `sitectl`: drive the fabric — PKI, inventory, the local lab, benchmarks.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use siteagent::api::*;
+use sitectl::client::Client;
+use sitectl::context::{self, Context};
+use sitectl::lab::{self, Lab, UpOptions};
+use sitectl::out;
+use sitectl::output::{Output, ago, lower, print};
+use wan::pki::{self, Validity};
+use wan::{Identity, Role};
+
+#[derive(Parser)]
+#[command(version, about = "Operate a geo-distributed fabric of site agents")]
+struct Cli {
+    /// Context file with the agents' admin endpoints and the operator certificate
+    /// (default: $SITECTL_CONTEXT).
+    #[arg(long, global = true)]
+    context: Option<PathBuf>,
+    /// Ask this admin endpoint (ip:port) instead of the context's list.
+    #[arg(long, global = true)]
+    endpoint: Option<std::net::SocketAddr>,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The fabric's certificate authority.
+    #[command(subcommand)]
+    Pki(PkiCmd),
+    /// Leader, term, voters and hosts as one agent sees them.
+    Status,
+    /// Sites with their priority, state and hosts.
+    Sites {
+        /// Read the answering agent's copy instead of a linearizable read.
+        #[arg(long)]
+        local: bool,
+    },
+    /// Hosts with their site, state and last report.
+    Hosts {
+        #[arg(long)]
+        local: bool,
+    },
+    /// The fabric's event log.
+    Events {
+        #[arg(long)]
+        local: bool,
+    },
+    /// The whole replicated state as JSON.
+    State {
+        #[arg(long)]
+        local: bool,
+    },
+    /// Change a site.
+    #[command(subcommand)]
+    Site(SiteCmd),
+    /// Add a note to the event log.
+    Note {
+        /// The note.
+        message: String,
+    },
+    /// Raft membership.
+    #[command(subcommand)]
+    Members(MembersCmd),
+    /// A local fabric of real agent processes on loopback.
+    #[command(subcommand)]
+    Lab(LabCmd),
+    /// Benchmarks against a running fabric.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum PkiCmd {
+    /// Create a fabric CA in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Name of the fabric, shown in the CA certificate.
+        #[arg(long, default_value = "fabric")]
+        name: String,
+    },
+    /// Issue a certificate for an agent or an operator.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Agents: the Raft node id. Operators: a name.
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        site: String,
+        #[arg(long, value_parser = ["agent", "operator"])]
+        role: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum SiteCmd {
+    /// Create a site or change its priority.
+    Set {
+        name: String,
+        #[arg(long)]
+        priority: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum MembersCmd {
+    /// List Raft members.
+    List,
+    /// Make a learner a voter (sent to the leader).
+    Promote { node: u64 },
+    /// Remove a member (sent to the leader).
+    Remove { node: u64 },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Create and start a lab in DIR.
+    Up {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        sites: u32,
+        #[arg(long, default_value_t = 1)]
+        hosts_per_site: u32,
+        /// Second octet of the agents' 127.N.S.H addresses (default: the first free from 10).
+        #[arg(long)]
+        net: Option<u8>,
+        /// How long to wait for a leader and every host.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Every agent of the lab, with pid and liveness.
+    Status {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Stop every agent: SIGTERM, then SIGKILL after the grace period.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+    },
+    /// Start a stopped agent again, with its data.
+    Start {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Commit latency (p50/p99) and writes/s through the leader's admin API.
+    Raft {
+        /// A lab directory (its context is used); or pass --context.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per run.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Concurrent clients, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "1,32")]
+        clients: Vec<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SITECTL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sitectl: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sitectl: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client(flag: Option<PathBuf>, endpoint: Option<std::net::SocketAddr>) -> anyhow::Result<Client> {
+    let path = context::resolve(flag)?;
+    let mut ctx = Context::load(&path)?;
+    if let Some(ep) = endpoint {
+        ctx.endpoints = vec![ep];
+    }
+    Client::new(&ctx)
+}
+
+fn read_path(local: bool, path: &str) -> String {
+    if local {
+        format!("{path}?local=true")
+    } else {
+        path.to_string()
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = cli.output;
+    match cli.command {
+        Cmd::Pki(PkiCmd::Init { dir, name }) => {
+            let ca = pki::init_ca(&dir, &name)?;
+            out!("created fabric CA {}", ca.display());
+        }
+        Cmd::Pki(PkiCmd::Issue {
+            dir,
+            node,
+            site,
+            role,
+            days,
+        }) => {
+            let role: Role = role.parse()?;
+            let id = Identity::new(&node, &site, role)?;
+            let issued = pki::issue(&dir, &id, Validity::days(days))?;
+            out!(
+                "issued {} for {id}: {} {}",
+                id.uri(),
+                issued.cert.display(),
+                issued.key.display()
+            );
+        }
+        Cmd::Status => {
+            let s: Status = client(cli.context, cli.endpoint)?.get("/v1/status").await?;
+            print(out, &s, &["host", "site", "state"], || {
+                out!(
+                    "node {} ({}), leader {}, term {}, voters {:?}, learners {:?}, applied {}, revision {}",
+                    s.node,
+                    s.raft_state,
+                    s.leader.map(|l| l.to_string()).unwrap_or("none".into()),
+                    s.term,
+                    s.voters,
+                    s.learners,
+                    s.applied_index,
+                    s.revision
+                );
+                s.hosts
+                    .iter()
+                    .map(|h| vec![h.id.to_string(), h.site.clone(), lower(&h.state)])
+                    .collect()
+            })?;
+        }
+        Cmd::Sites { local } => {
+            let sites: Vec<SiteView> = client(cli.context, cli.endpoint)?
+                .get(&read_path(local, "/v1/sites"))
+                .await?;
+            print(
+                out,
+                &sites,
+                &["site", "priority", "state", "since", "hosts up", "voters"],
+                || {
+                    sites
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.name.clone(),
+                                s.priority.to_string(),
+                                lower(&s.state),
+                                ago(s.since_ms),
+                                format!("{}/{}", s.hosts_up, s.hosts),
+                                format!("{:?}", s.voters),
+                            ]
+                        })
+                        .collect()
+                },
+            )?;
+        }
+        Cmd::Hosts { local } => {
+            let hosts: Vec<HostView> = client(cli.context, cli.endpoint)?
+                .get(&read_path(local, "/v1/hosts"))
+                .await?;
+            print(
+                out,
+                &hosts,
+                &[
+                    "host",
+                    "site",
+                    "state",
+                    "since",
+                    "last report",
+                    "raft",
+                    "address",
+                ],
+                || {
+                    hosts
+                        .iter()
+                        .map(|h| {
+                            vec![
+                                h.id.to_string(),
+                                h.site.clone(),
+                                lower(&h.state),
+                                ago(h.since_ms),
+                                ago(h.last_report_ms),
+                                h.raft.clone(),
+                                h.address.clone(),
+                            ]
+                        })
+                        .collect()
+                },
+            )?;
+        }
+        Cmd::Events { local } => {
+            let events: Vec<EventView> = client(cli.context, cli.endpoint)?
+                .get(&read_path(local, "/v1/events"))
+                .await?;
+            print(out, &events, &["rev", "when", "actor", "event"], || {
+                events
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.revision.to_string(),
+                            ago(e.at_ms),
+                            e.actor.clone(),
+                            e.message.clone(),
+                        ]
+                    })
+                    .collect()
+            })?;
+        }
+        Cmd::State { local } => {
+            let state: serde_json::Value = client(cli.context, cli.endpoint)?
+                .get(&read_path(local, "/v1/state"))
+                .await?;
+            out!("{}", serde_json::to_string_pretty(&state)?);
+        }
+        Cmd::Site(SiteCmd::Set { name, priority }) => {
+            let r: WriteResult = client(cli.context, cli.endpoint)?
+                .post(
+                    "/v1/sites",
+                    &SiteUpsert {
+                        name: name.clone(),
+                        priority,
+                    },
+                )
+                .await?;
+            print(out, &r, &["site", "priority", "revision"], || {
+                vec![vec![name, priority.to_string(), r.revision.to_string()]]
+            })?;
+        }
+        Cmd::Note { message } => {
+            let r: WriteResult = client(cli.context, cli.endpoint)?
+                .post("/v1/events", &EventNote { message })
+                .await?;
+            print(out, &r, &["revision"], || {
+                vec![vec![r.revision.to_string()]]
+            })?;
+        }
+        Cmd::Members(cmd) => {
+            let c = client(cli.context, cli.endpoint)?;
+            let path = match cmd {
+                MembersCmd::List => None,
+                MembersCmd::Promote { node } => Some(format!("/v1/members/{node}/promote")),
+                MembersCmd::Remove { node } => Some(format!("/v1/members/{node}/remove")),
+            };
+            if let Some(path) = path {
+                let c = leader_client(&c).await?;
+                let r: WriteResult = c.post(&path, &serde_json::json!({})).await?;
+                print(out, &r, &["revision"], || {
+                    vec![vec![r.revision.to_string()]]
+                })?;
+            } else {
+                let members: Vec<MemberView> = c.get("/v1/members").await?;
+                print(
+                    out,
+                    &members,
+                    &["node", "site", "role", "address", "admin"],
+                    || {
+                        members
+                            .iter()
+                            .map(|m| {
+                                vec![
+                                    m.node.to_string(),
+                                    m.site.clone(),
+                                    m.role.clone(),
+                                    m.address.clone(),
+                                    m.admin_address.clone(),
+                                ]
+                            })
+                            .collect()
+                    },
+                )?;
+            }
+        }
+        Cmd::Lab(cmd) => lab_command(cmd, out).await?,
+        Cmd::Bench(BenchCmd::Raft {
+            dir,
+            duration,
+            clients,
+        }) => {
+            let c = match dir {
+                Some(dir) => Client::new(&Lab::open(&dir)?.context()?)?,
+                None => client(cli.context, cli.endpoint)?,
+            };
+            let mut runs = Vec::new();
+            for n in clients {
+                if n == 0 {
+                    anyhow::bail!("--clients: 0 is not a number of clients");
+                }
+                eprintln!("bench raft: {n} client(s) for {duration:?}...");
+                runs.push(sitectl::bench::raft(&c, n, duration).await?);
+            }
+            print(
+                out,
+                &runs,
+                &[
+                    "clients", "writes", "errors", "writes/s", "p50 ms", "p99 ms", "max ms",
+                ],
+                || {
+                    runs.iter()
+                        .map(|r| {
+                            vec![
+                                r.clients.to_string(),
+                                r.writes.to_string(),
+                                r.errors.to_string(),
+                                format!("{:.0}", r.writes_per_sec),
+                                format!("{:.2}", r.p50_ms),
+                                format!("{:.2}", r.p99_ms),
+                                format!("{:.2}", r.max_ms),
+                            ]
+                        })
+                        .collect()
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A client pinned to the leader's admin API (membership changes must run there).
+async fn leader_client(c: &Client) -> anyhow::Result<Client> {
+    let s: Status = c.get("/v1/status").await?;
+    let leader = s.leader.context("the fabric has no leader")?;
+    let members: Vec<MemberView> = c.get("/v1/members").await?;
+    let admin = members
+        .iter()
+        .find(|m| m.node == leader)
+        .and_then(|m| m.admin_address.parse().ok())
+        .with_context(|| format!("leader {leader} has no admin address"))?;
+    Ok(c.pinned(admin))
+}
+
+async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
+    match cmd {
+        LabCmd::Up {
+            dir,
+            sites,
+            hosts_per_site,
+            net,
+            timeout,
+        } => {
+            let opts = UpOptions {
+                sites,
+                hosts_per_site,
+                net,
+                timeout,
+                siteagent: lab::find_siteagent()?,
+                progress: out == Output::Table
+                    && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let lab = Lab::up(&dir, &opts).await?;
+            let procs = lab.processes();
+            print(
+                out,
+                &procs,
+                &["node", "site", "pid", "address", "roles"],
+                || {
+                    procs
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.node.to_string(),
+                                p.site.clone(),
+                                p.pid.map(|p| p.to_string()).unwrap_or_default(),
+                                p.address.clone(),
+                                format!("{:?}", p.roles).to_lowercase(),
+                            ]
+                        })
+                        .collect()
+                },
+            )?;
+            if out == Output::Table {
+                out!(
+                    "lab is up; try: SITECTL_CONTEXT={} sitectl status",
+                    lab::context_path(&dir).display()
+                );
+            }
+        }
+        LabCmd::Status { dir } => {
+            let lab = Lab::open(&dir)?;
+            let procs = lab.processes();
+            print(
+                out,
+                &procs,
+                &["node", "site", "pid", "address", "roles", "alive"],
+                || {
+                    procs
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.node.to_string(),
+                                p.site.clone(),
+                                p.pid.map(|p| p.to_string()).unwrap_or_default(),
+                                p.address.clone(),
+                                format!("{:?}", p.roles).to_lowercase(),
+                                p.alive.to_string(),
+                            ]
+                        })
+                        .collect()
+                },
+            )?;
+        }
+        LabCmd::Down { dir, grace } => {
+            let lab = Lab::open(&dir)?;
+            let killed = lab.down(grace).await;
+            if killed.is_empty() {
+                out!("all agents stopped");
+            } else {
+                out!("all agents stopped; nodes {killed:?} needed SIGKILL after {grace:?}");
+            }
+        }
+        LabCmd::Start { dir, node } => {
+            let lab = Lab::open(&dir)?;
+            let agent = lab.agent(node)?;
+            let child = lab.spawn(agent, &lab::find_siteagent()?)?;
+            out!("started node {node} (pid {})", child.id());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! Harness for end-to-end tests: runs the real `sitectl` and `siteagent` binaries.
+//!
+//! A [`TestLab`] lives in its own temporary directory on its own 127.N.0.0/16 network, so tests
+//! run in parallel. Dropping it stops every agent it started (SIGTERM via `lab down`, then
+//! SIGKILL by pid for anything left), also when the test panics, and removes the directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::de::DeserializeOwned;
+
+/// Directory of the built binaries: `$FABRIC_BIN_DIR`, else the cargo target dir of this test.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FABRIC_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf();
+    assert!(
+        dir.join("sitectl").exists() && dir.join("siteagent").exists(),
+        "sitectl/siteagent not built in {}; run `cargo build --bins` first",
+        dir.display()
+    );
+    dir
+}
+
+pub fn sitectl_bin() -> PathBuf {
+    bin_dir().join("sitectl")
+}
+
+pub fn siteagent_bin() -> PathBuf {
+    bin_dir().join("siteagent")
+}
+
+/// Runs `sitectl` with `args`, returning its output whatever the exit code.
+pub fn sitectl(args: &[&str]) -> Output {
+    Command::new(sitectl_bin())
+        .args(args)
+        .env_remove("SITECTL_CONTEXT")
+        .output()
+        .expect("run sitectl")
+}
+
+/// Runs `sitectl` and parses its JSON stdout; fails with its stderr when it exits non-zero.
+pub fn sitectl_json<T: DeserializeOwned>(args: &[&str]) -> anyhow::Result<T> {
+    let out = sitectl(args);
+    if !out.status.success() {
+        bail!(
+            "sitectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "sitectl {}: bad JSON: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or fails after `timeout` with the last error.
+pub fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match f() {
+            Ok(Some(v)) => return v,
+            Ok(None) => "condition not met".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            panic!("{what}: not within {timeout:?}; last: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One agent as `sitectl lab status --output json` reports it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct LabProc {
+    pub node: u64,
+    pub site: String,
+    pub pid: Option<i32>,
+    pub address: String,
+    pub admin: String,
+    pub roles: Vec<String>,
+    pub alive: bool,
+}
+
+/// A running lab, torn down on drop.
+pub struct TestLab {
+    dir: tempfile::TempDir,
+}
+
+impl TestLab {
+    /// `sitectl lab up` with `sites` × `hosts` agents.
+    pub fn up(sites: u32, hosts: u32) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fabric-lab-")
+            .tempdir()
+            .expect("temp dir");
+        let lab = TestLab { dir };
+        let out = sitectl(&[
+            "lab",
+            "up",
+            "--dir",
+            lab.dir_str(),
+            "--sites",
+            &sites.to_string(),
+            "--hosts-per-site",
+            &hosts.to_string(),
+            "--timeout",
+            "90s",
+            "--output",
+            "json",
+        ]);
+        assert!(
+            out.status.success(),
+            "lab up failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            lab.logs()
+        );
+        lab
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn dir_str(&self) -> &str {
+        self.dir.path().to_str().expect("utf-8 temp path")
+    }
+
+    pub fn context(&self) -> String {
+        self.dir().join("context.toml").display().to_string()
+    }
+
+    /// `sitectl --context <lab> ARGS --output json`, parsed.
+    pub fn ctl<T: DeserializeOwned>(&self, args: &[&str]) -> anyhow::Result<T> {
+        let ctx = self.context();
+        let mut all = vec!["--context", &ctx, "--output", "json"];
+        all.extend_from_slice(args);
+        sitectl_json(&all)
+    }
+
+    /// The same, asking one agent's admin endpoint only.
+    pub fn ctl_at<T: DeserializeOwned>(&self, admin: &str, args: &[&str]) -> anyhow::Result<T> {
+        let ctx = self.context();
+        let mut all = vec!["--context", &ctx, "--endpoint", admin, "--output", "json"];
+        all.extend_from_slice(args);
+        sitectl_json(&all)
+    }
+
+    pub fn procs(&self) -> Vec<LabProc> {
+        sitectl_json(&["lab", "status", "--dir", self.dir_str(), "--output", "json"])
+            .expect("lab status")
+    }
+
+    pub fn proc(&self, node: u64) -> LabProc {
+        self.procs()
+            .into_iter()
+            .find(|p| p.node == node)
+            .unwrap_or_else(|| panic!("no node {node} in the lab"))
+    }
+
+    pub fn kill9(&self, node: u64) {
+        let p = self.proc(node);
+        assert!(p.alive, "node {node} is not running");
+        let pid = p.pid.expect("pid");
+        kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
+        eventually(Duration::from_secs(10), "killed agent gone", || {
+            Ok((!self.proc(node).alive).then_some(()))
+        });
+    }
+
+    pub fn start(&self, node: u64) {
+        let out = sitectl(&[
+            "lab",
+            "start",
+            "--dir",
+            self.dir_str(),
+            "--node",
+            &node.to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "lab start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn log(&self, node: u64) -> String {
+        std::fs::read_to_string(self.dir().join(format!("nodes/n{node}/agent.log")))
+            .unwrap_or_default()
+    }
+
+    /// Every agent log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir().join("nodes")) {
+            for e in entries.flatten() {
+                let log = std::fs::read_to_string(e.path().join("agent.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                all.push_str(&format!("--- {} ---\n", e.path().display()));
+                for l in tail.into_iter().rev() {
+                    all.push_str(l);
+                    all.push('\n');
+                }
+            }
+        }
+        all
+    }
+
+    /// Pids recorded in the lab's pid files.
+    fn recorded_pids(&self) -> Vec<i32> {
+        let Ok(entries) = std::fs::read_dir(self.dir().join("nodes")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("agent.pid")).ok())
+            .filter_map(|p| p.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = sitectl(&["lab", "down", "--dir", self.dir_str(), "--grace", "5s"]);
+        // Belt and braces: anything still running whose command line names this lab dies now.
+        let dir = self.dir_str().to_string();
+        for pid in self.recorded_pids() {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&dir) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, also on panic.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
