@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::network::{Network, RaftTransport};
 use crate::state::{CommandResult, FabricState, NodeId, Proposal};
-use crate::store::{self, StateHandle};
+use crate::store::{self, ClosedSignal, StateHandle};
 use crate::types::{FabricNode, Raft, RaftMetrics};
 
 /// Raft timing and log retention.
@@ -84,6 +84,7 @@ pub struct FabricRaft {
     id: NodeId,
     raft: Raft,
     state: StateHandle,
+    closed: ClosedSignal,
 }
 
 impl FabricRaft {
@@ -109,10 +110,16 @@ impl FabricRaft {
         .map_err(|e| NodeError::Config(e.to_string()))?;
         let (log, sm) = store::open(db_path)?;
         let state = sm.state_handle();
+        let closed = log.closed_signal();
         let raft = Raft::new(id, Arc::new(config), Network::new(transport), log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        Ok(Self { id, raft, state })
+        Ok(Self {
+            id,
+            raft,
+            state,
+            closed,
+        })
     }
 
     pub fn id(&self) -> NodeId {
@@ -279,9 +286,29 @@ impl FabricRaft {
         }
     }
 
-    pub async fn shutdown(&self) {
+    /// Stops Raft; the store file stays open while any handle lives.
+    pub async fn stop(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
+        }
+    }
+
+    /// Stops Raft and waits (up to 10 s) until its store file is closed, so the same file can
+    /// be opened again. Other clones of this handle must be dropped for the file to close.
+    pub async fn shutdown(self) {
+        self.stop().await;
+        let Self {
+            raft,
+            state,
+            closed,
+            ..
+        } = self;
+        drop((raft, state));
+        if tokio::time::timeout(Duration::from_secs(10), closed.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("raft store still open 10 s after shutdown");
         }
     }
 }

@@ -32,21 +32,19 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 pub use self::log::LogStore;
-pub use self::machine::{SnapshotBuilder, StateHandle, StateMachineStore};
 use self::machine::MachineState;
+pub use self::machine::{SnapshotBuilder, StateHandle, StateMachineStore};
 use crate::state::NodeId;
 use crate::types::StorageError;
 
 const LOG_TABLE: &str = "log";
-const META_TABLE: &str = "meta";
-const SM_TABLE: &str = "sm";
 
 /// Log entries by index, postcard-encoded `Entry`.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new(LOG_TABLE);
 /// Vote and last purged log id.
-const META: KvTable = KvTable::new(META_TABLE);
+const META: KvTable = KvTable::new("meta");
 /// Applied state and current snapshot.
-const SM: KvTable = KvTable::new(SM_TABLE);
+const SM: KvTable = KvTable::new("sm");
 
 /// A table of named values, with its name at hand for error messages.
 #[derive(Clone, Copy)]
@@ -93,6 +91,12 @@ pub enum StoreError {
         #[source]
         source: postcard::Error,
     },
+    #[error("received snapshot `{id}` does not decode: {source}")]
+    BadSnapshot {
+        id: String,
+        #[source]
+        source: postcard::Error,
+    },
     #[error("raft store {path}: cannot encode {what}: {source}")]
     Encode {
         path: PathBuf,
@@ -124,11 +128,11 @@ impl ClosedSignal {
 
 /// The database with its path (for error messages).
 struct Db {
-    // Declared before `_closed`: fields drop in order, so the file is closed before the
+    // Declared before `closed`: fields drop in order, so the file is closed before the
     // `ClosedSignal` fires.
     db: Database,
     path: PathBuf,
-    _closed: watch::Sender<()>,
+    closed: watch::Sender<()>,
 }
 
 impl Db {
@@ -186,7 +190,12 @@ impl Db {
     }
 
     /// Writes one value of the `meta` or `sm` table in its own durable transaction.
-    fn put<T: Serialize>(&self, table: KvTable, key: &'static str, v: &T) -> Result<(), StoreError> {
+    fn put<T: Serialize>(
+        &self,
+        table: KvTable,
+        key: &'static str,
+        v: &T,
+    ) -> Result<(), StoreError> {
         let bytes = self.encode(key, v)?;
         let txn = self.begin_write()?;
         txn.open_table(table.def)
@@ -215,7 +224,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     let db = Arc::new(Db {
         db: database,
         path: path.to_path_buf(),
-        _closed: closed_tx,
+        closed: closed_tx,
     });
 
     // Create the tables up front so that readers never meet a missing one.
@@ -350,6 +359,31 @@ mod tests {
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("corrupt state accepted"),
         }
+    }
+
+    #[tokio::test]
+    async fn corrupt_log_entry_is_a_storage_error_naming_table_and_key() {
+        use openraft::RaftLogReader;
+
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("raft.redb");
+        drop(open(&path).expect("create"));
+        {
+            let db = Database::create(&path).expect("db");
+            let txn = db.begin_write().expect("w");
+            txn.open_table(LOG)
+                .expect("t")
+                .insert(3, &[0xffu8; 4][..])
+                .expect("i");
+            txn.commit().expect("c");
+        }
+        let (mut log, _sm) = open(&path).expect("the log is read lazily");
+        let err = log
+            .try_get_log_entries(0..10)
+            .await
+            .expect_err("corrupt entry accepted");
+        let msg = err.to_string();
+        assert!(msg.contains("table `log` key `3`"), "{msg}");
     }
 
     #[test]

@@ -184,6 +184,11 @@ impl Agent {
     /// Leader side of admission: adds `id` as a learner (waiting for it to catch up), then
     /// promotes it when it should vote.
     pub async fn admit(&self, id: u64, node: FabricNode, voter: bool) -> Result<(), ProposeError> {
+        if self.raft.metrics().current_leader != Some(self.id()) {
+            return Err(ProposeError::NotLeader(NotLeader {
+                leader: self.raft.leader(),
+            }));
+        }
         let members = self.raft.members();
         if members.voters.contains(&id) {
             return Ok(());
@@ -460,7 +465,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     {
         tracing::warn!("some tasks did not stop within 10 s");
     }
-    agent.raft.shutdown().await;
+    agent.raft.stop().await;
     wan.close().await;
     tracing::info!("stopped");
     Ok(())
