@@ -159,18 +159,29 @@ impl Agent {
             };
             if let Some((id, node)) = leader.filter(|(id, _)| *id != self.id()) {
                 match node.addr.parse::<SocketAddr>() {
-                    Ok(addr) => match self
-                        .wan
-                        .request::<_, ControlReply>(addr, Some(id), Channel::Control, &remote)
-                        .await
-                    {
-                        Ok(ControlReply::NotLeader(_)) => {
-                            last = format!("node {id} is no longer the leader")
+                    Ok(addr) => {
+                        // A request to a leader that just died would wait for the WAN timeout;
+                        // as soon as Raft here stops naming it the leader, ask again.
+                        let request = self.wan.request::<_, ControlReply>(
+                            addr,
+                            Some(id),
+                            Channel::Control,
+                            &remote,
+                        );
+                        let reply = tokio::select! {
+                            r = request => Some(r),
+                            _ = self.leader_changes_from(id) => None,
+                        };
+                        match reply {
+                            Some(Ok(ControlReply::NotLeader(_))) => {
+                                last = format!("node {id} is no longer the leader")
+                            }
+                            Some(Ok(ControlReply::Failed(e))) => last = format!("leader {id}: {e}"),
+                            Some(Ok(reply)) => return Ok(reply),
+                            Some(Err(e)) => last = format!("leader {id}: {e}"),
+                            None => last = format!("leader {id} was replaced mid-request"),
                         }
-                        Ok(ControlReply::Failed(e)) => last = format!("leader {id}: {e}"),
-                        Ok(reply) => return Ok(reply),
-                        Err(e) => last = format!("leader {id}: {e}"),
-                    },
+                    }
                     Err(_) => last = format!("leader {id} has a bad address {}", node.addr),
                 }
             }
@@ -178,6 +189,20 @@ impl Agent {
                 return Err(AgentError::Unavailable(last));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Resolves when this node's Raft no longer names `leader` as the leader.
+    async fn leader_changes_from(&self, leader: u64) {
+        let mut metrics = self.raft.raft().metrics();
+        loop {
+            if metrics.borrow_and_update().current_leader != Some(leader) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                // Raft stopped: nothing will change any more.
+                std::future::pending::<()>().await;
+            }
         }
     }
 
