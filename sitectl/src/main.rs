@@ -465,6 +465,31 @@ async fn leader_client(c: &Client) -> anyhow::Result<Client> {
     Ok(c.pinned(admin))
 }
 
+/// Every agent of a lab with pid, address, roles and liveness.
+fn print_processes(out: Output, lab: &Lab) -> anyhow::Result<()> {
+    let procs = lab.processes();
+    print(
+        out,
+        &procs,
+        &["node", "site", "pid", "address", "roles", "alive"],
+        || {
+            procs
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.node.to_string(),
+                        p.site.clone(),
+                        p.pid.map(|p| p.to_string()).unwrap_or_default(),
+                        p.address.clone(),
+                        format!("{:?}", p.roles).to_lowercase(),
+                        p.alive.to_string(),
+                    ]
+                })
+                .collect()
+        },
+    )
+}
+
 async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
     match cmd {
         LabCmd::Up {
@@ -484,26 +509,7 @@ async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
                     && std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
             let lab = Lab::up(&dir, &opts).await?;
-            let procs = lab.processes();
-            print(
-                out,
-                &procs,
-                &["node", "site", "pid", "address", "roles"],
-                || {
-                    procs
-                        .iter()
-                        .map(|p| {
-                            vec![
-                                p.node.to_string(),
-                                p.site.clone(),
-                                p.pid.map(|p| p.to_string()).unwrap_or_default(),
-                                p.address.clone(),
-                                format!("{:?}", p.roles).to_lowercase(),
-                            ]
-                        })
-                        .collect()
-                },
-            )?;
+            print_processes(out, &lab)?;
             if out == Output::Table {
                 out!(
                     "lab is up; try: SITECTL_CONTEXT={} sitectl status",
@@ -511,30 +517,7 @@ async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
                 );
             }
         }
-        LabCmd::Status { dir } => {
-            let lab = Lab::open(&dir)?;
-            let procs = lab.processes();
-            print(
-                out,
-                &procs,
-                &["node", "site", "pid", "address", "roles", "alive"],
-                || {
-                    procs
-                        .iter()
-                        .map(|p| {
-                            vec![
-                                p.node.to_string(),
-                                p.site.clone(),
-                                p.pid.map(|p| p.to_string()).unwrap_or_default(),
-                                p.address.clone(),
-                                format!("{:?}", p.roles).to_lowercase(),
-                                p.alive.to_string(),
-                            ]
-                        })
-                        .collect()
-                },
-            )?;
-        }
+        LabCmd::Status { dir } => print_processes(out, &Lab::open(&dir)?)?,
         LabCmd::Down { dir, grace } => {
             let lab = Lab::open(&dir)?;
             let killed = lab.down(grace).await;
