@@ -33,8 +33,9 @@ pub struct RaftSettings {
 }
 
 impl Default for RaftSettings {
-    /// LAN defaults. For a WAN, set the heartbeat near one RTT and the election timeout to at
-    /// least ten RTTs (e.g. 100 ms RTT: heartbeat 100 ms, election 1–2 s).
+    /// LAN defaults. For a WAN, set the heartbeat to at least two RTTs (openraft also uses it as
+    /// the AppendEntries time limit) and the election timeout to at least ten RTTs (e.g. 100 ms
+    /// RTT: heartbeat 250 ms, election 1.5–3 s).
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_millis(100),

@@ -63,7 +63,8 @@ pub struct AgentConfig {
     pub log: LogConfig,
 }
 
-/// Raft timing. Defaults suit a LAN; on a WAN use heartbeat ≈ RTT and election ≥ 10 × RTT.
+/// Raft timing. Defaults suit a LAN; on a WAN use heartbeat ≥ 2 × RTT (openraft also uses it
+/// as the time limit of each AppendEntries round trip) and election ≥ 10 × RTT.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RaftConfig {
