@@ -1,0 +1,1 @@
+//! Authoritative DNS for the fabric zone (in progress).
