@@ -9,3 +9,4 @@
 //! modules decide.
 
 pub mod dns;
+pub mod zone;
