@@ -10,8 +10,17 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+
+mod apply_service;
+mod service;
+
+pub use service::{
+    Instance, InstanceState, MAX_INSTANCES, Placement, ProcessSpec, Service, ServiceSpec,
+    WorkloadKind,
+};
 
 /// Raft node id; every agent has one, and a host's id is its agent's node id.
 pub type NodeId = u64;
@@ -25,18 +34,60 @@ pub struct Site {
     pub name: String,
     /// Lower comes first when a service picks a site.
     pub priority: u32,
-    pub state: SiteState,
-    /// Wall-clock time (unix ms) of the last state change.
-    pub since_ms: u64,
+    /// Verdict of the health quorum: down when a majority of the other sites cannot reach it.
+    pub health: Health,
+    /// Wall-clock time (unix ms) of the last health change.
+    pub health_since_ms: u64,
+    /// What operators declared.
+    pub admin: SiteAdmin,
+    pub admin_since_ms: u64,
 }
 
+/// Health verdict of a host or a site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Up,
+    Down,
+}
+
+/// A site's operator-declared state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteAdmin {
+    /// Takes services.
+    Active,
+    /// Being evacuated or worked on: owns no services.
+    Maintenance,
+    /// Declared lost by an operator (`sitectl failover --site`): treated as down whatever the
+    /// detectors say, until an operator activates it again.
+    Lost,
+}
+
+/// What a site looks like to operators: its admin state, or `down` when the quorum says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SiteState {
     Active,
     Maintenance,
     Down,
-    Fenced,
+    Lost,
+}
+
+impl Site {
+    /// May own services: healthy and active.
+    pub fn usable(&self) -> bool {
+        self.health == Health::Up && self.admin == SiteAdmin::Active
+    }
+
+    pub fn state(&self) -> SiteState {
+        match (self.admin, self.health) {
+            (SiteAdmin::Lost, _) => SiteState::Lost,
+            (_, Health::Down) => SiteState::Down,
+            (SiteAdmin::Maintenance, _) => SiteState::Maintenance,
+            (SiteAdmin::Active, Health::Up) => SiteState::Active,
+        }
+    }
 }
 
 /// A machine that runs an agent with the `host` role.
@@ -48,23 +99,21 @@ pub struct Host {
     pub address: String,
     /// The agent's admin API address (`ip:port`).
     pub admin_address: String,
+    /// Addresses at which this host's workloads are reachable (IPv4 and/or IPv6).
+    pub addresses: Vec<IpAddr>,
     pub capacity: Capacity,
     pub labels: BTreeMap<String, String>,
-    pub state: HostState,
-    /// Wall-clock time (unix ms) of the last state change.
-    pub since_ms: u64,
+    /// Verdict of the host's site peers (or of the site's health when the site is down).
+    pub health: Health,
+    /// Wall-clock time (unix ms) of the last health change.
+    pub health_since_ms: u64,
+    /// Drained by an operator: takes no new instances and hands its instances over.
+    pub drained: bool,
+    pub drained_since_ms: u64,
     pub registered_ms: u64,
-    /// Wall-clock time (unix ms) of the host's last liveness report.
-    pub last_report_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Capacity {
-    /// CPU in thousandths of a core.
-    pub cpu_millis: u64,
-    pub memory_mib: u64,
-}
-
+/// What a host looks like to operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HostState {
@@ -73,20 +122,50 @@ pub enum HostState {
     Down,
 }
 
-/// A service the fabric keeps running. The spec is a placeholder until workloads exist.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceSpec {
-    pub name: String,
-    /// Sites in priority order.
-    pub sites: Vec<String>,
-    pub instances: u32,
-    pub dns_name: Option<String>,
+impl Host {
+    pub fn state(&self) -> HostState {
+        match (self.health, self.drained) {
+            (Health::Down, _) => HostState::Down,
+            (Health::Up, true) => HostState::Draining,
+            (Health::Up, false) => HostState::Up,
+        }
+    }
+
+    /// May take new instances.
+    pub fn schedulable(&self) -> bool {
+        self.health == Health::Up && !self.drained
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Service {
-    pub spec: ServiceSpec,
-    pub created_ms: u64,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    /// CPU in thousandths of a core.
+    #[serde(default)]
+    pub cpu_millis: u64,
+    #[serde(default)]
+    pub memory_mib: u64,
+}
+
+impl Capacity {
+    pub fn plus(self, o: Capacity) -> Capacity {
+        Capacity {
+            cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
+            memory_mib: self.memory_mib.saturating_add(o.memory_mib),
+        }
+    }
+
+    /// Fits within `limit` on every dimension.
+    pub fn fits(self, limit: Capacity) -> bool {
+        self.cpu_millis <= limit.cpu_millis && self.memory_mib <= limit.memory_mib
+    }
+}
+
+/// One observer's verdict on one subject, as last reported (only changes are reported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    pub up: bool,
+    pub since_ms: u64,
 }
 
 /// One line of the bounded event log.
@@ -106,6 +185,8 @@ pub struct FabricState {
     pub sites: BTreeMap<String, Site>,
     pub hosts: BTreeMap<NodeId, Host>,
     pub services: BTreeMap<String, Service>,
+    /// Observations by subject, then by observer (agents' node ids).
+    pub observations: BTreeMap<NodeId, BTreeMap<NodeId, Observation>>,
     pub events: VecDeque<Event>,
 }
 
@@ -114,7 +195,7 @@ pub struct FabricState {
 pub struct Proposal {
     /// Proposer's wall clock, unix ms.
     pub at_ms: u64,
-    /// Who asked: `node 3`, `operator alice`.
+    /// Who asked: `node 3`, `operator alice`, `planner (node 1)`.
     pub actor: String,
     pub command: Command,
 }
@@ -138,9 +219,16 @@ pub enum Command {
         name: String,
         priority: u32,
     },
-    SetSiteState {
+    /// The health quorum's verdict on a site changed.
+    SetSiteHealth {
         name: String,
-        state: SiteState,
+        health: Health,
+        reason: String,
+    },
+    /// Operator: maintenance, declared lost, or active again.
+    SetSiteAdmin {
+        name: String,
+        admin: SiteAdmin,
     },
     /// Register a host or refresh its addresses, capacity and labels.
     RegisterHost {
@@ -148,25 +236,82 @@ pub enum Command {
         site: String,
         address: String,
         admin_address: String,
+        addresses: Vec<IpAddr>,
         capacity: Capacity,
         labels: BTreeMap<String, String>,
     },
-    /// Liveness report from a host's own agent.
-    ReportHost {
+    /// The health quorum's verdict on a host changed.
+    SetHostHealth {
         id: NodeId,
+        health: Health,
+        reason: String,
     },
-    SetHostState {
+    /// Operator: drain a host (or undrain it).
+    SetHostDrain {
         id: NodeId,
-        state: HostState,
+        drained: bool,
     },
     RemoveHost {
         id: NodeId,
+    },
+    /// An agent's failure detector changed its verdict on another agent.
+    Observe {
+        observer: NodeId,
+        subject: NodeId,
+        up: bool,
     },
     CreateService {
         spec: ServiceSpec,
     },
     DeleteService {
         name: String,
+    },
+    /// Operator: move a service to `site` (planned), or cancel such a move with `None`.
+    SetServiceTarget {
+        service: String,
+        site: Option<String>,
+    },
+    /// Planner: `site` owns the service from now on, under `epoch` (= previous epoch + 1).
+    AssignOwner {
+        service: String,
+        site: String,
+        epoch: u64,
+        reason: String,
+    },
+    /// Planner: run an instance on `host`, in the owner site, under the current epoch.
+    PlaceInstance {
+        service: String,
+        host: NodeId,
+        epoch: u64,
+        reason: String,
+    },
+    /// Host agent: the instance is running.
+    InstanceRunning {
+        service: String,
+        host: NodeId,
+        epoch: u64,
+    },
+    /// Planner: the instance must stop.
+    RevokeInstance {
+        service: String,
+        host: NodeId,
+        epoch: u64,
+        /// Planned (switchover, drain, maintenance) rather than a failure.
+        planned: bool,
+        reason: String,
+    },
+    /// Host agent: the instance has stopped.
+    InstanceStopped {
+        service: String,
+        host: NodeId,
+        epoch: u64,
+    },
+    /// Planner: a revoked instance whose host never confirmed the stop; its lease has run out.
+    ForgetInstance {
+        service: String,
+        host: NodeId,
+        epoch: u64,
+        reason: String,
     },
     /// An operator's note in the event log.
     RecordEvent {
@@ -191,6 +336,16 @@ pub enum CommandError {
         registered: String,
         requested: String,
     },
+    #[error("service `{service}` has no instance on host {host}")]
+    UnknownInstance { service: String, host: NodeId },
+    #[error("service `{service}`: epoch {got} is stale (current {current})")]
+    StaleEpoch {
+        service: String,
+        current: u64,
+        got: u64,
+    },
+    #[error("service `{service}`: {reason}")]
+    Conflict { service: String, reason: String },
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
 }
@@ -262,6 +417,16 @@ impl FabricState {
         })
     }
 
+    fn site_mut(&mut self, name: &str) -> Result<&mut Site, CommandError> {
+        self.sites
+            .get_mut(name)
+            .ok_or_else(|| CommandError::UnknownSite(name.to_string()))
+    }
+
+    fn host_mut(&mut self, id: NodeId) -> Result<&mut Host, CommandError> {
+        self.hosts.get_mut(&id).ok_or(CommandError::UnknownHost(id))
+    }
+
     /// Validates and performs the command; returns the event message, if it is worth one.
     fn apply_command(&mut self, now: u64, cmd: &Command) -> Result<Option<String>, CommandError> {
         match cmd {
@@ -279,8 +444,10 @@ impl FabricState {
                             Site {
                                 name: name.clone(),
                                 priority: *priority,
-                                state: SiteState::Active,
-                                since_ms: now,
+                                health: Health::Up,
+                                health_since_ms: now,
+                                admin: SiteAdmin::Active,
+                                admin_since_ms: now,
                             },
                         );
                         Ok(Some(format!("site {name} added (priority {priority})")))
@@ -299,23 +466,38 @@ impl FabricState {
                     },
                 )
             }
-            Command::SetSiteState { name, state } => {
-                let site = self
-                    .sites
-                    .get_mut(name)
-                    .ok_or_else(|| CommandError::UnknownSite(name.clone()))?;
-                if site.state == *state {
+            Command::SetSiteHealth {
+                name,
+                health,
+                reason,
+            } => {
+                let site = self.site_mut(name)?;
+                if site.health == *health {
                     return Ok(None);
                 }
-                let old = std::mem::replace(&mut site.state, *state);
-                site.since_ms = now;
-                Ok(Some(format!("site {name} {old:?} -> {state:?}")))
+                site.health = *health;
+                site.health_since_ms = now;
+                Ok(Some(format!("site {name} is {}: {reason}", lower(health))))
+            }
+            Command::SetSiteAdmin { name, admin } => {
+                let site = self.site_mut(name)?;
+                if site.admin == *admin {
+                    return Ok(None);
+                }
+                let old = std::mem::replace(&mut site.admin, *admin);
+                site.admin_since_ms = now;
+                Ok(Some(format!(
+                    "site {name} {} -> {}",
+                    lower(&old),
+                    lower(admin)
+                )))
             }
             Command::RegisterHost {
                 id,
                 site,
                 address,
                 admin_address,
+                addresses,
                 capacity,
                 labels,
             } => {
@@ -334,12 +516,17 @@ impl FabricState {
                         requested: site.clone(),
                     }),
                     Some(host) => {
+                        let changed = host.address != *address
+                            || host.admin_address != *admin_address
+                            || host.addresses != *addresses
+                            || host.capacity != *capacity
+                            || host.labels != *labels;
                         host.address = address.clone();
                         host.admin_address = admin_address.clone();
+                        host.addresses = addresses.clone();
                         host.capacity = *capacity;
                         host.labels = labels.clone();
-                        host.last_report_ms = now;
-                        Ok(None)
+                        Ok(changed.then(|| format!("host {id} updated its registration")))
                     }
                     None => {
                         self.hosts.insert(
@@ -349,72 +536,88 @@ impl FabricState {
                                 site: site.clone(),
                                 address: address.clone(),
                                 admin_address: admin_address.clone(),
+                                addresses: addresses.clone(),
                                 capacity: *capacity,
                                 labels: labels.clone(),
-                                state: HostState::Up,
-                                since_ms: now,
+                                health: Health::Up,
+                                health_since_ms: now,
+                                drained: false,
+                                drained_since_ms: now,
                                 registered_ms: now,
-                                last_report_ms: now,
                             },
                         );
                         Ok(Some(format!("host {id} registered in site {site}")))
                     }
                 }
             }
-            Command::ReportHost { id } => {
-                let host = self
-                    .hosts
-                    .get_mut(id)
-                    .ok_or(CommandError::UnknownHost(*id))?;
-                host.last_report_ms = host.last_report_ms.max(now);
-                Ok(None)
-            }
-            Command::SetHostState { id, state } => {
-                let host = self
-                    .hosts
-                    .get_mut(id)
-                    .ok_or(CommandError::UnknownHost(*id))?;
-                if host.state == *state {
+            Command::SetHostHealth { id, health, reason } => {
+                let host = self.host_mut(*id)?;
+                if host.health == *health {
                     return Ok(None);
                 }
-                let old = std::mem::replace(&mut host.state, *state);
-                host.since_ms = now;
-                Ok(Some(format!("host {id} {old:?} -> {state:?}")))
+                host.health = *health;
+                host.health_since_ms = now;
+                Ok(Some(format!("host {id} is {}: {reason}", lower(health))))
+            }
+            Command::SetHostDrain { id, drained } => {
+                let host = self.host_mut(*id)?;
+                if host.drained == *drained {
+                    return Ok(None);
+                }
+                host.drained = *drained;
+                host.drained_since_ms = now;
+                Ok(Some(format!(
+                    "host {id} {}",
+                    if *drained { "drained" } else { "undrained" }
+                )))
             }
             Command::RemoveHost { id } => {
+                if let Some(s) = self
+                    .services
+                    .values()
+                    .find(|s| s.instances.contains_key(id))
+                {
+                    return Err(CommandError::Conflict {
+                        service: s.spec.name.clone(),
+                        reason: format!("host {id} still has an instance; drain it first"),
+                    });
+                }
                 self.hosts
                     .remove(id)
                     .ok_or(CommandError::UnknownHost(*id))?;
+                self.observations.remove(id);
+                for seen in self.observations.values_mut() {
+                    seen.remove(id);
+                }
                 Ok(Some(format!("host {id} removed")))
             }
-            Command::CreateService { spec } => {
-                validate_name("service name", &spec.name)?;
-                if self.services.contains_key(&spec.name) {
-                    return Err(CommandError::ServiceExists(spec.name.clone()));
+            Command::Observe {
+                observer,
+                subject,
+                up,
+            } => {
+                if observer == subject {
+                    return Err(invalid("observation", "an agent does not observe itself"));
                 }
-                if spec.sites.is_empty() {
-                    return Err(invalid("service sites", "at least one site is needed"));
+                let old = self
+                    .observations
+                    .get(subject)
+                    .and_then(|seen| seen.get(observer));
+                // An absent observation means up already.
+                if old.is_none_or(|o| o.up) == *up {
+                    return Ok(None);
                 }
-                if let Some(unknown) = spec.sites.iter().find(|s| !self.sites.contains_key(*s)) {
-                    return Err(CommandError::UnknownSite(unknown.clone()));
-                }
-                if spec.instances == 0 {
-                    return Err(invalid("service instances", "must be at least 1"));
-                }
-                self.services.insert(
-                    spec.name.clone(),
-                    Service {
-                        spec: spec.clone(),
-                        created_ms: now,
+                self.observations.entry(*subject).or_default().insert(
+                    *observer,
+                    Observation {
+                        up: *up,
+                        since_ms: now,
                     },
                 );
-                Ok(Some(format!("service {} created", spec.name)))
-            }
-            Command::DeleteService { name } => {
-                self.services
-                    .remove(name)
-                    .ok_or_else(|| CommandError::UnknownService(name.clone()))?;
-                Ok(Some(format!("service {name} deleted")))
+                Ok(Some(format!(
+                    "node {observer} sees node {subject} {}",
+                    if *up { "up" } else { "down" }
+                )))
             }
             Command::RecordEvent { message } => {
                 if message.trim().is_empty() || message.len() > 1024 {
@@ -422,8 +625,14 @@ impl FabricState {
                 }
                 Ok(Some(message.clone()))
             }
+            service_command => self.apply_service_command(now, service_command),
         }
     }
+}
+
+/// `Up` → `up`, for event messages.
+fn lower(v: &impl fmt::Debug) -> String {
+    format!("{v:?}").to_lowercase()
 }
 
 #[cfg(test)]
@@ -454,8 +663,28 @@ mod tests {
             site: site.into(),
             address: "127.0.0.1:1".into(),
             admin_address: "127.0.0.1:2".into(),
+            addresses: vec!["127.0.0.1".parse().expect("ip")],
             capacity: Capacity::default(),
             labels: BTreeMap::new(),
+        }
+    }
+
+    fn spec(name: &str, sites: &[&str]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            kind: WorkloadKind::Process(ProcessSpec {
+                command: "fabric-demo".into(),
+                args: vec![],
+                env: BTreeMap::new(),
+                port: 8080,
+            }),
+            placement: Placement {
+                sites: sites.iter().map(|s| s.to_string()).collect(),
+                instances: 1,
+                anti_affinity: vec![],
+            },
+            dns_name: Some(name.into()),
+            resources: Capacity::default(),
         }
     }
 
@@ -490,7 +719,10 @@ mod tests {
     fn revision_bumps_only_on_success() {
         let mut s = with_site("s1");
         assert_eq!(s.revision, 1);
-        let _ = s.apply(&prop(Command::ReportHost { id: 9 }));
+        let _ = s.apply(&prop(Command::SetHostDrain {
+            id: 9,
+            drained: true,
+        }));
         assert_eq!(s.revision, 1);
         assert_eq!(
             s.apply(&prop(register(9, "s1"))),
@@ -512,37 +744,202 @@ mod tests {
     }
 
     #[test]
-    fn service_needs_known_sites_and_instances() {
+    fn service_needs_known_sites_and_a_unique_name() {
         let mut s = with_site("s1");
-        let spec = |sites: Vec<&str>, instances| ServiceSpec {
-            name: "web".into(),
-            sites: sites.into_iter().map(String::from).collect(),
-            instances,
-            dns_name: None,
-        };
+        let mut no_sites = spec("web", &[]);
+        no_sites.placement.sites.clear();
         assert!(matches!(
-            s.apply(&prop(Command::CreateService {
-                spec: spec(vec![], 1)
-            })),
+            s.apply(&prop(Command::CreateService { spec: no_sites })),
             Err(CommandError::Invalid { .. })
         ));
         assert_eq!(
             s.apply(&prop(Command::CreateService {
-                spec: spec(vec!["s9"], 1)
+                spec: spec("web", &["s9"])
             })),
             Err(CommandError::UnknownSite("s9".into()))
         );
         assert!(s.services.is_empty());
         s.apply(&prop(Command::CreateService {
-            spec: spec(vec!["s1"], 1),
+            spec: spec("web", &["s1"]),
         }))
         .expect("create");
         assert_eq!(
             s.apply(&prop(Command::CreateService {
-                spec: spec(vec!["s1"], 1)
+                spec: spec("web", &["s1"])
             })),
             Err(CommandError::ServiceExists("web".into()))
         );
+        let mut same_dns = spec("web2", &["s1"]);
+        same_dns.dns_name = Some("web".into());
+        let err = s
+            .apply(&prop(Command::CreateService { spec: same_dns }))
+            .expect_err("dns name taken");
+        assert!(err.to_string().contains("dns_name"), "{err}");
+    }
+
+    /// A state with sites s1, s2, hosts 1 (s1) and 2 (s2), and service `web` owned by s1 at
+    /// epoch 1 with an instance on host 1.
+    fn placed() -> FabricState {
+        let mut s = with_site("s1");
+        for c in [
+            Command::UpsertSite {
+                name: "s2".into(),
+                priority: 2,
+            },
+            register(1, "s1"),
+            register(2, "s2"),
+            Command::CreateService {
+                spec: spec("web", &["s1", "s2"]),
+            },
+            Command::AssignOwner {
+                service: "web".into(),
+                site: "s1".into(),
+                epoch: 1,
+                reason: "test".into(),
+            },
+            Command::PlaceInstance {
+                service: "web".into(),
+                host: 1,
+                epoch: 1,
+                reason: "test".into(),
+            },
+        ] {
+            s.apply(&prop(c)).expect("setup");
+        }
+        s
+    }
+
+    #[test]
+    fn owner_changes_only_with_the_next_epoch_and_no_instance_left() {
+        let mut s = placed();
+        let assign = |epoch| Command::AssignOwner {
+            service: "web".into(),
+            site: "s2".into(),
+            epoch,
+            reason: "test".into(),
+        };
+        assert!(matches!(
+            s.apply(&prop(assign(2))),
+            Err(CommandError::Conflict { .. })
+        ));
+        s.apply(&prop(Command::RevokeInstance {
+            service: "web".into(),
+            host: 1,
+            epoch: 1,
+            planned: true,
+            reason: "test".into(),
+        }))
+        .expect("revoke");
+        // Still occupying its slot until stopped or forgotten.
+        assert!(s.apply(&prop(assign(2))).is_err());
+        s.apply(&prop(Command::InstanceStopped {
+            service: "web".into(),
+            host: 1,
+            epoch: 1,
+        }))
+        .expect("stopped");
+        assert!(matches!(
+            s.apply(&prop(assign(3))),
+            Err(CommandError::StaleEpoch { got: 3, .. })
+        ));
+        s.apply(&prop(assign(2))).expect("assign");
+        assert_eq!(s.services["web"].owner.as_deref(), Some("s2"));
+        assert_eq!(s.services["web"].epoch, 2);
+    }
+
+    #[test]
+    fn instance_commands_with_an_old_epoch_are_refused() {
+        let mut s = placed();
+        let before = s.clone();
+        assert!(matches!(
+            s.apply(&prop(Command::InstanceRunning {
+                service: "web".into(),
+                host: 1,
+                epoch: 0,
+            })),
+            Err(CommandError::StaleEpoch { got: 0, .. })
+        ));
+        assert!(matches!(
+            s.apply(&prop(Command::InstanceStopped {
+                service: "web".into(),
+                host: 2,
+                epoch: 1,
+            })),
+            Err(CommandError::UnknownInstance { host: 2, .. })
+        ));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn instances_go_only_to_hosts_of_the_owner_site() {
+        let mut s = placed();
+        let err = s
+            .apply(&prop(Command::PlaceInstance {
+                service: "web".into(),
+                host: 2,
+                epoch: 1,
+                reason: "test".into(),
+            }))
+            .expect_err("wrong site");
+        assert!(err.to_string().contains("does not own"), "{err}");
+    }
+
+    #[test]
+    fn forgetting_needs_a_revoked_instance() {
+        let mut s = placed();
+        let forget = Command::ForgetInstance {
+            service: "web".into(),
+            host: 1,
+            epoch: 1,
+            reason: "test".into(),
+        };
+        assert!(s.apply(&prop(forget.clone())).is_err());
+        s.apply(&prop(Command::RevokeInstance {
+            service: "web".into(),
+            host: 1,
+            epoch: 1,
+            planned: false,
+            reason: "test".into(),
+        }))
+        .expect("revoke");
+        s.apply(&prop(forget)).expect("forget");
+        assert!(s.services["web"].instances.is_empty());
+    }
+
+    #[test]
+    fn only_observation_changes_are_recorded() {
+        let mut s = placed();
+        let observe = |up| Command::Observe {
+            observer: 2,
+            subject: 1,
+            up,
+        };
+        let events = s.events.len();
+        s.apply(&prop(observe(true))).expect("up");
+        assert!(s.observations.is_empty(), "up is the default");
+        s.apply(&prop(observe(false))).expect("down");
+        s.apply(&prop(observe(false))).expect("down again");
+        assert_eq!(s.events.len(), events + 1);
+        assert!(!s.observations[&1][&2].up);
+    }
+
+    #[test]
+    fn site_state_shows_admin_before_health() {
+        let mut s = with_site("s1");
+        s.apply(&prop(Command::SetSiteHealth {
+            name: "s1".into(),
+            health: Health::Down,
+            reason: "test".into(),
+        }))
+        .expect("down");
+        assert_eq!(s.sites["s1"].state(), SiteState::Down);
+        s.apply(&prop(Command::SetSiteAdmin {
+            name: "s1".into(),
+            admin: SiteAdmin::Lost,
+        }))
+        .expect("lost");
+        assert_eq!(s.sites["s1"].state(), SiteState::Lost);
+        assert!(!s.sites["s1"].usable());
     }
 
     #[test]
@@ -576,18 +973,5 @@ mod tests {
             s.events.front().map(|e| e.message.as_str()),
             Some("note 10")
         );
-    }
-
-    #[test]
-    fn report_never_moves_last_report_backwards() {
-        let mut s = with_site("s1");
-        s.apply(&prop(register(1, "s1"))).expect("register");
-        let mut late = prop(Command::ReportHost { id: 1 });
-        late.at_ms = 5_000;
-        s.apply(&late).expect("report");
-        let mut early = prop(Command::ReportHost { id: 1 });
-        early.at_ms = 2_000;
-        s.apply(&early).expect("report");
-        assert_eq!(s.hosts[&1].last_report_ms, 5_000);
     }
 }

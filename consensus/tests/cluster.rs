@@ -69,6 +69,7 @@ fn register_host(id: NodeId, site: &str) -> Command {
         site: site.into(),
         address: format!("10.0.0.{id}:7000"),
         admin_address: format!("10.0.0.{id}:8000"),
+        addresses: vec![std::net::IpAddr::from([10, 0, 0, id as u8])],
         capacity: Capacity {
             cpu_millis: 4000,
             memory_mib: 8192,

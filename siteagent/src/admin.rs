@@ -25,6 +25,8 @@ use wan::{FabricTls, Identity, Role};
 use crate::agent::{Agent, AgentError};
 use crate::api::*;
 
+mod ops;
+
 type Shared = Arc<Agent>;
 
 /// Binds the admin listener and returns the future that serves it until `shutdown`.
@@ -105,6 +107,24 @@ fn router(agent: Shared) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/sites", get(sites).post(upsert_site))
         .route("/v1/hosts", get(hosts))
+        .route("/v1/services", get(services).post(ops::create_service))
+        .route(
+            "/v1/services/{name}",
+            axum::routing::delete(ops::delete_service),
+        )
+        .route("/v1/services/{name}/switchover", post(ops::switchover))
+        .route("/v1/services/{name}/failback", post(ops::failback))
+        .route("/v1/hosts/{id}/drain", post(ops::drain))
+        .route("/v1/hosts/{id}/undrain", post(ops::undrain))
+        .route(
+            "/v1/sites/{name}/maintenance/enter",
+            post(ops::maintenance_enter),
+        )
+        .route(
+            "/v1/sites/{name}/maintenance/exit",
+            post(ops::maintenance_exit),
+        )
+        .route("/v1/failover/{site}", post(ops::failover))
         .route("/v1/events", get(events).post(note))
         .route("/v1/state", get(state))
         .route("/v1/members", get(members))
@@ -178,7 +198,7 @@ async fn status(State(agent): State<Shared>) -> Json<Status> {
             .map(|h| HostSummary {
                 id: h.id,
                 site: h.site.clone(),
-                state: h.state,
+                state: h.state(),
             })
             .collect();
         (s.revision, hosts)
@@ -196,6 +216,8 @@ async fn status(State(agent): State<Shared>) -> Json<Status> {
         applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
         revision,
         hosts,
+        lease_valid: agent.lease_valid(),
+        lease_remaining_ms: agent.lease_remaining().as_millis() as u64,
     })
 }
 
@@ -212,15 +234,24 @@ async fn sites(
                 SiteView {
                     name: site.name.clone(),
                     priority: site.priority,
-                    state: site.state,
-                    since_ms: site.since_ms,
+                    state: site.state(),
+                    health: site.health,
+                    health_since_ms: site.health_since_ms,
+                    admin: site.admin,
+                    admin_since_ms: site.admin_since_ms,
                     hosts: hosts.len(),
-                    hosts_up: hosts.iter().filter(|h| h.state == HostState::Up).count(),
+                    hosts_up: hosts.iter().filter(|h| h.state() == HostState::Up).count(),
                     voters: members
                         .voters
                         .iter()
                         .filter(|v| members.nodes.get(v).is_some_and(|n| n.site == site.name))
                         .copied()
+                        .collect(),
+                    services: s
+                        .services
+                        .values()
+                        .filter(|svc| svc.owner.as_ref() == Some(&site.name))
+                        .map(|svc| svc.spec.name.clone())
                         .collect(),
                 }
             })
@@ -243,11 +274,14 @@ async fn hosts(
                 site: h.site.clone(),
                 address: h.address.clone(),
                 admin_address: h.admin_address.clone(),
+                addresses: h.addresses.clone(),
                 capacity: h.capacity,
                 labels: h.labels.clone(),
-                state: h.state,
-                since_ms: h.since_ms,
-                last_report_ms: h.last_report_ms,
+                state: h.state(),
+                health: h.health,
+                health_since_ms: h.health_since_ms,
+                drained: h.drained,
+                registered_ms: h.registered_ms,
                 raft: if members.voters.contains(&h.id) {
                     "voter"
                 } else if members.learners.contains(&h.id) {
@@ -256,11 +290,77 @@ async fn hosts(
                     "none"
                 }
                 .into(),
+                instances: s
+                    .services
+                    .values()
+                    .filter_map(|svc| {
+                        svc.instances.get(&h.id).map(|i| {
+                            format!(
+                                "{} ({}, epoch {})",
+                                svc.spec.name,
+                                format!("{:?}", i.state).to_lowercase(),
+                                i.epoch
+                            )
+                        })
+                    })
+                    .collect(),
             })
             .collect()
     })
     .await?;
     Ok(Json(views))
+}
+
+async fn services(
+    State(agent): State<Shared>,
+    Query(opts): Query<ReadOpts>,
+) -> Result<Json<Vec<ServiceView>>, Failure> {
+    let zone = agent.config().dns.zone.clone();
+    let views = read(&agent, &opts, |s| {
+        s.services
+            .values()
+            .map(|svc| service_view(s, svc, &zone))
+            .collect()
+    })
+    .await?;
+    Ok(Json(views))
+}
+
+fn service_view(s: &FabricState, svc: &consensus::state::Service, zone: &str) -> ServiceView {
+    let port = match &svc.spec.kind {
+        consensus::state::WorkloadKind::Process(p) => p.port,
+    };
+    ServiceView {
+        name: svc.spec.name.clone(),
+        owner: svc.owner.clone(),
+        epoch: svc.epoch,
+        owner_since_ms: svc.owner_since_ms,
+        target: svc.target.clone(),
+        dns_name: svc.spec.dns_name.as_ref().map(|n| format!("{n}.{zone}")),
+        instances: svc
+            .instances
+            .values()
+            .map(|i| {
+                let host = s.hosts.get(&i.host);
+                InstanceView {
+                    host: i.host,
+                    site: host.map(|h| h.site.clone()),
+                    epoch: i.epoch,
+                    state: i.state,
+                    since_ms: i.since_ms,
+                    endpoints: host
+                        .map(|h| {
+                            h.addresses
+                                .iter()
+                                .map(|a| std::net::SocketAddr::new(*a, port).to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect(),
+        spec: svc.spec.clone(),
+    }
 }
 
 async fn events(

@@ -5,18 +5,21 @@
 //! no state of its own that another agent would need.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use consensus::FabricNode;
 use consensus::node::{FabricRaft, NotLeader, ProposeError};
 use consensus::state::{Applied, Capacity, Command, CommandError, FabricState, Proposal};
 use consensus::wan_transport::WanTransport;
+use failover::lease::LeaseHolder;
 use tokio_util::sync::CancellationToken;
 use wan::{Channel, FabricTls, Role, Wan};
 
 use crate::config::{AgentConfig, AgentRole};
 use crate::control::{ControlReply, ControlRequest, WanHandler};
+use crate::workload::{Driver, ProcessDriver};
 
 /// How long a write or read may keep looking for a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -51,6 +54,10 @@ pub enum StartError {
     Raft(#[from] consensus::node::NodeError),
     #[error("admin api: {0}")]
     Admin(String),
+    #[error("dns: {0}")]
+    Dns(#[from] failover::dns::DnsError),
+    #[error("workloads: {0}")]
+    Workload(#[from] crate::workload::WorkloadError),
 }
 
 pub fn now_ms() -> u64 {
@@ -66,9 +73,42 @@ pub struct Agent {
     me: FabricNode,
     wan: Arc<Wan>,
     raft: FabricRaft,
+    /// This agent's ownership lease, re-confirmed with the majority by the lease keeper.
+    lease: Mutex<LeaseHolder>,
+    /// State revision seen by the latest successful lease confirmation.
+    confirmed_revision: AtomicU64,
 }
 
 impl Agent {
+    /// True while this agent may vouch for what it serves (its lease is confirmed).
+    pub fn lease_valid(&self) -> bool {
+        self.lease().is_valid(Instant::now())
+    }
+
+    pub fn lease_remaining(&self) -> Duration {
+        self.lease().remaining(Instant::now()).unwrap_or_default()
+    }
+
+    pub(crate) fn lease(&self) -> std::sync::MutexGuard<'_, LeaseHolder> {
+        // The holder is a plain value; a panic elsewhere cannot leave it half-updated.
+        self.lease.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a successful confirmation sent at `sent` that read state `revision`.
+    pub(crate) fn lease_confirmed(&self, sent: Instant, revision: u64) {
+        self.lease().confirmed(sent);
+        self.confirmed_revision
+            .fetch_max(revision, Ordering::SeqCst);
+    }
+
+    pub(crate) fn confirmed_revision(&self) -> u64 {
+        self.confirmed_revision.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn actor(&self) -> String {
+        format!("node {}", self.id())
+    }
+
     pub fn config(&self) -> &AgentConfig {
         &self.config
     }
@@ -346,35 +386,12 @@ impl Agent {
             site: self.config.site.clone(),
             address: self.me.addr.clone(),
             admin_address: self.me.admin_addr.clone(),
+            addresses: self.config.workload_addresses(),
             capacity: Capacity {
                 cpu_millis: self.config.host.cpu_millis,
                 memory_mib: self.config.host.memory_mib,
             },
             labels: self.config.host.labels.clone(),
-        }
-    }
-
-    /// Reports liveness every `host.report_interval` until shutdown.
-    async fn report_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let actor = format!("node {}", self.id());
-        let mut tick = tokio::time::interval(self.config.host.report_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            match self
-                .propose(actor.clone(), Command::ReportHost { id: self.id() })
-                .await
-            {
-                Ok(_) => {}
-                Err(AgentError::Rejected(CommandError::UnknownHost(_))) => {
-                    // Removed by an operator or never registered: register again.
-                    let _ = self.propose(actor.clone(), self.register_command()).await;
-                }
-                Err(e) => tracing::debug!("liveness report failed: {e}"),
-            }
         }
     }
 }
@@ -427,6 +444,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     )
     .await?;
     let agent = Arc::new(Agent {
+        lease: Mutex::new(LeaseHolder::new(config.lease())),
+        confirmed_revision: AtomicU64::new(0),
         config,
         me: me.clone(),
         wan: wan.clone(),
@@ -446,6 +465,25 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         .map_err(|e| StartError::Admin(e.to_string()))?;
     tasks.spawn(admin);
     tasks.spawn(crate::metrics::export_loop(agent.clone(), inner.clone()));
+    tasks.spawn(crate::health::heartbeat_loop(agent.clone(), inner.clone()));
+    let driver: Option<Arc<dyn Driver>> = if agent.config.has(AgentRole::Host) {
+        let guard = match &agent.config.host.guard {
+            Some(g) => g.clone(),
+            None => crate::workload::find_guard()?,
+        };
+        Some(Arc::new(ProcessDriver::new(agent.config.work_dir(), guard)))
+    } else {
+        None
+    };
+    tasks.spawn(crate::keeper::keeper_loop(
+        agent.clone(),
+        driver,
+        inner.clone(),
+    ));
+    if agent.config.has(AgentRole::Dns) {
+        tasks.spawn(crate::zone::serve(agent.clone(), inner.clone()).await?);
+    }
+    tasks.spawn(crate::leader::leader_loop(agent.clone(), inner.clone()));
     tracing::info!(
         node = agent.id(),
         site = %agent.config.site,
@@ -469,9 +507,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             let life = async {
                 agent.join(&inner).await;
                 agent.register(&inner).await;
-                if agent.config.has(AgentRole::Host) {
-                    agent.clone().report_loop(inner.clone()).await;
-                }
             };
             tokio::select! {
                 _ = inner.cancelled() => {}

@@ -2,7 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use consensus::state::{Capacity, HostState, SiteState};
+use std::net::IpAddr;
+
+use consensus::state::{
+    Capacity, Health, HostState, InstanceState, ServiceSpec, SiteAdmin, SiteState,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AgentRole;
@@ -26,6 +30,10 @@ pub struct Status {
     /// Replicated state revision (number of applied changes).
     pub revision: u64,
     pub hosts: Vec<HostSummary>,
+    /// This agent's ownership lease: whether it may still vouch for what it serves.
+    pub lease_valid: bool,
+    /// Milliseconds of lease left.
+    pub lease_remaining_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,13 +48,20 @@ pub struct HostSummary {
 pub struct SiteView {
     pub name: String,
     pub priority: u32,
+    /// `active`, `maintenance`, `down` or `lost`.
     pub state: SiteState,
-    /// Unix ms of the last state change.
-    pub since_ms: u64,
+    /// Health verdict of the quorum, and since when (unix ms).
+    pub health: Health,
+    pub health_since_ms: u64,
+    /// What operators declared, and since when (unix ms).
+    pub admin: SiteAdmin,
+    pub admin_since_ms: u64,
     pub hosts: usize,
     pub hosts_up: usize,
     /// Raft voters located in this site.
     pub voters: Vec<u64>,
+    /// Services this site owns.
+    pub services: Vec<String>,
 }
 
 /// `GET /v1/hosts`.
@@ -56,15 +71,82 @@ pub struct HostView {
     pub site: String,
     pub address: String,
     pub admin_address: String,
+    /// Where its workloads are reachable.
+    pub addresses: Vec<IpAddr>,
     pub capacity: Capacity,
     pub labels: BTreeMap<String, String>,
+    /// `up`, `draining` or `down`.
     pub state: HostState,
-    /// Unix ms of the last state change.
-    pub since_ms: u64,
-    /// Unix ms of the last liveness report.
-    pub last_report_ms: u64,
+    pub health: Health,
+    /// Unix ms of the last health change.
+    pub health_since_ms: u64,
+    pub drained: bool,
+    /// Unix ms of registration.
+    pub registered_ms: u64,
     /// `voter`, `learner` or `none`.
     pub raft: String,
+    /// Instances on this host: `service (state, epoch N)`.
+    pub instances: Vec<String>,
+}
+
+/// `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub owner: Option<String>,
+    pub epoch: u64,
+    /// Unix ms since the owner last changed.
+    pub owner_since_ms: u64,
+    /// A planned move in progress.
+    pub target: Option<String>,
+    /// Fully qualified DNS name, if it has one.
+    pub dns_name: Option<String>,
+    pub instances: Vec<InstanceView>,
+    pub spec: ServiceSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub host: u64,
+    pub site: Option<String>,
+    pub epoch: u64,
+    pub state: InstanceState,
+    pub since_ms: u64,
+    /// `ip:port` endpoints of this instance.
+    pub endpoints: Vec<String>,
+}
+
+/// Body of the operations (`drain`, `maintenance`, `switchover`, `failover`, `failback`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationRequest {
+    /// Only compute and return the plan.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Target site (`switchover`).
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Act even when the fabric sees no reason to (`failover` of a site that looks alive).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Answer of an operation: what it changes and the plan that follows from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationResult {
+    pub dry_run: bool,
+    /// The change itself, in words.
+    pub change: String,
+    /// The planner's steps that follow, in order (as the dry run predicts them).
+    pub plan: Vec<PlanStep>,
+    /// State revision after the change (absent on a dry run).
+    pub revision: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStep {
+    pub action: failover::planner::Action,
+    pub description: String,
 }
 
 /// `GET /v1/events`.

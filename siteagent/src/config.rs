@@ -4,7 +4,7 @@
 //! errors). Relative paths are taken relative to the directory of the config file.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -58,6 +58,10 @@ pub struct AgentConfig {
     #[serde(default)]
     pub host: HostConfig,
     #[serde(default)]
+    pub failover: FailoverConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
     pub wan: WanTuning,
     #[serde(default)]
     pub log: LogConfig,
@@ -106,9 +110,16 @@ pub struct HostConfig {
     /// Free-form labels (keys: a-z, 0-9, -).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// How often the agent reports that its host is alive.
-    #[serde(with = "humantime_serde", default = "defaults::report_interval")]
-    pub report_interval: Duration,
+    /// Addresses at which this host's workloads are reachable (IPv4 and/or IPv6); DNS answers
+    /// with them. Default: the IP of `wan_listen`.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// Where workloads keep their working directories and logs. Default: `<data_dir>/workloads`.
+    #[serde(default)]
+    pub work_dir: Option<PathBuf>,
+    /// The `fabric-guard` binary that fences workloads. Default: next to `siteagent`.
+    #[serde(default)]
+    pub guard: Option<PathBuf>,
 }
 
 impl Default for HostConfig {
@@ -117,7 +128,69 @@ impl Default for HostConfig {
             cpu_millis: defaults::cpu_millis(),
             memory_mib: defaults::memory_mib(),
             labels: BTreeMap::new(),
-            report_interval: defaults::report_interval(),
+            addresses: Vec::new(),
+            work_dir: None,
+            guard: None,
+        }
+    }
+}
+
+/// Failure detection and ownership leases. `lease` and `lease_margin` must be the same on every
+/// agent: the majority's waiting time rests on the holders' expiry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverConfig {
+    /// How often every other agent is pinged on the control stream.
+    #[serde(with = "humantime_serde", default = "defaults::heartbeat_interval")]
+    pub heartbeat_interval: Duration,
+    /// Missed heartbeats before this agent sees a peer as down.
+    #[serde(default = "defaults::failure_threshold")]
+    pub failure_threshold: u32,
+    /// Ownership lease: a holder serves at most `lease - lease_margin` after its last
+    /// confirmation was sent; the majority reassigns `lease + lease_margin` after revoking.
+    #[serde(with = "humantime_serde", default = "defaults::lease")]
+    pub lease: Duration,
+    /// Safety margin for clock-rate differences and delays (see `lease`).
+    #[serde(with = "humantime_serde", default = "defaults::lease_margin")]
+    pub lease_margin: Duration,
+    /// How often the leader runs the planner (it also runs on every state change).
+    #[serde(with = "humantime_serde", default = "defaults::plan_interval")]
+    pub plan_interval: Duration,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: defaults::heartbeat_interval(),
+            failure_threshold: defaults::failure_threshold(),
+            lease: defaults::lease(),
+            lease_margin: defaults::lease_margin(),
+            plan_interval: defaults::plan_interval(),
+        }
+    }
+}
+
+/// The authoritative DNS server of agents with the `dns` role.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// UDP and TCP address to serve on. Default: the IP of `wan_listen`, port 53.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// The fabric zone, e.g. `fabric.test.`; service names live under it.
+    #[serde(default = "defaults::zone")]
+    pub zone: String,
+    /// TTL of answers (and of negative answers), seconds. Keep it short: failover waits it out.
+    #[serde(default = "defaults::dns_ttl")]
+    pub ttl: u32,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            zone: defaults::zone(),
+            ttl: defaults::dns_ttl(),
         }
     }
 }
@@ -201,8 +274,26 @@ mod defaults {
     pub fn memory_mib() -> u64 {
         8192
     }
-    pub fn report_interval() -> Duration {
-        Duration::from_secs(5)
+    pub fn heartbeat_interval() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub fn failure_threshold() -> u32 {
+        4
+    }
+    pub fn lease() -> Duration {
+        Duration::from_secs(6)
+    }
+    pub fn lease_margin() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn plan_interval() -> Duration {
+        Duration::from_millis(250)
+    }
+    pub fn zone() -> String {
+        "fabric.test.".into()
+    }
+    pub fn dns_ttl() -> u32 {
+        5
     }
     pub fn max_frame_bytes() -> usize {
         16 << 20
@@ -214,7 +305,7 @@ mod defaults {
         Duration::from_secs(10)
     }
     pub fn log_filter() -> String {
-        "info,openraft=warn".into()
+        "info,openraft=warn,hickory_server=warn".into()
     }
 }
 
@@ -257,6 +348,12 @@ impl AgentConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
         config.tls = config.tls.relative_to(base);
+        if let Some(dir) = &config.host.work_dir {
+            config.host.work_dir = Some(base.join(dir));
+        }
+        if let Some(guard) = &config.host.guard {
+            config.host.guard = Some(base.join(guard));
+        }
         Ok(config)
     }
 
@@ -310,8 +407,27 @@ impl AgentConfig {
         if self.wan.max_frame_bytes < 64 << 10 {
             return Err(invalid("wan.max_frame_bytes", "must be at least 65536"));
         }
-        if self.host.report_interval.is_zero() {
-            return Err(invalid("host.report_interval", "must be greater than 0"));
+        let f = &self.failover;
+        if f.heartbeat_interval.is_zero() || f.failure_threshold == 0 {
+            return Err(invalid(
+                "failover.failure_threshold",
+                "heartbeat_interval and failure_threshold must be greater than 0",
+            ));
+        }
+        if f.lease_margin.is_zero() || f.lease <= f.lease_margin * 2 {
+            return Err(invalid(
+                "failover.lease",
+                "must be more than twice failover.lease_margin (which must be > 0)",
+            ));
+        }
+        if f.plan_interval.is_zero() {
+            return Err(invalid("failover.plan_interval", "must be greater than 0"));
+        }
+        if !self.dns.zone.ends_with('.') || self.dns.zone.len() < 2 {
+            return Err(invalid(
+                "dns.zone",
+                "must be an absolute name ending in `.`, e.g. `fabric.test.`",
+            ));
         }
         Ok(())
     }
@@ -331,6 +447,42 @@ impl AgentConfig {
             election_timeout_min: self.raft.election_timeout_min,
             election_timeout_max: self.raft.election_timeout_max,
             snapshot_after_logs: self.raft.snapshot_after_logs,
+        }
+    }
+
+    /// Addresses of this host's workloads: `host.addresses`, else the WAN IP.
+    pub fn workload_addresses(&self) -> Vec<IpAddr> {
+        if self.host.addresses.is_empty() {
+            vec![self.wan_listen.ip()]
+        } else {
+            self.host.addresses.clone()
+        }
+    }
+
+    pub fn dns_listen(&self) -> SocketAddr {
+        self.dns
+            .listen
+            .unwrap_or_else(|| SocketAddr::new(self.wan_listen.ip(), 53))
+    }
+
+    pub fn work_dir(&self) -> PathBuf {
+        self.host
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("workloads"))
+    }
+
+    pub fn detector(&self) -> failover::detector::DetectorConfig {
+        failover::detector::DetectorConfig {
+            interval: self.failover.heartbeat_interval,
+            threshold: self.failover.failure_threshold,
+        }
+    }
+
+    pub fn lease(&self) -> failover::lease::LeaseConfig {
+        failover::lease::LeaseConfig {
+            lease: self.failover.lease,
+            margin: self.failover.lease_margin,
         }
     }
 

@@ -13,8 +13,12 @@ pub mod api;
 pub mod config;
 pub mod control;
 pub mod guard;
+pub mod health;
+pub mod keeper;
+pub mod leader;
 pub mod metrics;
 pub mod workload;
+pub mod zone;
 
 pub use agent::run;
 pub use config::AgentConfig;

@@ -104,6 +104,10 @@ impl Client {
         self.send(|c, url| c.get(url), path).await
     }
 
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(|c, url| c.delete(url), path).await
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

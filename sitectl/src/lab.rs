@@ -30,6 +30,10 @@ use crate::context::Context;
 
 pub const WAN_PORT: u16 = 7100;
 pub const ADMIN_PORT: u16 = 7443;
+/// DNS (UDP and TCP) of the agents with the `dns` role: every host of the lab.
+pub const DNS_PORT: u16 = 5300;
+/// Site name of the witness agent of `lab up --witness`.
+pub const WITNESS_SITE: &str = "w";
 const OPERATOR: &str = "admin";
 
 /// What `lab.toml` records about each agent.
@@ -52,6 +56,12 @@ pub struct LabFile {
     pub hosts_per_site: u32,
     /// Second octet of every agent address.
     pub net: u8,
+    /// A witness agent in its own site `w` (a voter without workloads).
+    #[serde(default)]
+    pub witness: bool,
+    /// Hosts also advertise `::1` for their workloads (AAAA answers).
+    #[serde(default)]
+    pub ipv6: bool,
     pub agents: Vec<LabAgent>,
 }
 
@@ -90,6 +100,10 @@ pub struct UpOptions {
     pub timeout: Duration,
     pub siteagent: PathBuf,
     pub progress: bool,
+    /// Add a witness site with one voting agent.
+    pub witness: bool,
+    /// Advertise `::1` too for workloads.
+    pub ipv6: bool,
 }
 
 /// The `siteagent` binary: `$SITEAGENT_BIN`, else next to this `sitectl`.
@@ -116,9 +130,10 @@ fn addr(net: u8, site: u32, host: u32, port: u16) -> SocketAddr {
     ))
 }
 
-/// True when every agent address of a lab on `net` can be bound right now.
+/// True when every agent address of a lab on `net` can be bound right now (one more site for a
+/// witness is always checked).
 fn net_is_free(net: u8, sites: u32, hosts: u32) -> bool {
-    (1..=sites).all(|s| {
+    (1..=sites + 1).all(|s| {
         (1..=hosts).all(|h| {
             std::net::UdpSocket::bind(addr(net, s, h, WAN_PORT)).is_ok()
                 && std::net::TcpListener::bind(addr(net, s, h, ADMIN_PORT)).is_ok()
@@ -152,6 +167,10 @@ fn agent_config(lab: &LabFile, a: &LabAgent, voters: &[&LabAgent]) -> String {
         .map(|r| format!("\"{}\"", format!("{r:?}").to_lowercase()))
         .collect();
     let site_index: u32 = a.site.trim_start_matches('s').parse().unwrap_or(100);
+    let mut addresses = vec![format!("\"{}\"", a.wan.ip())];
+    if lab.ipv6 {
+        addresses.push("\"::1\"".into());
+    }
     format!(
         r#"# Written by `sitectl lab up` ({sites} sites x {hosts} hosts).
 node_id = {node}
@@ -170,7 +189,19 @@ cert = "../../pki/agent-{node}.crt"
 key = "../../pki/agent-{node}.key"
 
 [host]
-report_interval = "2s"
+addresses = [{addresses}]
+
+[failover]
+heartbeat_interval = "200ms"
+failure_threshold = 5
+lease = "4s"
+lease_margin = "1s"
+plan_interval = "200ms"
+
+[dns]
+listen = "{dns_ip}:{dns_port}"
+zone = "{zone}"
+ttl = {ttl}
 "#,
         sites = lab.sites,
         hosts = lab.hosts_per_site,
@@ -181,8 +212,17 @@ report_interval = "2s"
         admin = a.admin,
         bootstrap = a.node == 1,
         peers = peers.join(", "),
+        addresses = addresses.join(", "),
+        dns_ip = a.wan.ip(),
+        dns_port = DNS_PORT,
+        zone = LAB_ZONE,
+        ttl = LAB_DNS_TTL,
     )
 }
+
+/// The lab's DNS zone and answer TTL (seconds).
+pub const LAB_ZONE: &str = "fabric.test.";
+pub const LAB_DNS_TTL: u32 = 2;
 
 impl Lab {
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
@@ -223,9 +263,9 @@ impl Lab {
             for h in 1..=opts.hosts_per_site {
                 let node = u64::from((s - 1) * opts.hosts_per_site + h);
                 let roles = if h == 1 {
-                    vec![AgentRole::Voter, AgentRole::Host]
+                    vec![AgentRole::Voter, AgentRole::Host, AgentRole::Dns]
                 } else {
-                    vec![AgentRole::Host]
+                    vec![AgentRole::Host, AgentRole::Dns]
                 };
                 agents.push(LabAgent {
                     node,
@@ -237,10 +277,23 @@ impl Lab {
                 });
             }
         }
+        if opts.witness {
+            let node = u64::from(opts.sites * opts.hosts_per_site + 1);
+            agents.push(LabAgent {
+                node,
+                site: WITNESS_SITE.into(),
+                roles: vec![AgentRole::Witness],
+                wan: addr(net, opts.sites + 1, 1, WAN_PORT),
+                admin: addr(net, opts.sites + 1, 1, ADMIN_PORT),
+                dir: PathBuf::from(format!("nodes/n{node}")),
+            });
+        }
         let file = LabFile {
             sites: opts.sites,
             hosts_per_site: opts.hosts_per_site,
             net,
+            witness: opts.witness,
+            ipv6: opts.ipv6,
             agents,
         };
 
@@ -258,7 +311,9 @@ impl Lab {
         let voters: Vec<&LabAgent> = file
             .agents
             .iter()
-            .filter(|a| a.roles.contains(&AgentRole::Voter))
+            .filter(|a| {
+                a.roles.contains(&AgentRole::Voter) || a.roles.contains(&AgentRole::Witness)
+            })
             .collect();
         for a in &file.agents {
             let adir = dir.join(&a.dir);
@@ -476,6 +531,49 @@ impl Lab {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Writes `D/services/<name>.toml`: the demo service (`fabric-demo`, found next to `sitectl`
+    /// or at `$FABRIC_DEMO_BIN`) in `sites` (default: every host site of the lab, in order).
+    pub fn write_demo_spec(
+        &self,
+        name: &str,
+        sites: &[String],
+        port: u16,
+        instances: u32,
+    ) -> anyhow::Result<PathBuf> {
+        let demo = siteagent::workload::find_demo()?;
+        let sites: Vec<String> = if sites.is_empty() {
+            (1..=self.file.sites).map(|s| format!("s{s}")).collect()
+        } else {
+            sites.to_vec()
+        };
+        let quoted: Vec<String> = sites.iter().map(|s| format!("{s:?}")).collect();
+        let text = format!(
+            r#"# The demo service: answers GET /whoami with its site, host and lease epoch.
+name = "{name}"
+dns_name = "{name}"
+
+[kind.process]
+command = {demo:?}
+port = {port}
+
+[placement]
+sites = [{sites}]
+instances = {instances}
+
+[resources]
+cpu_millis = 100
+memory_mib = 64
+"#,
+            demo = demo.display().to_string(),
+            sites = quoted.join(", "),
+        );
+        let dir = self.dir.join("services");
+        fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{name}.toml"));
+        fs::write(&path, text)?;
+        Ok(path)
     }
 
     /// Agents by node id.

@@ -7,4 +7,5 @@ pub mod bench;
 pub mod client;
 pub mod context;
 pub mod lab;
+pub mod ops;
 pub mod output;

@@ -10,6 +10,7 @@ use siteagent::api::*;
 use sitectl::client::Client;
 use sitectl::context::{self, Context};
 use sitectl::lab::{self, Lab, UpOptions};
+use sitectl::ops::{self, HostCmd, MaintenanceCmd, ServiceCmd};
 use sitectl::out;
 use sitectl::output::{Output, ago, lower, print};
 use wan::pki::{self, Validity};
@@ -60,9 +61,44 @@ enum Cmd {
         #[arg(long)]
         local: bool,
     },
-    /// Change a site.
+    /// Change a site: priority, maintenance.
     #[command(subcommand)]
     Site(SiteCmd),
+    /// Services: create, list, delete.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Services with their owner and instances (same as `service list`).
+    Services {
+        #[arg(long)]
+        local: bool,
+    },
+    /// Drain or undrain a host.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Planned move of a service to another site: stop at the source, confirm, start at the target.
+    Switchover {
+        service: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Declare a site lost and move its services to the next site.
+    Failover {
+        #[arg(long)]
+        site: String,
+        /// Needed when the fabric still sees the site alive.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Move a service back to the first site of its placement list (planned).
+    Failback {
+        service: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Add a note to the event log.
     Note {
         /// The note.
@@ -114,6 +150,9 @@ enum SiteCmd {
         #[arg(long)]
         priority: u32,
     },
+    /// Put a site in maintenance (evacuating it) or bring it back.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCmd),
 }
 
 #[derive(Subcommand)]
@@ -142,6 +181,28 @@ enum LabCmd {
         /// How long to wait for a leader and every host.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Add a witness: one voting agent without workloads in its own site `w`.
+        #[arg(long)]
+        witness: bool,
+        /// Hosts also advertise ::1 for their workloads (AAAA answers).
+        #[arg(long)]
+        ipv6: bool,
+    },
+    /// Declare the demo service (fabric-demo answering GET /whoami) in a running lab.
+    Demo {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "web")]
+        name: String,
+        /// Sites in priority order (default: every site of the lab).
+        #[arg(long, value_delimiter = ',')]
+        sites: Vec<String>,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long, default_value_t = 1)]
+        instances: u32,
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Every agent of the lab, with pid and liveness.
     Status {
@@ -273,7 +334,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print(
                 out,
                 &sites,
-                &["site", "priority", "state", "since", "hosts up", "voters"],
+                &[
+                    "site", "priority", "state", "health", "since", "hosts up", "voters",
+                    "services",
+                ],
                 || {
                     sites
                         .iter()
@@ -282,9 +346,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 s.name.clone(),
                                 s.priority.to_string(),
                                 lower(&s.state),
-                                ago(s.since_ms),
+                                lower(&s.health),
+                                ago(s.health_since_ms.max(s.admin_since_ms)),
                                 format!("{}/{}", s.hosts_up, s.hosts),
                                 format!("{:?}", s.voters),
+                                s.services.join(", "),
                             ]
                         })
                         .collect()
@@ -302,10 +368,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "host",
                     "site",
                     "state",
-                    "since",
-                    "last report",
+                    "health since",
                     "raft",
                     "address",
+                    "instances",
                 ],
                 || {
                     hosts
@@ -315,10 +381,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 h.id.to_string(),
                                 h.site.clone(),
                                 lower(&h.state),
-                                ago(h.since_ms),
-                                ago(h.last_report_ms),
+                                ago(h.health_since_ms),
                                 h.raft.clone(),
                                 h.address.clone(),
+                                h.instances.join(", "),
                             ]
                         })
                         .collect()
@@ -362,6 +428,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print(out, &r, &["site", "priority", "revision"], || {
                 vec![vec![name, priority.to_string(), r.revision.to_string()]]
             })?;
+        }
+        Cmd::Site(SiteCmd::Maintenance(cmd)) => {
+            ops::maintenance(&client(cli.context, cli.endpoint)?, out, cmd).await?;
+        }
+        Cmd::Service(cmd) => ops::service(&client(cli.context, cli.endpoint)?, out, cmd).await?,
+        Cmd::Services { local } => {
+            ops::service(
+                &client(cli.context, cli.endpoint)?,
+                out,
+                ServiceCmd::List { local },
+            )
+            .await?
+        }
+        Cmd::Host(cmd) => ops::host(&client(cli.context, cli.endpoint)?, out, cmd).await?,
+        Cmd::Switchover {
+            service,
+            to,
+            dry_run,
+        } => {
+            let c = client(cli.context, cli.endpoint)?;
+            ops::switchover(&c, out, &service, to, dry_run).await?
+        }
+        Cmd::Failover {
+            site,
+            force,
+            dry_run,
+        } => {
+            let c = client(cli.context, cli.endpoint)?;
+            ops::failover(&c, out, &site, force, dry_run).await?
+        }
+        Cmd::Failback { service, dry_run } => {
+            let c = client(cli.context, cli.endpoint)?;
+            ops::failback(&c, out, &service, dry_run).await?
         }
         Cmd::Note { message } => {
             let r: WriteResult = client(cli.context, cli.endpoint)?
@@ -498,12 +597,16 @@ async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
             hosts_per_site,
             net,
             timeout,
+            witness,
+            ipv6,
         } => {
             let opts = UpOptions {
                 sites,
                 hosts_per_site,
                 net,
                 timeout,
+                witness,
+                ipv6,
                 siteagent: lab::find_siteagent()?,
                 progress: out == Output::Table
                     && std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -518,6 +621,27 @@ async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
             }
         }
         LabCmd::Status { dir } => print_processes(out, &Lab::open(&dir)?)?,
+        LabCmd::Demo {
+            dir,
+            name,
+            sites,
+            port,
+            instances,
+            dry_run,
+        } => {
+            let lab = Lab::open(&dir)?;
+            let path = lab.write_demo_spec(&name, &sites, port, instances)?;
+            let c = Client::new(&lab.context()?)?;
+            ops::service(
+                &c,
+                out,
+                ServiceCmd::Create {
+                    file: path,
+                    dry_run,
+                },
+            )
+            .await?;
+        }
         LabCmd::Down { dir, grace } => {
             let lab = Lab::open(&dir)?;
             let killed = lab.down(grace).await;

@@ -109,25 +109,33 @@ pub struct TestLab {
 impl TestLab {
     /// `sitectl lab up` with `sites` × `hosts` agents.
     pub fn up(sites: u32, hosts: u32) -> Self {
+        Self::up_with(sites, hosts, &[])
+    }
+
+    /// `sitectl lab up` with extra flags (`--witness`, `--ipv6`).
+    pub fn up_with(sites: u32, hosts: u32, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("fabric-lab-")
             .tempdir()
             .expect("temp dir");
         let lab = TestLab { dir };
-        let out = sitectl(&[
+        let (sites, hosts) = (sites.to_string(), hosts.to_string());
+        let mut args = vec![
             "lab",
             "up",
             "--dir",
             lab.dir_str(),
             "--sites",
-            &sites.to_string(),
+            &sites,
             "--hosts-per-site",
-            &hosts.to_string(),
+            &hosts,
             "--timeout",
             "90s",
             "--output",
             "json",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let out = sitectl(&args);
         assert!(
             out.status.success(),
             "lab up failed: {}\n{}",
@@ -238,9 +246,39 @@ impl TestLab {
     }
 }
 
+impl TestLab {
+    /// Sends `signal` to the agent of `node`.
+    pub fn signal(&self, node: u64, signal: Signal) {
+        let pid = self.proc(node).pid.expect("pid");
+        kill(Pid::from_raw(pid), signal).unwrap_or_else(|e| panic!("{signal} to node {node}: {e}"));
+    }
+
+    /// Processes (workloads, guards) whose working directory is inside this lab.
+    fn workload_pids(&self) -> Vec<i32> {
+        let dir = self.dir();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+            })
+            .collect()
+    }
+}
+
 impl Drop for TestLab {
     fn drop(&mut self) {
+        // A frozen agent cannot act on SIGTERM.
+        for pid in self.recorded_pids() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+        }
         let _ = sitectl(&["lab", "down", "--dir", self.dir_str(), "--grace", "5s"]);
+        for pid in self.workload_pids() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
         // Belt and braces: anything still running whose command line names this lab dies now.
         let dir = self.dir_str().to_string();
         for pid in self.recorded_pids() {
@@ -260,4 +298,101 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// One `dig` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dig {
+    /// `NOERROR`, `NXDOMAIN`, `SERVFAIL`, `REFUSED`, or `TIMEOUT` when nothing answered.
+    pub status: String,
+    /// Answer records as `TYPE DATA`, e.g. `A 127.10.1.1`.
+    pub answers: Vec<String>,
+    /// Authority records as `TYPE DATA`.
+    pub authority: Vec<String>,
+}
+
+impl Dig {
+    /// Addresses of the A/AAAA answers.
+    pub fn addresses(&self) -> Vec<String> {
+        self.answers
+            .iter()
+            .filter_map(|a| a.strip_prefix("A ").or_else(|| a.strip_prefix("AAAA ")))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Asks `server` (ip:port) for `name` `qtype` with the real `dig`.
+pub fn dig(server: &str, name: &str, qtype: &str) -> Dig {
+    let (ip, port) = server.rsplit_once(':').expect("ip:port");
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    let out = Command::new("dig")
+        .args([
+            &format!("@{ip}"),
+            "-p",
+            port,
+            name,
+            qtype,
+            "+norec",
+            "+tries=1",
+            "+time=1",
+            "+noall",
+            "+comments",
+            "+answer",
+            "+authority",
+        ])
+        .output()
+        .expect("run dig (package bind9-dnsutils)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let status = text
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("TIMEOUT")
+        .to_string();
+    let mut section = "";
+    let (mut answers, mut authority) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        if line.starts_with(";; ANSWER SECTION") {
+            section = "answer";
+        } else if line.starts_with(";; AUTHORITY SECTION") {
+            section = "authority";
+        } else if line.starts_with(';') || line.trim().is_empty() {
+            continue;
+        } else {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 5 {
+                let rec = format!("{} {}", f[3], f[4..].join(" "));
+                match section {
+                    "answer" => answers.push(rec),
+                    "authority" => authority.push(rec),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Dig {
+        status,
+        answers,
+        authority,
+    }
+}
+
+/// `GET /whoami` from the demo service at `addr` (ip:port), parsed.
+pub fn whoami(addr: &str) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr.parse().context("address")?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    write!(
+        s,
+        "GET /whoami HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let json = body
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .context("no HTTP body")?;
+    Ok(serde_json::from_str(json.trim())?)
 }

@@ -80,7 +80,7 @@ fn three_site_lab_has_one_leader_and_every_host_registered() {
     for p in &procs {
         assert!(p.alive && p.pid.is_some(), "{p:?}");
         assert!(p.address.starts_with("127."), "{p:?}");
-        assert_eq!(p.roles, vec!["voter", "host"]);
+        assert_eq!(p.roles, vec!["voter", "host", "dns"]);
     }
 
     // A second `lab up` on the same directory refuses and leaves the lab alone.

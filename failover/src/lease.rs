@@ -1,0 +1,232 @@
+//! Ownership leases: the holder's side ([`LeaseHolder`]) and the majority's side
+//! ([`RevocationClock`]), on monotonic time only.
+//!
+//! The holder re-confirms its lease with a linearizable read through the Raft leader (which
+//! itself checks a quorum). A confirmation that was *sent* at `t` keeps the lease valid until
+//! `t + lease − margin`, measured on the holder's own clock, and only if the state it read still
+//! names it. Anything that stops confirmations — a lost majority, a frozen agent, a crash —
+//! lets the lease run out by itself.
+//!
+//! The majority may give a revoked instance's slot to someone else only `lease + margin` after it
+//! first saw the revocation applied (unless the holder confirmed the stop). Any confirmation the
+//! holder sent after that moment reads the revocation; any sent before it expires before then.
+//! The margin absorbs clock-rate differences and the time between sending and applying.
+//!
+//! Invariant: the holder's validity never extends past `sent + lease − margin` of its latest
+//! successful confirmation, and never moves backwards.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use consensus::NodeId;
+use consensus::state::{FabricState, InstanceState};
+
+/// Lease timing; must be the same on every agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfig {
+    pub lease: Duration,
+    pub margin: Duration,
+}
+
+impl LeaseConfig {
+    /// How long a holder may serve after sending a confirmation that succeeded.
+    pub fn holder_validity(&self) -> Duration {
+        self.lease.saturating_sub(self.margin)
+    }
+
+    /// How long the majority waits after seeing a revocation before reusing the slot.
+    pub fn reassign_after(&self) -> Duration {
+        self.lease + self.margin
+    }
+
+    /// How often a holder re-confirms: four tries within its validity.
+    pub fn confirm_every(&self) -> Duration {
+        (self.holder_validity() / 4).max(Duration::from_millis(10))
+    }
+}
+
+/// The holder's view of its own lease.
+#[derive(Debug, Clone)]
+pub struct LeaseHolder {
+    config: LeaseConfig,
+    valid_until: Option<Instant>,
+}
+
+impl LeaseHolder {
+    pub fn new(config: LeaseConfig) -> Self {
+        Self {
+            config,
+            valid_until: None,
+        }
+    }
+
+    /// A confirmation sent at `sent` succeeded.
+    pub fn confirmed(&mut self, sent: Instant) {
+        let until = sent + self.config.holder_validity();
+        if self.valid_until.is_none_or(|v| until > v) {
+            self.valid_until = Some(until);
+        }
+    }
+
+    /// Gives the lease up at once (e.g. a confirmation read showed it was revoked).
+    pub fn drop_lease(&mut self) {
+        self.valid_until = None;
+    }
+
+    pub fn is_valid(&self, now: Instant) -> bool {
+        self.valid_until.is_some_and(|v| now < v)
+    }
+
+    /// Time left, if any.
+    pub fn remaining(&self, now: Instant) -> Option<Duration> {
+        self.valid_until
+            .and_then(|v| v.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
+
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.valid_until
+    }
+}
+
+/// Which instance a revocation is about.
+pub type InstanceKey = (String, NodeId, u64);
+
+/// The majority's side: when each revoked instance was first seen revoked, on this node's
+/// monotonic clock. A new leader starts counting from when it first sees them, which is later
+/// than the commit and therefore safe.
+#[derive(Debug, Clone, Default)]
+pub struct RevocationClock {
+    seen: BTreeMap<InstanceKey, Instant>,
+}
+
+impl RevocationClock {
+    /// Notes every revoked instance of `state` not seen before, and forgets the ones gone.
+    pub fn observe(&mut self, state: &FabricState, now: Instant) {
+        let mut current = BTreeMap::new();
+        for (name, s) in &state.services {
+            for (host, inst) in &s.instances {
+                if inst.state == InstanceState::Revoked {
+                    let key = (name.clone(), *host, inst.epoch);
+                    let at = self.seen.get(&key).copied().unwrap_or(now);
+                    current.insert(key, at);
+                }
+            }
+        }
+        self.seen = current;
+    }
+
+    /// When the slot of this revoked instance may be reused, if it is known to be revoked.
+    pub fn reusable_at(&self, key: &InstanceKey, config: &LeaseConfig) -> Option<Instant> {
+        self.seen.get(key).map(|t| *t + config.reassign_after())
+    }
+
+    /// Forgets everything (a node that loses leadership starts over when it leads again).
+    pub fn clear(&mut self) {
+        self.seen.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn config() -> LeaseConfig {
+        LeaseConfig {
+            lease: 4 * S,
+            margin: S,
+        }
+    }
+
+    #[test]
+    fn holder_serves_lease_minus_margin_after_sending() {
+        let t0 = Instant::now();
+        let mut h = LeaseHolder::new(config());
+        assert!(!h.is_valid(t0));
+        h.confirmed(t0);
+        assert!(h.is_valid(t0 + 2 * S));
+        assert!(!h.is_valid(t0 + 3 * S));
+        assert_eq!(h.remaining(t0 + 2 * S), Some(S));
+    }
+
+    #[test]
+    fn a_late_answer_to_an_old_confirmation_never_shortens_or_stretches() {
+        let t0 = Instant::now();
+        let mut h = LeaseHolder::new(config());
+        h.confirmed(t0 + 2 * S);
+        h.confirmed(t0);
+        assert_eq!(h.valid_until(), Some(t0 + 5 * S));
+    }
+
+    #[test]
+    fn holder_expires_strictly_before_the_majority_reuses_the_slot() {
+        // Worst case: the holder sent its last confirmation just before the revocation was
+        // applied on the leader, which sees it at the same instant.
+        let c = config();
+        let t0 = Instant::now();
+        let mut h = LeaseHolder::new(c);
+        h.confirmed(t0);
+        let mut clock = RevocationClock::default();
+        let mut state = FabricState::default();
+        state.services.insert("web".into(), revoked_service());
+        clock.observe(&state, t0);
+        let reuse = clock.reusable_at(&("web".into(), 1, 1), &c).expect("seen");
+        let expiry = h.valid_until().expect("valid");
+        assert!(expiry + c.margin * 2 <= reuse, "{expiry:?} vs {reuse:?}");
+    }
+
+    #[test]
+    fn revocation_clock_keeps_the_first_sighting() {
+        let c = config();
+        let t0 = Instant::now();
+        let mut state = FabricState::default();
+        state.services.insert("web".into(), revoked_service());
+        let mut clock = RevocationClock::default();
+        clock.observe(&state, t0);
+        clock.observe(&state, t0 + 3 * S);
+        let key = ("web".to_string(), 1, 1);
+        assert_eq!(clock.reusable_at(&key, &c), Some(t0 + 5 * S));
+        state.services.clear();
+        clock.observe(&state, t0 + 4 * S);
+        assert_eq!(clock.reusable_at(&key, &c), None);
+    }
+
+    fn revoked_service() -> consensus::state::Service {
+        use consensus::state::*;
+        Service {
+            spec: ServiceSpec {
+                name: "web".into(),
+                kind: WorkloadKind::Process(ProcessSpec {
+                    command: "x".into(),
+                    args: vec![],
+                    env: Default::default(),
+                    port: 1,
+                }),
+                placement: Placement {
+                    sites: vec!["s1".into()],
+                    instances: 1,
+                    anti_affinity: vec![],
+                },
+                dns_name: None,
+                resources: Capacity::default(),
+            },
+            created_ms: 0,
+            epoch: 1,
+            owner: Some("s1".into()),
+            owner_since_ms: 0,
+            target: None,
+            instances: [(
+                1,
+                Instance {
+                    host: 1,
+                    epoch: 1,
+                    state: InstanceState::Revoked,
+                    since_ms: 0,
+                },
+            )]
+            .into(),
+        }
+    }
+}

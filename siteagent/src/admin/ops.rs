@@ -1,0 +1,325 @@
+//! Operations that change what runs where: services, drain, maintenance, switchover, failover,
+//! failback. Each reads the state linearizably, checks the operator's intent against it, plays
+//! the planner forward on a copy to show the plan, and — unless it is a dry run — proposes the one
+//! command that sets it in motion. The leader's planner then carries the plan out.
+//!
+//! Invariant: a dry run and a real run compute the plan the same way from the same state, so
+//! what `--dry-run` prints is what the planner then does (unless the fabric changes meanwhile).
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use consensus::state::{Command, FabricState, Health, ServiceSpec, SiteAdmin};
+use serde::Deserialize;
+use wan::Identity;
+
+use super::{Failure, Shared, actor, body, failure};
+use crate::api::{OperationRequest, OperationResult, PlanStep};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DryRun {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+fn not_found(what: impl ToString) -> Failure {
+    failure(StatusCode::NOT_FOUND, "not_found", what)
+}
+
+fn conflict(what: impl ToString) -> Failure {
+    failure(StatusCode::CONFLICT, "rejected", what)
+}
+
+/// Reads the state, builds the command from it, simulates, and proposes unless `dry_run`.
+async fn operate(
+    agent: &Shared,
+    op: &Identity,
+    dry_run: bool,
+    build: impl FnOnce(&FabricState) -> Result<(Command, String), Failure>,
+) -> Result<Json<OperationResult>, Failure> {
+    let state = agent.read(|s| s.clone()).await?;
+    let (command, change) = build(&state)?;
+    let plan = failover::planner::simulate(
+        &state,
+        Some(&command),
+        &agent.config().lease(),
+        Instant::now(),
+    )
+    .map_err(conflict)?;
+    let revision = if dry_run {
+        None
+    } else {
+        Some(agent.propose(actor(op), command).await?.revision)
+    };
+    Ok(Json(OperationResult {
+        dry_run,
+        change,
+        plan: plan
+            .into_iter()
+            .map(|action| PlanStep {
+                description: action.describe(),
+                action,
+            })
+            .collect(),
+        revision,
+    }))
+}
+
+fn request(bytes: &[u8]) -> Result<OperationRequest, Failure> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(OperationRequest::default())
+    } else {
+        body(bytes)
+    }
+}
+
+fn service<'a>(s: &'a FabricState, name: &str) -> Result<&'a consensus::state::Service, Failure> {
+    s.services
+        .get(name)
+        .ok_or_else(|| not_found(format!("unknown service `{name}`")))
+}
+
+fn usable_site(s: &FabricState, name: &str) -> Result<(), Failure> {
+    let site = s
+        .sites
+        .get(name)
+        .ok_or_else(|| not_found(format!("unknown site `{name}`")))?;
+    if site.usable() {
+        Ok(())
+    } else {
+        Err(conflict(format!(
+            "site {name} is {} and cannot take services",
+            format!("{:?}", site.state()).to_lowercase()
+        )))
+    }
+}
+
+pub(super) async fn create_service(
+    State(agent): State<Shared>,
+    Extension(op): Extension<Identity>,
+    Query(q): Query<DryRun>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<OperationResult>, Failure> {
+    let spec: ServiceSpec = body(&bytes)?;
+    spec.validate()
+        .map_err(|e| failure(StatusCode::BAD_REQUEST, "bad_request", e))?;
+    operate(&agent, &op, q.dry_run, |_| {
+        let change = format!("create service {}", spec.name);
+        Ok((Command::CreateService { spec }, change))
+    })
+    .await
+}
+
+pub(super) async fn delete_service(
+    State(agent): State<Shared>,
+    Extension(op): Extension<Identity>,
+    Path(name): Path<String>,
+    Query(q): Query<DryRun>,
+) -> Result<Json<OperationResult>, Failure> {
+    operate(&agent, &op, q.dry_run, |s| {
+        service(s, &name)?;
+        Ok((
+            Command::DeleteService { name: name.clone() },
+            format!("delete service {name}; its hosts stop their instances"),
+        ))
+    })
+    .await
+}
+
+pub(super) async fn switchover(
+    State(agent): State<Shared>,
+    Extension(op): Extension<Identity>,
+    Path(name): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<OperationResult>, Failure> {
+    let req = request(&bytes)?;
+    let Some(to) = req.to.clone() else {
+        return Err(failure(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "switchover needs a target site (`to`)",
+        ));
+    };
+    operate(&agent, &op, req.dry_run, |s| {
+        let svc = service(s, &name)?;
+        if svc.owner.as_ref() == Some(&to) {
+            return Err(conflict(format!(
+                "service {name} already lives in site {to}"
+            )));
+        }
+        if !svc.spec.placement.sites.contains(&to) {
+            return Err(conflict(format!(
+                "site {to} is not among the sites of service {name} ({})",
+                svc.spec.placement.sites.join(", ")
+            )));
+        }
+        usable_site(s, &to)?;
+        Ok((
+            Command::SetServiceTarget {
+                service: name.clone(),
+                site: Some(to.clone()),
+            },
+            format!(
+                "switch service {name} over from site {} to site {to}",
+                svc.owner.as_deref().unwrap_or("(none)")
+            ),
+        ))
+    })
+    .await
+}
+
+pub(super) async fn failback(
+    State(agent): State<Shared>,
+    Extension(op): Extension<Identity>,
+    Path(name): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<OperationResult>, Failure> {
+    let req = request(&bytes)?;
+    operate(&agent, &op, req.dry_run, |s| {
+        let svc = service(s, &name)?;
+        let home = svc
+            .spec
+            .placement
+            .sites
+            .first()
+            .cloned()
+            .unwrap_or_default();
+        if svc.owner.as_ref() == Some(&home) {
+            return Err(conflict(format!(
+                "service {name} already lives in its preferred site {home}"
+            )));
+        }
+        usable_site(s, &home)?;
+        Ok((
+            Command::SetServiceTarget {
+                service: name.clone(),
+                site: Some(home.clone()),
+            },
+            format!(
+                "fail service {name} back from site {} to its preferred site {home}",
+                svc.owner.as_deref().unwrap_or("(none)")
+            ),
+        ))
+    })
+    .await
+}
+
+async fn set_drain(
+    agent: Shared,
+    op: Identity,
+    id: u64,
+    bytes: &[u8],
+    drained: bool,
+) -> Result<Json<OperationResult>, Failure> {
+    let req = request(bytes)?;
+    operate(&agent, &op, req.dry_run, |s| {
+        let host = s
+            .hosts
+            .get(&id)
+            .ok_or_else(|| not_found(format!("unknown host {id}")))?;
+        if host.drained == drained {
+            return Err(conflict(format!(
+                "host {id} is already {}",
+                if drained { "drained" } else { "undrained" }
+            )));
+        }
+        Ok((
+            Command::SetHostDrain { id, drained },
+            format!("{} host {id}", if drained { "drain" } else { "undrain" }),
+        ))
+    })
+    .await
+}
+
+pub(super) async fn drain(
+    State(agent): State<Shared>,
+    Extension(op): Extension<Identity>,
+    Path(id): Path<u64>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<OperationResult>, Failure> {
+    set_drain(agent, op, id, &bytes, true).await
+}
+
+pub(super) async fn undrain(
+    State(agent): State<Shared>,
+    Extension(op): Extension<Identity>,
+    Path(id): Path<u64>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<OperationResult>, Failure> {
+    set_drain(agent, op, id, &bytes, false).await
+}
+
+async fn set_site_admin(
+    agent: Shared,
+    op: Identity,
+    name: String,
+    req: OperationRequest,
+    admin: SiteAdmin,
+) -> Result<Json<OperationResult>, Failure> {
+    operate(&agent, &op, req.dry_run, |s| {
+        let site = s
+            .sites
+            .get(&name)
+            .ok_or_else(|| not_found(format!("unknown site `{name}`")))?;
+        if site.admin == admin {
+            return Err(conflict(format!(
+                "site {name} is already {}",
+                format!("{admin:?}").to_lowercase()
+            )));
+        }
+        let change = match admin {
+            SiteAdmin::Maintenance => format!("put site {name} in maintenance"),
+            SiteAdmin::Active => format!("return site {name} to service"),
+            SiteAdmin::Lost => {
+                if site.health == Health::Up && !req.force {
+                    return Err(conflict(format!(
+                        "the fabric still sees site {name} alive; add --force to declare it lost anyway"
+                    )));
+                }
+                format!("declare site {name} lost and fail its services over")
+            }
+        };
+        Ok((
+            Command::SetSiteAdmin {
+                name: name.clone(),
+                admin,
+            },
+            change,
+        ))
+    })
+    .await
+}
+
+pub(super) async fn maintenance_enter(
+    State(agent): State<Shared>,
+    Extension(op): Extension<Identity>,
+    Path(name): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<OperationResult>, Failure> {
+    let req = request(&bytes)?;
+    set_site_admin(agent, op, name, req, SiteAdmin::Maintenance).await
+}
+
+/// Leaves maintenance; also returns a site declared lost to service.
+pub(super) async fn maintenance_exit(
+    State(agent): State<Shared>,
+    Extension(op): Extension<Identity>,
+    Path(name): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<OperationResult>, Failure> {
+    let req = request(&bytes)?;
+    set_site_admin(agent, op, name, req, SiteAdmin::Active).await
+}
+
+pub(super) async fn failover(
+    State(agent): State<Shared>,
+    Extension(op): Extension<Identity>,
+    Path(site): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<OperationResult>, Failure> {
+    let req = request(&bytes)?;
+    set_site_admin(agent, op, site, req, SiteAdmin::Lost).await
+}

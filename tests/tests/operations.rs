@@ -1,0 +1,290 @@
+//! Planned operations, the witness, DNS answers and bad service specs, end to end.
+
+use std::time::Duration;
+
+use fabric_tests::{TestLab, dig, eventually, sitectl, whoami};
+use serde_json::Value;
+
+const NAME: &str = "web.fabric.test.";
+
+fn demo(lab: &TestLab, extra: &[&str]) {
+    let ctx = lab.context();
+    let mut args = vec!["--context", ctx.as_str(), "--output", "json", "lab", "demo"];
+    args.extend_from_slice(&["--dir", lab.dir_str()]);
+    args.extend_from_slice(extra);
+    let _: Value = fabric_tests::sitectl_json(&args).expect("lab demo");
+}
+
+fn web(lab: &TestLab) -> Value {
+    let services: Vec<Value> = lab.ctl(&["service", "list"]).expect("services");
+    services
+        .into_iter()
+        .find(|s| s["name"] == "web")
+        .expect("web exists")
+}
+
+/// Waits until `web` has exactly the running instances `hosts` and nothing else.
+fn wait_on(lab: &TestLab, hosts: &[u64]) -> Value {
+    eventually(
+        Duration::from_secs(60),
+        &format!("web running on {hosts:?}"),
+        || {
+            let w = web(lab);
+            let inst = w["instances"].as_array().cloned().unwrap_or_default();
+            let running: Vec<u64> = inst
+                .iter()
+                .filter(|i| i["state"] == "running")
+                .filter_map(|i| i["host"].as_u64())
+                .collect();
+            if inst.len() != hosts.len() || running != hosts {
+                return Ok(None);
+            }
+            let endpoint = inst[0]["endpoints"][0].as_str().unwrap_or("");
+            let me = whoami(endpoint)?;
+            Ok((me["host"].as_u64() == Some(hosts[0])).then_some(w))
+        },
+    )
+}
+
+/// A planner step reduced to what can be compared with the event log.
+fn step_key(action: &Value) -> String {
+    let kind = action["action"].as_str().unwrap_or("?");
+    let place = match kind {
+        "assign_owner" => format!("site {}", action["site"].as_str().unwrap_or("?")),
+        _ => format!("host {}", action["host"]),
+    };
+    format!("{kind} {place}")
+}
+
+/// The planner's events since `revision`, reduced the same way.
+fn planner_steps(lab: &TestLab, revision: u64) -> Vec<String> {
+    let events: Vec<Value> = lab.ctl(&["events"]).expect("events");
+    events
+        .iter()
+        .filter(|e| e["revision"].as_u64().is_some_and(|r| r > revision))
+        .filter(|e| {
+            e["actor"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("planner"))
+        })
+        .filter_map(|e| {
+            let m = e["message"].as_str()?;
+            let after = |k: &str| {
+                m.split(k)
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_string)
+            };
+            if m.contains("instance placed on host") {
+                Some(format!("place host {}", after("host ")?))
+            } else if m.contains("planned stop") || m.contains(" revoked ") {
+                Some(format!("revoke host {}", after("host ")?))
+            } else if m.contains("given up") {
+                Some(format!("forget host {}", after("host ")?))
+            } else if m.contains("owned by site") || m.contains("moves from site") {
+                Some(format!(
+                    "assign_owner site {}",
+                    after("to site ").or_else(|| after("by site "))?
+                ))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Runs an operation with `--dry-run`, then for real; waits for `web` on `hosts`; checks that the
+/// planner did what the dry run said.
+fn operate(lab: &TestLab, args: &[&str], hosts: &[u64]) {
+    let mut dry = args.to_vec();
+    dry.push("--dry-run");
+    let plan: Value = lab.ctl(&dry).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan["dry_run"], true);
+    let predicted: Vec<String> = plan["plan"]
+        .as_array()
+        .expect("plan")
+        .iter()
+        .map(|s| step_key(&s["action"]))
+        .collect();
+    assert!(!predicted.is_empty(), "{args:?}: empty plan");
+    let done: Value = lab.ctl(args).unwrap_or_else(|e| panic!("{e}"));
+    let revision = done["revision"].as_u64().expect("revision");
+    wait_on(lab, hosts);
+    let steps = eventually(Duration::from_secs(20), "planner events", || {
+        let s = planner_steps(lab, revision);
+        Ok((s.len() >= predicted.len()).then_some(s))
+    });
+    assert_eq!(
+        steps, predicted,
+        "{args:?}: the real run differs from its dry run"
+    );
+}
+
+#[test]
+fn drain_maintenance_switchover_failover_and_failback_follow_their_dry_runs() {
+    let lab = TestLab::up(3, 2);
+    demo(&lab, &[]);
+    wait_on(&lab, &[1]);
+
+    // Drain: the replacement starts on host 2 before host 1 stops.
+    operate(&lab, &["host", "drain", "1"], &[2]);
+    let _: Value = lab.ctl(&["host", "undrain", "1"]).expect("undrain");
+
+    // Maintenance evacuates s1 to s2; exit returns the site but the service stays.
+    operate(&lab, &["site", "maintenance", "enter", "s1"], &[3]);
+    let _: Value = lab
+        .ctl(&["site", "maintenance", "exit", "s1"])
+        .expect("exit");
+
+    // Switchover to s3, then failback to s1 (first in its list).
+    operate(&lab, &["switchover", "web", "--to", "s3"], &[5]);
+    operate(&lab, &["failback", "web"], &[1]);
+
+    // Failover of a site the fabric sees alive needs --force.
+    let refused = lab
+        .ctl::<Value>(&["failover", "--site", "s1"])
+        .expect_err("no force");
+    assert!(refused.to_string().contains("--force"), "{refused}");
+    operate(&lab, &["failover", "--site", "s1", "--force"], &[3]);
+    assert_eq!(web(&lab)["owner"], "s2");
+
+    // Failback while s1 is still declared lost is refused; after exit it works.
+    let refused = lab.ctl::<Value>(&["failback", "web"]).expect_err("s1 lost");
+    assert!(refused.to_string().contains("lost"), "{refused}");
+    let _: Value = lab
+        .ctl(&["site", "maintenance", "exit", "s1"])
+        .expect("exit");
+    operate(&lab, &["failback", "web"], &[1]);
+}
+
+#[test]
+fn with_a_witness_two_sites_survive_the_loss_of_either_the_witness_or_a_site() {
+    let lab = TestLab::up_with(2, 1, &["--witness"]);
+    let status: Value = lab.ctl(&["status"]).expect("status");
+    assert_eq!(
+        status["voters"].as_array().map(Vec::len),
+        Some(3),
+        "{status}"
+    );
+    demo(&lab, &[]);
+    wait_on(&lab, &[1]);
+
+    // The witness (node 3) goes: nothing moves, writes still commit.
+    lab.kill9(3);
+    let _: Value = lab
+        .ctl(&["note", "witness gone"])
+        .expect("write without the witness");
+    std::thread::sleep(Duration::from_secs(3));
+    let w = wait_on(&lab, &[1]);
+    assert_eq!(w["epoch"], 1, "{w}");
+    lab.start(3);
+
+    // Site 1 goes: the service comes up in site 2.
+    eventually(Duration::from_secs(30), "witness back", || {
+        let sites: Vec<Value> = lab.ctl(&["sites"])?;
+        Ok(sites.iter().all(|s| s["health"] == "up").then_some(()))
+    });
+    lab.kill9(1);
+    let w = wait_on(&lab, &[2]);
+    assert_eq!(w["owner"], "s2");
+}
+
+#[test]
+fn dns_answers_nxdomain_refused_aaaa_and_bumps_the_serial_on_change() {
+    let lab = TestLab::up_with(3, 1, &["--ipv6"]);
+    demo(&lab, &[]);
+    wait_on(&lab, &[1]);
+    let server = {
+        let p = lab.proc(2);
+        format!("{}:5300", p.address.rsplit_once(':').expect("ip").0)
+    };
+    let a = eventually(Duration::from_secs(20), "A answer", || {
+        let d = dig(&server, NAME, "A");
+        Ok((!d.addresses().is_empty()).then_some(d))
+    });
+    assert_eq!(a.status, "NOERROR");
+    let aaaa = dig(&server, NAME, "AAAA");
+    assert_eq!(aaaa.addresses(), vec!["::1".to_string()], "{aaaa:?}");
+
+    let nx = dig(&server, "nope.fabric.test.", "A");
+    assert_eq!(nx.status, "NXDOMAIN");
+    assert!(nx.authority.iter().any(|r| r.starts_with("SOA ")), "{nx:?}");
+    assert_eq!(dig(&server, "example.com.", "A").status, "REFUSED");
+
+    let serial = |d: &fabric_tests::Dig| -> u64 {
+        d.answers
+            .iter()
+            .find_map(|r| r.strip_prefix("SOA "))
+            .and_then(|soa| soa.split_whitespace().nth(2))
+            .and_then(|s| s.parse().ok())
+            .expect("serial")
+    };
+    let before = serial(&dig(&server, "fabric.test.", "SOA"));
+    let _: Value = lab
+        .ctl(&["switchover", "web", "--to", "s2"])
+        .expect("switchover");
+    wait_on(&lab, &[2]);
+    let after = eventually(Duration::from_secs(20), "serial bumped", || {
+        let s = serial(&dig(&server, "fabric.test.", "SOA"));
+        Ok((s > before).then_some(s))
+    });
+    assert!(after > before);
+}
+
+#[test]
+fn invalid_service_specs_are_refused_and_change_nothing() {
+    let lab = TestLab::up(3, 1);
+    let dir = lab.dir().join("specs");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let good = r#"name = "bad"
+[kind.process]
+command = "/bin/true"
+port = 9000
+[placement]
+sites = ["s1"]
+"#;
+    let cases = [
+        (
+            "unknown-field",
+            good.replace("port = 9000", "port = 9000\nprot = 1"),
+            "prot",
+        ),
+        (
+            "no-placement",
+            good.replace("[placement]\nsites = [\"s1\"]\n", ""),
+            "placement",
+        ),
+        (
+            "unknown-site",
+            good.replace("sites = [\"s1\"]", "sites = [\"s9\"]"),
+            "unknown site `s9`",
+        ),
+        (
+            "no-sites",
+            good.replace("sites = [\"s1\"]", "sites = []"),
+            "placement.sites",
+        ),
+    ];
+    let ctx = lab.context();
+    let before: Value = lab.ctl(&["services"]).expect("services");
+    for (name, text, expected) in cases {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write");
+        let out = sitectl(&[
+            "--context",
+            &ctx,
+            "service",
+            "create",
+            "--file",
+            path.to_str().expect("utf-8"),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: accepted");
+        assert!(err.contains(expected), "{name}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{name}: one line: {err}");
+    }
+    let after: Value = lab.ctl(&["services"]).expect("services");
+    assert_eq!(before, after);
+    assert_eq!(after.as_array().map(Vec::len), Some(0));
+}
