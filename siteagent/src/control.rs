@@ -11,7 +11,7 @@ use std::sync::Arc;
 use consensus::FabricNode;
 use consensus::network::{RaftRpc, serve_rpc};
 use consensus::node::{NotLeader, ProposeError};
-use consensus::state::{CommandResult, Proposal};
+use consensus::state::{Command, CommandResult, Proposal};
 use serde::{Deserialize, Serialize};
 use wan::frame;
 use wan::{Channel, Handler, Identity};
@@ -92,10 +92,16 @@ impl WanHandler {
     async fn control(&self, peer: &Identity, req: ControlRequest) -> ControlReply {
         let raft = self.agent.raft();
         match req {
-            ControlRequest::Propose(p) => match raft.propose(p).await {
-                Ok(result) => ControlReply::Proposed(result),
-                Err(e) => e.into(),
-            },
+            ControlRequest::Propose(p) => {
+                if let Err(refusal) = authorize(peer, &p) {
+                    tracing::warn!("refused a proposal from {peer}: {refusal}");
+                    return ControlReply::Failed(refusal);
+                }
+                match raft.propose(p).await {
+                    Ok(result) => ControlReply::Proposed(result),
+                    Err(e) => e.into(),
+                }
+            }
             ControlRequest::ReadIndex => match raft.read_index().await {
                 Ok(index) => ControlReply::ReadIndex(index),
                 Err(e) => e.into(),
@@ -117,5 +123,60 @@ impl WanHandler {
             }
             ControlRequest::Ping => ControlReply::Pong,
         }
+    }
+}
+
+/// A node reports only about itself: its observations and its own instances. (Operators'
+/// commands reach the leader through whichever agent they asked, so other commands are not
+/// tied to the forwarding node.)
+fn authorize(peer: &Identity, p: &Proposal) -> Result<(), String> {
+    let about = match &p.command {
+        Command::Observe { observer, .. } => Some(*observer),
+        Command::InstanceRunning { host, .. } | Command::InstanceStopped { host, .. } => {
+            Some(*host)
+        }
+        _ => None,
+    };
+    match (about, peer.node_id()) {
+        (Some(subject), Some(id)) if subject != id => Err(format!(
+            "node {id} may not report for node {subject}: {:?}",
+            p.command
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proposal(command: Command) -> Proposal {
+        Proposal {
+            at_ms: 0,
+            actor: "node 2".into(),
+            command,
+        }
+    }
+
+    #[test]
+    fn a_node_may_report_only_for_itself() {
+        let peer = Identity::new("2", "s1", wan::Role::Agent).expect("identity");
+        let own = proposal(Command::Observe {
+            observer: 2,
+            subject: 1,
+            up: false,
+        });
+        assert!(authorize(&peer, &own).is_ok());
+        let forged = proposal(Command::InstanceStopped {
+            service: "web".into(),
+            host: 1,
+            epoch: 1,
+        });
+        let err = authorize(&peer, &forged).expect_err("forged");
+        assert!(err.contains("node 2 may not report for node 1"), "{err}");
+        let forwarded = proposal(Command::RecordEvent {
+            message: "operator note".into(),
+        });
+        assert!(authorize(&peer, &forwarded).is_ok());
     }
 }

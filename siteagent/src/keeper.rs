@@ -60,6 +60,7 @@ pub async fn keeper_loop(
     let mut metrics = agent.raft().raft().metrics();
     let mut applied = None;
     let reports = Reports::default();
+    let mut backoff = Backoff::default();
     let mut expired_logged = false;
     loop {
         let sent = Instant::now();
@@ -95,7 +96,7 @@ pub async fn keeper_loop(
             expired_logged = true;
         }
         if let Some(driver) = &driver {
-            reconcile(&agent, driver.as_ref(), assigned, &reports).await;
+            reconcile(&agent, driver.as_ref(), assigned, &reports, &mut backoff).await;
         }
         // Next round: on schedule, or sooner when this node applies something new.
         let next = tokio::time::sleep(every.saturating_sub(sent.elapsed()));
@@ -144,6 +145,7 @@ async fn reconcile(
     driver: &dyn Driver,
     assigned: Option<BTreeMap<String, Assignment>>,
     reports: &Reports,
+    backoff: &mut Backoff,
 ) {
     let now = Instant::now();
     let remaining = agent.lease().remaining(now);
@@ -196,12 +198,15 @@ async fn reconcile(
             WorkloadStatus::Exited { epoch, reason, .. } => {
                 driver.forget(name);
                 if let Some(a) = wanted.filter(|a| a.state != InstanceState::Revoked) {
-                    tracing::warn!("{name} (epoch {epoch}) exited: {reason}; starting it again");
+                    let delay = backoff.exited(name, now);
+                    tracing::warn!(
+                        "{name} (epoch {epoch}) exited: {reason}; starting it again in {delay:?}"
+                    );
                     reports.send(
                         agent,
                         name,
                         Report::Note(format!(
-                            "service {name} on host {} exited ({reason}); restarting (epoch {})",
+                            "service {name} on host {} exited ({reason}); restarting in {delay:?} (epoch {})",
                             agent.id(),
                             a.epoch
                         )),
@@ -218,8 +223,12 @@ async fn reconcile(
             reports.send(agent, name, Report::Stopped(a.epoch));
             continue;
         }
+        if !backoff.may_start(name, now) {
+            continue;
+        }
         match driver.start(workload_spec(agent, a), left) {
             Ok(()) => {
+                backoff.started(name, now);
                 tracing::info!("started {name} (epoch {})", a.epoch);
                 reports.send(agent, name, Report::Running(a.epoch));
             }
@@ -245,6 +254,58 @@ fn workload_spec(agent: &Agent, a: &Assignment) -> WorkloadSpec {
         addresses: agent.config().workload_addresses(),
         site: agent.config().site.clone(),
         host: agent.id(),
+    }
+}
+
+/// Crash-loop backoff per service: restarts wait 1 s, 2 s, 4 s … up to 30 s; a run that lasted
+/// longer than 30 s starts the count again.
+#[derive(Debug, Default)]
+struct Backoff {
+    by_service: BTreeMap<String, Restarts>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Restarts {
+    count: u32,
+    started: Instant,
+    not_before: Option<Instant>,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Backoff {
+    fn started(&mut self, service: &str, now: Instant) {
+        let r = self
+            .by_service
+            .entry(service.to_string())
+            .or_insert(Restarts {
+                count: 0,
+                started: now,
+                not_before: None,
+            });
+        r.started = now;
+        r.not_before = None;
+    }
+
+    /// Notes an unplanned exit; returns how long the next start waits.
+    fn exited(&mut self, service: &str, now: Instant) -> Duration {
+        let Some(r) = self.by_service.get_mut(service) else {
+            return Duration::ZERO;
+        };
+        if now.saturating_duration_since(r.started) > MAX_BACKOFF {
+            r.count = 0;
+        }
+        let delay = Duration::from_secs(1u64 << r.count.min(5)).min(MAX_BACKOFF);
+        r.count += 1;
+        r.not_before = Some(now + delay);
+        delay
+    }
+
+    fn may_start(&self, service: &str, now: Instant) -> bool {
+        self.by_service
+            .get(service)
+            .and_then(|r| r.not_before)
+            .is_none_or(|t| now >= t)
     }
 }
 
@@ -292,5 +353,36 @@ impl Reports {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&service);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn crash_loops_back_off_and_a_long_run_resets_the_count() {
+        let t0 = Instant::now();
+        let mut b = Backoff::default();
+        assert!(b.may_start("web", t0));
+        b.started("web", t0);
+        assert_eq!(b.exited("web", t0), S);
+        assert!(!b.may_start("web", t0));
+        assert!(b.may_start("web", t0 + S));
+        b.started("web", t0 + S);
+        assert_eq!(b.exited("web", t0 + S), 2 * S);
+        b.started("web", t0 + 3 * S);
+        assert_eq!(b.exited("web", t0 + 3 * S), 4 * S);
+        for i in 0..10 {
+            b.started("web", t0 + (10 + i) * S);
+            b.exited("web", t0 + (10 + i) * S);
+        }
+        b.started("web", t0 + 100 * S);
+        assert_eq!(b.exited("web", t0 + 100 * S), MAX_BACKOFF);
+        // A run of a minute starts the count again.
+        b.started("web", t0 + 200 * S);
+        assert_eq!(b.exited("web", t0 + 260 * S), S);
     }
 }

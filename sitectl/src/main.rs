@@ -311,7 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let s: Status = client(cli.context, cli.endpoint)?.get("/v1/status").await?;
             print(out, &s, &["host", "site", "state"], || {
                 out!(
-                    "node {} ({}), leader {}, term {}, voters {:?}, learners {:?}, applied {}, revision {}",
+                    "node {} ({}), leader {}, term {}, voters {:?}, learners {:?}, applied {}, revision {}, {}",
                     s.node,
                     s.raft_state,
                     s.leader.map(|l| l.to_string()).unwrap_or("none".into()),
@@ -319,7 +319,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     s.voters,
                     s.learners,
                     s.applied_index,
-                    s.revision
+                    s.revision,
+                    if s.lease_valid {
+                        format!("lease confirmed ({} ms left)", s.lease_remaining_ms)
+                    } else {
+                        "FENCED: lease not confirmed by the majority".into()
+                    }
                 );
                 s.hosts
                     .iter()

@@ -239,7 +239,8 @@ fn a_frozen_site_fences_itself_before_another_site_takes_over() {
     let killed = logged_at(&old, "lease expired").unwrap_or_else(|| panic!("guard log:\n{old}"));
     let started = logged_at(&new, "fabric-demo started").unwrap_or_else(|| panic!("log:\n{new}"));
     eprintln!(
-        "MEASURED zombie site: site 1 stopped {} ms before site 2 started",
+        "MEASURED zombie site: site 1 stopped {} ms before site 2 started \
+         (guard of host {first} at {killed}, host {second} at {started})",
         started as i64 - killed as i64
     );
     assert!(
