@@ -670,22 +670,7 @@ mod tests {
     }
 
     fn spec(name: &str, sites: &[&str]) -> ServiceSpec {
-        ServiceSpec {
-            name: name.into(),
-            kind: WorkloadKind::Process(ProcessSpec {
-                command: "fabric-demo".into(),
-                args: vec![],
-                env: BTreeMap::new(),
-                port: 8080,
-            }),
-            placement: Placement {
-                sites: sites.iter().map(|s| s.to_string()).collect(),
-                instances: 1,
-                anti_affinity: vec![],
-            },
-            dns_name: Some(name.into()),
-            resources: Capacity::default(),
-        }
+        ServiceSpec::process(name, sites, "fabric-demo", 8080)
     }
 
     #[test]

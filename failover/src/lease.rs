@@ -197,20 +197,8 @@ mod tests {
         use consensus::state::*;
         Service {
             spec: ServiceSpec {
-                name: "web".into(),
-                kind: WorkloadKind::Process(ProcessSpec {
-                    command: "x".into(),
-                    args: vec![],
-                    env: Default::default(),
-                    port: 1,
-                }),
-                placement: Placement {
-                    sites: vec!["s1".into()],
-                    instances: 1,
-                    anti_affinity: vec![],
-                },
                 dns_name: None,
-                resources: Capacity::default(),
+                ..ServiceSpec::process("web", &["s1"], "x", 1)
             },
             created_ms: 0,
             epoch: 1,

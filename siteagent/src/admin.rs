@@ -114,15 +114,10 @@ fn router(agent: Shared) -> Router {
         )
         .route("/v1/services/{name}/switchover", post(ops::switchover))
         .route("/v1/services/{name}/failback", post(ops::failback))
-        .route("/v1/hosts/{id}/drain", post(ops::drain))
-        .route("/v1/hosts/{id}/undrain", post(ops::undrain))
+        .route("/v1/hosts/{id}/{verb}", post(ops::drain))
         .route(
-            "/v1/sites/{name}/maintenance/enter",
-            post(ops::maintenance_enter),
-        )
-        .route(
-            "/v1/sites/{name}/maintenance/exit",
-            post(ops::maintenance_exit),
+            "/v1/sites/{name}/maintenance/{verb}",
+            post(ops::maintenance),
         )
         .route("/v1/failover/{site}", post(ops::failover))
         .route("/v1/events", get(events).post(note))

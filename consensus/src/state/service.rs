@@ -121,6 +121,26 @@ impl Instance {
 }
 
 impl ServiceSpec {
+    /// A process service with one instance, no resources and its name as DNS name.
+    pub fn process(name: &str, sites: &[&str], command: &str, port: u16) -> Self {
+        ServiceSpec {
+            name: name.into(),
+            kind: WorkloadKind::Process(ProcessSpec {
+                command: command.into(),
+                args: vec![],
+                env: BTreeMap::new(),
+                port,
+            }),
+            placement: Placement {
+                sites: sites.iter().map(|s| s.to_string()).collect(),
+                instances: 1,
+                anti_affinity: vec![],
+            },
+            dns_name: Some(name.into()),
+            resources: Capacity::default(),
+        }
+    }
+
     /// Checks the spec on its own; the state checks sites and names against what exists.
     pub fn validate(&self) -> Result<(), CommandError> {
         validate_name("service name", &self.name)?;
@@ -184,22 +204,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, sites: &[&str]) -> ServiceSpec {
-        ServiceSpec {
-            name: name.into(),
-            kind: WorkloadKind::Process(ProcessSpec {
-                command: "fabric-demo".into(),
-                args: vec![],
-                env: BTreeMap::new(),
-                port: 8080,
-            }),
-            placement: Placement {
-                sites: sites.iter().map(|s| s.to_string()).collect(),
-                instances: 1,
-                anti_affinity: vec![],
-            },
-            dns_name: Some(name.into()),
-            resources: Capacity::default(),
-        }
+        ServiceSpec::process(name, sites, "fabric-demo", 8080)
     }
 
     #[test]

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use consensus::state::{Placement, ProcessSpec, Proposal, ServiceSpec, WorkloadKind};
+use consensus::state::{Proposal, ServiceSpec};
 
 use super::*;
 
@@ -63,23 +63,11 @@ fn fabric() -> FabricState {
 
 fn spec(name: &str, sites: &[&str]) -> ServiceSpec {
     ServiceSpec {
-        name: name.into(),
-        kind: WorkloadKind::Process(ProcessSpec {
-            command: "fabric-demo".into(),
-            args: vec![],
-            env: Default::default(),
-            port: 8080,
-        }),
-        placement: Placement {
-            sites: sites.iter().map(|s| s.to_string()).collect(),
-            instances: 1,
-            anti_affinity: vec![],
-        },
-        dns_name: Some(name.into()),
         resources: Capacity {
             cpu_millis: 500,
             memory_mib: 256,
         },
+        ..ServiceSpec::process(name, sites, "fabric-demo", 8080)
     }
 }
 

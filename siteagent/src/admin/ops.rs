@@ -207,49 +207,33 @@ pub(super) async fn failback(
     .await
 }
 
-async fn set_drain(
-    agent: Shared,
-    op: Identity,
-    id: u64,
-    bytes: &[u8],
-    drained: bool,
+/// `POST /v1/hosts/{id}/drain|undrain`.
+pub(super) async fn drain(
+    State(agent): State<Shared>,
+    Extension(op): Extension<Identity>,
+    Path((id, verb)): Path<(u64, String)>,
+    bytes: axum::body::Bytes,
 ) -> Result<Json<OperationResult>, Failure> {
-    let req = request(bytes)?;
+    let drained = match verb.as_str() {
+        "drain" => true,
+        "undrain" => false,
+        other => return Err(not_found(format!("no host action `{other}`"))),
+    };
+    let req = request(&bytes)?;
     operate(&agent, &op, req.dry_run, |s| {
         let host = s
             .hosts
             .get(&id)
             .ok_or_else(|| not_found(format!("unknown host {id}")))?;
         if host.drained == drained {
-            return Err(conflict(format!(
-                "host {id} is already {}",
-                if drained { "drained" } else { "undrained" }
-            )));
+            return Err(conflict(format!("host {id} is already {verb}ed")));
         }
         Ok((
             Command::SetHostDrain { id, drained },
-            format!("{} host {id}", if drained { "drain" } else { "undrain" }),
+            format!("{verb} host {id}"),
         ))
     })
     .await
-}
-
-pub(super) async fn drain(
-    State(agent): State<Shared>,
-    Extension(op): Extension<Identity>,
-    Path(id): Path<u64>,
-    bytes: axum::body::Bytes,
-) -> Result<Json<OperationResult>, Failure> {
-    set_drain(agent, op, id, &bytes, true).await
-}
-
-pub(super) async fn undrain(
-    State(agent): State<Shared>,
-    Extension(op): Extension<Identity>,
-    Path(id): Path<u64>,
-    bytes: axum::body::Bytes,
-) -> Result<Json<OperationResult>, Failure> {
-    set_drain(agent, op, id, &bytes, false).await
 }
 
 async fn set_site_admin(
@@ -293,25 +277,20 @@ async fn set_site_admin(
     .await
 }
 
-pub(super) async fn maintenance_enter(
+/// `POST /v1/sites/{name}/maintenance/enter|exit`; `exit` also returns a site declared lost to
+/// service.
+pub(super) async fn maintenance(
     State(agent): State<Shared>,
     Extension(op): Extension<Identity>,
-    Path(name): Path<String>,
+    Path((name, verb)): Path<(String, String)>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<OperationResult>, Failure> {
-    let req = request(&bytes)?;
-    set_site_admin(agent, op, name, req, SiteAdmin::Maintenance).await
-}
-
-/// Leaves maintenance; also returns a site declared lost to service.
-pub(super) async fn maintenance_exit(
-    State(agent): State<Shared>,
-    Extension(op): Extension<Identity>,
-    Path(name): Path<String>,
-    bytes: axum::body::Bytes,
-) -> Result<Json<OperationResult>, Failure> {
-    let req = request(&bytes)?;
-    set_site_admin(agent, op, name, req, SiteAdmin::Active).await
+    let admin = match verb.as_str() {
+        "enter" => SiteAdmin::Maintenance,
+        "exit" => SiteAdmin::Active,
+        other => return Err(not_found(format!("no maintenance action `{other}`"))),
+    };
+    set_site_admin(agent, op, name, request(&bytes)?, admin).await
 }
 
 pub(super) async fn failover(
@@ -320,6 +299,5 @@ pub(super) async fn failover(
     Path(site): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<OperationResult>, Failure> {
-    let req = request(&bytes)?;
-    set_site_admin(agent, op, site, req, SiteAdmin::Lost).await
+    set_site_admin(agent, op, site, request(&bytes)?, SiteAdmin::Lost).await
 }
