@@ -208,6 +208,10 @@ pub struct WanTuning {
     /// A silent connection is dropped after this long.
     #[serde(with = "humantime_serde", default = "defaults::idle_timeout")]
     pub idle_timeout: Duration,
+    /// Send traffic for a peer's WAN address to another address instead, e.g. a link emulator
+    /// between sites: `{ "127.10.2.1:7100" = "127.10.112.1:7100" }`.
+    #[serde(default)]
+    pub routes: BTreeMap<SocketAddr, SocketAddr>,
 }
 
 impl Default for WanTuning {
@@ -216,6 +220,7 @@ impl Default for WanTuning {
             max_frame_bytes: defaults::max_frame_bytes(),
             request_timeout: defaults::request_timeout(),
             idle_timeout: defaults::idle_timeout(),
+            routes: BTreeMap::new(),
         }
     }
 }
@@ -491,6 +496,7 @@ impl AgentConfig {
             max_frame: self.wan.max_frame_bytes,
             request_timeout: self.wan.request_timeout,
             idle_timeout: self.wan.idle_timeout,
+            routes: self.wan.routes.iter().map(|(k, v)| (*k, *v)).collect(),
         }
     }
 }

@@ -65,6 +65,9 @@ pub struct WanConfig {
     pub request_timeout: Duration,
     /// A connection with no traffic for this long is closed (keep-alives run at a third of it).
     pub idle_timeout: Duration,
+    /// Where to send packets for a peer instead of its own address (e.g. a link emulator's
+    /// listener in a lab). The peer is still known, pooled and verified by its own address.
+    pub routes: HashMap<SocketAddr, SocketAddr>,
 }
 
 impl Default for WanConfig {
@@ -73,6 +76,7 @@ impl Default for WanConfig {
             max_frame: 16 << 20,
             request_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
+            routes: HashMap::new(),
         }
     }
 }
@@ -356,9 +360,10 @@ impl Wan {
         let this = self.clone();
         let task = tokio::spawn(async move {
             let result = async {
+                let via = this.config.routes.get(&addr).copied().unwrap_or(addr);
                 let conn = this
                     .endpoint
-                    .connect(addr, "fabric")
+                    .connect(via, "fabric")
                     .map_err(|e| e.to_string())?
                     .await
                     .map_err(|e| e.to_string())?;

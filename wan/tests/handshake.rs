@@ -48,6 +48,7 @@ fn small() -> WanConfig {
         max_frame: 1024,
         request_timeout: Duration::from_secs(3),
         idle_timeout: Duration::from_secs(5),
+        ..WanConfig::default()
     }
 }
 
