@@ -12,6 +12,8 @@
 //! Does not: keep state, talk to other instances, or restart itself. It stops when told to
 //! (SIGTERM), or when its guard kills it.
 
+pub mod records;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,6 +73,10 @@ pub struct DemoArgs {
     /// Directory for the service's data (unused by the demo beyond reporting it).
     #[arg(long, env = "FABRIC_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Root of the site-shared volumes: records go to `<root>/<site>/<service>/records.log`.
+    /// Without it, `POST /write` is refused.
+    #[arg(long, env = "FABRIC_VOLUME_ROOT")]
+    pub volume_root: Option<PathBuf>,
 }
 
 /// Who this instance is; the body of `GET /whoami`.
@@ -166,11 +172,16 @@ pub fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, DemoError> {
 }
 
 /// The HTTP routes.
-pub fn router(who: Whoami) -> Router {
+pub fn router(who: Whoami, records: records::Records) -> Router {
+    let writes = Router::new()
+        .route("/write", axum::routing::post(records::write))
+        .route("/records", get(records::list))
+        .with_state(records);
     Router::new()
         .route("/whoami", get(whoami))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(Arc::new(who))
+        .merge(writes)
 }
 
 async fn whoami(State(who): State<Arc<Whoami>>) -> Json<Whoami> {
@@ -188,6 +199,7 @@ fn describe(who: &Whoami) -> String {
 pub async fn serve(
     listeners: Vec<TcpListener>,
     who: Whoami,
+    records: records::Records,
     shutdown: CancellationToken,
 ) -> Result<(), DemoError> {
     let listen = listeners
@@ -196,7 +208,7 @@ pub async fn serve(
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let app = router(who.clone());
+    let app = router(who.clone(), records);
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
         let app = app.clone();
@@ -239,7 +251,12 @@ pub async fn serve(
 /// Binds and serves the instance `args` describes until `shutdown`.
 pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), DemoError> {
     let listeners = bind(&args.listen_addrs()?)?;
-    serve(listeners, args.whoami(unix_ms()), shutdown).await
+    let records = records::Records::at(args.volume_root.as_ref().map(|root| {
+        root.join(&args.site)
+            .join(&args.service)
+            .join("records.log")
+    }));
+    serve(listeners, args.whoami(unix_ms()), records, shutdown).await
 }
 
 #[cfg(test)]

@@ -47,7 +47,12 @@ async fn whoami_reports_the_identity_it_was_configured_with() -> anyhow::Result<
     let listeners = demo::bind(&args.listen_addrs()?)?;
     let addr = listeners.first().context("one listener")?.local_addr()?;
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(demo::serve(listeners, args.whoami(42), shutdown.clone()));
+    let server = tokio::spawn(demo::serve(
+        listeners,
+        args.whoami(42),
+        demo::records::Records::default(),
+        shutdown.clone(),
+    ));
 
     let (status, body) = get(addr, "/whoami").await?;
     assert_eq!(status, 200);

@@ -556,6 +556,8 @@ dns_name = "{name}"
 
 [kind.process]
 command = {demo:?}
+# Records (POST /write) go to a volume every host of a site shares: <root>/<site>/<service>.
+args = ["--volume-root", {volumes:?}]
 port = {port}
 
 [placement]
@@ -567,6 +569,7 @@ cpu_millis = 100
 memory_mib = 64
 "#,
             demo = demo.display().to_string(),
+            volumes = self.dir.join("volumes").display().to_string(),
             sites = quoted.join(", "),
         );
         let dir = self.dir.join("services");
