@@ -14,9 +14,12 @@ use wan::FabricTls;
 
 use crate::context::Context;
 
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     endpoints: Vec<SocketAddr>,
+    /// Per-request time limit, when shorter than the client's default (20 s).
+    timeout: Option<Duration>,
 }
 
 fn describe(e: &reqwest::Error) -> String {
@@ -54,15 +57,28 @@ impl Client {
         Ok(Self {
             http,
             endpoints: ctx.endpoints.clone(),
+            timeout: None,
         })
+    }
+
+    /// The same client with a shorter limit per request (e.g. for drills that must not hang
+    /// on a frozen agent).
+    pub fn with_timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// The same client asking these endpoints, in order.
+    pub fn with_endpoints(&self, endpoints: Vec<SocketAddr>) -> Self {
+        Self {
+            endpoints,
+            ..self.clone()
+        }
     }
 
     /// A client that talks to one endpoint only.
     pub fn pinned(&self, endpoint: SocketAddr) -> Self {
-        Self {
-            http: self.http.clone(),
-            endpoints: vec![endpoint],
-        }
+        self.with_endpoints(vec![endpoint])
     }
 
     async fn send<T: DeserializeOwned>(
@@ -73,7 +89,11 @@ impl Client {
         let mut errors = Vec::new();
         for ep in &self.endpoints {
             let url = format!("https://{ep}{path}");
-            let resp = match build(&self.http, url).send().await {
+            let mut request = build(&self.http, url);
+            if let Some(limit) = self.timeout {
+                request = request.timeout(limit);
+            }
+            let resp = match request.send().await {
                 Ok(r) => r,
                 Err(e) => {
                     // Unreachable or refused: try the next endpoint.

@@ -28,6 +28,9 @@ use wan::{Identity, Role, TlsFiles};
 use crate::client::Client;
 use crate::context::Context;
 
+mod links;
+pub use links::{LabLink, find_emu, resolve as resolve_links};
+
 pub const WAN_PORT: u16 = 7100;
 pub const ADMIN_PORT: u16 = 7443;
 /// DNS (UDP and TCP) of the agents with the `dns` role: every host of the lab.
@@ -62,7 +65,64 @@ pub struct LabFile {
     /// Hosts also advertise `::1` for their workloads (AAAA answers).
     #[serde(default)]
     pub ipv6: bool,
+    /// Fabric timing written into every agent's config.
+    #[serde(default)]
+    pub timing: LabTiming,
+    /// Links between sites through the link emulator (none: sites talk directly).
+    #[serde(default)]
+    pub links: Vec<LabLink>,
+    /// Service ports clients in one site reach in another through the emulator.
+    #[serde(default)]
+    pub probe_ports: Vec<u16>,
     pub agents: Vec<LabAgent>,
+}
+
+/// Fabric timing of a lab: shorter than the agent's defaults so failovers are quick to watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabTiming {
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    pub failure_threshold: u32,
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lease_margin: Duration,
+    /// DNS answer TTL, seconds.
+    pub dns_ttl: u32,
+    #[serde(with = "humantime_serde")]
+    pub raft_heartbeat: Duration,
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_max: Duration,
+}
+
+impl Default for LabTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(200),
+            failure_threshold: 5,
+            lease: Duration::from_secs(5),
+            lease_margin: Duration::from_secs(1),
+            dns_ttl: LAB_DNS_TTL,
+            raft_heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+        }
+    }
+}
+
+impl LabTiming {
+    /// Failure detection: interval × threshold.
+    pub fn detection(&self) -> Duration {
+        self.heartbeat_interval * self.failure_threshold
+    }
+
+    /// The theoretical bound of an unplanned move: detection + lease + margin + DNS TTL.
+    pub fn failover_bound(&self) -> Duration {
+        self.detection() + self.lease + self.lease_margin + Duration::from_secs(self.dns_ttl.into())
+    }
 }
 
 /// One line of `lab status`.
@@ -77,6 +137,7 @@ pub struct AgentProcess {
     pub alive: bool,
 }
 
+#[derive(Debug, Clone)]
 pub struct Lab {
     pub dir: PathBuf,
     pub file: LabFile,
@@ -104,6 +165,13 @@ pub struct UpOptions {
     pub witness: bool,
     /// Advertise `::1` too for workloads.
     pub ipv6: bool,
+    pub timing: LabTiming,
+    /// Links between sites (`*` for any site); empty: no emulator.
+    pub links: Vec<crate::scenario::LinkDef>,
+    /// Service ports to forward between sites when there are links.
+    pub probe_ports: Vec<u16>,
+    /// Seed of the link emulator's randomness.
+    pub seed: u64,
 }
 
 /// The `siteagent` binary: `$SITEAGENT_BIN`, else next to this `sitectl`.
@@ -191,18 +259,23 @@ key = "../../pki/agent-{node}.key"
 [host]
 addresses = [{addresses}]
 
+[raft]
+heartbeat_interval = "{raft_hb}"
+election_timeout_min = "{el_min}"
+election_timeout_max = "{el_max}"
+
 [failover]
-heartbeat_interval = "200ms"
-failure_threshold = 5
-lease = "4s"
-lease_margin = "1s"
+heartbeat_interval = "{hb}"
+failure_threshold = {threshold}
+lease = "{lease}"
+lease_margin = "{margin}"
 plan_interval = "200ms"
 
 [dns]
 listen = "{dns_ip}:{dns_port}"
 zone = "{zone}"
 ttl = {ttl}
-"#,
+{wan_routes}"#,
         sites = lab.sites,
         hosts = lab.hosts_per_site,
         node = a.node,
@@ -216,7 +289,29 @@ ttl = {ttl}
         dns_ip = a.wan.ip(),
         dns_port = DNS_PORT,
         zone = LAB_ZONE,
-        ttl = LAB_DNS_TTL,
+        ttl = lab.timing.dns_ttl,
+        wan_routes = {
+            let routes = links::routes(lab, a);
+            if routes.is_empty() {
+                String::new()
+            } else {
+                let entries: Vec<String> = routes
+                    .iter()
+                    .map(|(peer, via)| format!("\"{peer}\" = \"{via}\""))
+                    .collect();
+                format!(
+                    "\n# Agents of other sites are reached through the link emulator.\n[wan]\nroutes = {{ {} }}\n",
+                    entries.join(", ")
+                )
+            }
+        },
+        raft_hb = humantime::format_duration(lab.timing.raft_heartbeat),
+        el_min = humantime::format_duration(lab.timing.election_timeout_min),
+        el_max = humantime::format_duration(lab.timing.election_timeout_max),
+        hb = humantime::format_duration(lab.timing.heartbeat_interval),
+        threshold = lab.timing.failure_threshold,
+        lease = humantime::format_duration(lab.timing.lease),
+        margin = humantime::format_duration(lab.timing.lease_margin),
     )
 }
 
@@ -294,8 +389,22 @@ impl Lab {
             net,
             witness: opts.witness,
             ipv6: opts.ipv6,
+            timing: opts.timing,
+            links: Vec::new(),
+            probe_ports: opts.probe_ports.clone(),
             agents,
         };
+        let mut file = file;
+        let sites: Vec<String> = {
+            let mut v: Vec<String> = Vec::new();
+            for a in &file.agents {
+                if !v.contains(&a.site) {
+                    v.push(a.site.clone());
+                }
+            }
+            v
+        };
+        file.links = links::resolve(&sites, &opts.links)?;
 
         let pki_dir = dir.join("pki");
         pki::init_ca(&pki_dir, "lab")?;
@@ -335,6 +444,9 @@ impl Lab {
             dir: dir.to_path_buf(),
             file,
         };
+        if lab.has_links() {
+            lab.start_emu(&opts.siteagent, opts.seed).await?;
+        }
         let mut children = Vec::new();
         for a in &lab.file.agents {
             children.push((a.node, lab.spawn(a, &opts.siteagent)?));
@@ -384,21 +496,7 @@ impl Lab {
     /// The pid of a running agent: the pid file names it and its command line is this agent's.
     pub fn live_pid(&self, a: &LabAgent) -> Option<i32> {
         let adir = self.agent_dir(a);
-        let pid: i32 = fs::read_to_string(adir.join("agent.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let config = adir.join("agent.toml");
-        let ours = String::from_utf8_lossy(&cmdline).contains(&*config.to_string_lossy());
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Field 3 is the state; `Z` is a zombie waiting to be reaped: not alive.
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|s| s.trim_start().starts_with('Z'));
-        (ours && !zombie).then_some(pid)
+        running_pid(&adir.join("agent.pid"), &adir.join("agent.toml"))
     }
 
     pub fn processes(&self) -> Vec<AgentProcess> {
@@ -447,12 +545,14 @@ impl Lab {
                 .copied()
                 .collect();
             if remaining.is_empty() {
+                self.stop_emu(grace).await;
                 return Vec::new();
             }
             if Instant::now() >= deadline {
                 for (_, pid) in &remaining {
                     let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
                 }
+                self.stop_emu(grace).await;
                 return remaining.into_iter().map(|(n, _)| n).collect();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -579,8 +679,58 @@ memory_mib = 64
         Ok(path)
     }
 
+    /// The site of the agent whose addresses include `ip`.
+    pub fn site_of(&self, ip: std::net::IpAddr) -> Option<&str> {
+        self.file
+            .agents
+            .iter()
+            .find(|a| a.wan.ip() == ip)
+            .map(|a| a.site.as_str())
+    }
+
+    /// DNS servers of `site`'s agents with the `dns` role, with their node ids.
+    pub fn dns_servers(&self, site: &str) -> Vec<(u64, SocketAddr)> {
+        self.file
+            .agents
+            .iter()
+            .filter(|a| a.site == site && a.roles.contains(&AgentRole::Dns))
+            .map(|a| (a.node, SocketAddr::new(a.wan.ip(), DNS_PORT)))
+            .collect()
+    }
+
+    /// Agents of `site`.
+    pub fn site_agents(&self, site: &str) -> Vec<&LabAgent> {
+        self.file.agents.iter().filter(|a| a.site == site).collect()
+    }
+
     /// Agents by node id.
     pub fn by_node(&self) -> BTreeMap<u64, &LabAgent> {
         self.file.agents.iter().map(|a| (a.node, a)).collect()
     }
+}
+
+/// Reads and checks a service spec file; errors name the file, the field and the line.
+pub fn read_spec(path: &Path) -> anyhow::Result<consensus::state::ServiceSpec> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let spec: consensus::state::ServiceSpec = toml::from_str(&text)
+        .map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+    spec.validate()
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok(spec)
+}
+
+/// The pid in `pid_file` if that process runs (not a zombie) with `config` on its command line,
+/// so a recycled pid is never taken for ours.
+pub(crate) fn running_pid(pid_file: &Path, config: &Path) -> Option<i32> {
+    let pid: i32 = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let ours = String::from_utf8_lossy(&cmdline).contains(&*config.to_string_lossy());
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 3 is the state; `Z` is a zombie waiting to be reaped: not alive.
+    let zombie = stat
+        .rsplit(')')
+        .next()
+        .is_some_and(|s| s.trim_start().starts_with('Z'));
+    (ours && !zombie).then_some(pid)
 }

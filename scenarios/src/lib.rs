@@ -13,8 +13,12 @@
 //! processes, the link emulator, the admin API, DNS queries and the service's own endpoint — and
 //! a report is plain data: the table and the SVG are derived from the `Report` value alone.
 
+pub mod checks;
 pub mod client;
 pub mod context;
 pub mod lab;
+pub mod probe;
 pub mod report;
+pub mod runner;
+pub mod scenario;
 pub mod svg;

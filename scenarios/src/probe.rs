@@ -106,11 +106,15 @@ pub async fn http(
     timeout: Duration,
 ) -> Result<(u16, String), String> {
     let attempt = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
-        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&raw);
@@ -136,11 +140,15 @@ pub struct Outcome {
     pub whoami: Result<Whoami, String>,
     /// The write acknowledged, if one was sent and acknowledged.
     pub acked_write: Option<u64>,
+    /// When the last attempt started, and how long it took.
+    pub started: Instant,
     pub latency: Duration,
 }
 
 /// One probe: resolve at `dns`, reach the first address (mapped by `route` for another site's
-/// instance), ask who it is, write `seq`.
+/// instance), ask who it is, write `seq`. Like a client with retries, it tries again every
+/// 100 ms until `timeout`, so only an outage longer than that fails it; the outcome describes
+/// the last attempt.
 pub async fn probe(
     dns: SocketAddr,
     name: &str,
@@ -148,6 +156,33 @@ pub async fn probe(
     write: Option<u64>,
     timeout: Duration,
     route: impl Fn(SocketAddr) -> SocketAddr,
+) -> Outcome {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let out = attempt(
+            dns,
+            name,
+            port,
+            write,
+            left.max(Duration::from_millis(100)),
+            &route,
+        )
+        .await;
+        if out.whoami.is_ok() || Instant::now() + Duration::from_millis(100) >= deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn attempt(
+    dns: SocketAddr,
+    name: &str,
+    port: u16,
+    write: Option<u64>,
+    timeout: Duration,
+    route: &impl Fn(SocketAddr) -> SocketAddr,
 ) -> Outcome {
     let start = Instant::now();
     let answer = resolve(dns, name, timeout).await;
@@ -160,26 +195,34 @@ pub async fn probe(
             whoami: Err(format!("DNS: {}", answer.label().join(" "))),
             dns: answer,
             acked_write: None,
+            started: start,
             latency: start.elapsed(),
         };
     };
     let via = route(target);
-    let whoami = match http(via, "GET", "/whoami", timeout).await {
-        Ok((200, body)) => serde_json::from_str::<Whoami>(&body).map_err(|e| format!("whoami: {e}")),
+    let left = timeout.saturating_sub(start.elapsed());
+    let whoami = match http(via, "GET", "/whoami", left).await {
+        Ok((200, body)) => {
+            serde_json::from_str::<Whoami>(&body).map_err(|e| format!("whoami: {e}"))
+        }
         Ok((code, body)) => Err(format!("whoami: HTTP {code}: {}", body.trim())),
         Err(e) => Err(e),
     };
     let acked_write = match (&whoami, write) {
-        (Ok(_), Some(seq)) => match http(via, "POST", &format!("/write?seq={seq}"), timeout).await {
-            Ok((200, _)) => Some(seq),
-            _ => None,
-        },
+        (Ok(_), Some(seq)) => {
+            let left = timeout.saturating_sub(start.elapsed());
+            match http(via, "POST", &format!("/write?seq={seq}"), left).await {
+                Ok((200, _)) => Some(seq),
+                _ => None,
+            }
+        }
         _ => None,
     };
     Outcome {
         dns: answer,
         whoami,
         acked_write,
+        started: start,
         latency: start.elapsed(),
     }
 }

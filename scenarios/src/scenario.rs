@@ -127,7 +127,8 @@ pub struct Probes {
     /// Also send a sequence-numbered write with every probe (counted when acknowledged).
     #[serde(default = "yes")]
     pub writes: bool,
-    /// Time limit of one probe (DNS + connect + request).
+    /// Time limit of one probe (DNS + connect + request), retried every 100 ms within it like a
+    /// client with retries: only an outage longer than this fails a probe.
     #[serde(with = "humantime_serde", default = "default_probe_timeout")]
     pub timeout: Duration,
 }
@@ -137,7 +138,7 @@ fn default_interval() -> Duration {
 }
 
 fn default_probe_timeout() -> Duration {
-    Duration::from_secs(1)
+    Duration::from_secs(2)
 }
 
 fn yes() -> bool {
@@ -178,6 +179,9 @@ pub struct Expect {
     /// Most failed probes over the whole drill, all vantage sites together.
     #[serde(default)]
     pub max_failed_probes: Option<u64>,
+    /// Most changes of the owning site (e.g. 0: a flapping link must not move the service).
+    #[serde(default)]
+    pub max_owner_changes: Option<u64>,
 }
 
 impl Default for Expect {
@@ -189,6 +193,7 @@ impl Default for Expect {
             final_owner: None,
             dns_answers: None,
             max_failed_probes: None,
+            max_owner_changes: None,
         }
     }
 }
@@ -460,18 +465,16 @@ impl Scenario {
                     "[[service]]",
                     i,
                     "service.sites",
-                    format!("unknown site `{bad}` (host sites: {})", self.host_sites().join(", ")),
+                    format!(
+                        "unknown site `{bad}` (host sites: {})",
+                        self.host_sites().join(", ")
+                    ),
                 ));
             }
         }
         for v in &self.probes.from {
             if !self.host_sites().contains(v) {
-                return Err(err(
-                    "from",
-                    0,
-                    "probes.from",
-                    format!("unknown site `{v}`"),
-                ));
+                return Err(err("from", 0, "probes.from", format!("unknown site `{v}`")));
             }
         }
         if !(0.01..=1.0).contains(&self.drill.min_time_scale) {
@@ -489,24 +492,25 @@ impl Scenario {
                 if at < last_at {
                     return Err(bad(
                         "step.at",
-                        format!("{at:?} is before the previous step's {last_at:?}; keep steps in time order"),
+                        format!(
+                            "{at:?} is before the previous step's {last_at:?}; keep steps in time order"
+                        ),
                     ));
                 }
                 last_at = at;
             }
-            self.check_step(step, &sites, hosts).map_err(|(f, r)| bad(f, r))?;
+            self.check_step(step, &sites, hosts)
+                .map_err(|(f, r)| bad(f, r))?;
         }
         let e = &self.expect;
-        for (field, site) in [("expect.final_owner", &e.final_owner), ("expect.dns_answers", &e.dns_answers)] {
+        for (field, site) in [
+            ("expect.final_owner", &e.final_owner),
+            ("expect.dns_answers", &e.dns_answers),
+        ] {
             if let Some(s) = site
                 && !self.host_sites().contains(s)
             {
-                return Err(err(
-                    "[expect]",
-                    0,
-                    field,
-                    format!("unknown site `{s}`"),
-                ));
+                return Err(err("[expect]", 0, field, format!("unknown site `{s}`")));
             }
         }
         Ok(())
@@ -528,22 +532,31 @@ impl Scenario {
             if sites.contains(site) {
                 Ok(site)
             } else {
-                Err(("step.site", format!("unknown site `{site}` (sites: {})", list(sites))))
+                Err((
+                    "step.site",
+                    format!("unknown site `{site}` (sites: {})", list(sites)),
+                ))
             }
         };
         let need_host = || -> Result<u64, (&'static str, String)> {
-            let h = s.host.ok_or(("step.host", format!("{action} needs `host`")))?;
+            let h = s
+                .host
+                .ok_or(("step.host", format!("{action} needs `host`")))?;
             if (1..=hosts).contains(&h) {
                 Ok(h)
             } else {
-                Err(("step.host", format!("unknown host {h} (hosts 1 to {hosts})")))
+                Err((
+                    "step.host",
+                    format!("unknown host {h} (hosts 1 to {hosts})"),
+                ))
             }
         };
         let peer_ok = || -> Result<(), (&'static str, String)> {
             match &s.peer {
-                Some(p) if !sites.contains(p) => {
-                    Err(("step.peer", format!("unknown site `{p}` (sites: {})", list(sites))))
-                }
+                Some(p) if !sites.contains(p) => Err((
+                    "step.peer",
+                    format!("unknown site `{p}` (sites: {})", list(sites)),
+                )),
                 Some(p) if Some(p) == s.site.as_ref() => {
                     Err(("step.peer", "a link joins two different sites".into()))
                 }
@@ -590,10 +603,9 @@ impl Scenario {
             }
             Action::Switchover => {
                 need_service()?;
-                let to = s
-                    .to
-                    .as_ref()
-                    .ok_or(("step.to", "switchover needs `to`".to_string()))?;
+                let to =
+                    s.to.as_ref()
+                        .ok_or(("step.to", "switchover needs `to`".to_string()))?;
                 if !self.host_sites().contains(to) {
                     return Err(("step.to", format!("unknown site `{to}`")));
                 }
@@ -602,7 +614,12 @@ impl Scenario {
                 need_site()?;
                 match s.mode.as_deref() {
                     Some("enter" | "exit") => {}
-                    _ => return Err(("step.mode", "maintenance needs mode = \"enter\" or \"exit\"".into())),
+                    _ => {
+                        return Err((
+                            "step.mode",
+                            "maintenance needs mode = \"enter\" or \"exit\"".into(),
+                        ));
+                    }
                 }
             }
             Action::Wait => {

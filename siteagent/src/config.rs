@@ -425,6 +425,16 @@ impl AgentConfig {
                 "must be more than twice failover.lease_margin (which must be > 0)",
             ));
         }
+        // A leader loss stops every lease confirmation until a new leader is elected; if that
+        // can outlast a lease, every agent fences itself for it.
+        let validity = f.lease - f.lease_margin;
+        let budget = validity - validity / 4;
+        if budget <= self.raft.election_timeout_max * 2 {
+            return Err(invalid(
+                "failover.lease",
+                "lease - lease_margin must be more than 8/3 x raft.election_timeout_max, or electing a new Raft leader would fence every agent",
+            ));
+        }
         if f.plan_interval.is_zero() {
             return Err(invalid("failover.plan_interval", "must be greater than 0"));
         }
@@ -542,6 +552,16 @@ mod tests {
             .expect_err("bad timeouts")
             .to_string();
         assert!(err.contains("raft.election_timeout_max"), "{err}");
+    }
+
+    #[test]
+    fn a_lease_shorter_than_an_election_is_refused() {
+        let text = EXAMPLE.replace("lease = \"6s\"", "lease = \"3s\"");
+        let err = AgentConfig::parse(&text)
+            .expect_err("short lease")
+            .to_string();
+        assert!(err.contains("failover.lease"), "{err}");
+        assert!(err.contains("election_timeout_max"), "{err}");
     }
 
     #[test]

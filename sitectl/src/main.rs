@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use siteagent::api::*;
 use sitectl::client::Client;
 use sitectl::context::{self, Context};
-use sitectl::lab::{self, Lab, UpOptions};
+use sitectl::lab::Lab;
 use sitectl::ops::{self, HostCmd, MaintenanceCmd, ServiceCmd};
 use sitectl::out;
 use sitectl::output::{Output, ago, lower, print};
@@ -109,7 +109,10 @@ enum Cmd {
     Members(MembersCmd),
     /// A local fabric of real agent processes on loopback.
     #[command(subcommand)]
-    Lab(LabCmd),
+    Lab(sitectl::labcmd::LabCmd),
+    /// DR drills from scenario files.
+    #[command(subcommand)]
+    Drill(DrillCmd),
     /// Benchmarks against a running fabric.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -166,63 +169,31 @@ enum MembersCmd {
 }
 
 #[derive(Subcommand)]
-enum LabCmd {
-    /// Create and start a lab in DIR.
-    Up {
+enum DrillCmd {
+    /// Run a drill: start its lab, play its timeline while probing, report, tear down. Exits 0
+    /// only when every expectation held.
+    Run {
+        /// The scenario file (see scenarios/README.md).
+        file: PathBuf,
+        /// Where report.json and timeline.svg go (default: drill-reports/<name>).
         #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value_t = 3)]
-        sites: u32,
+        report_dir: Option<PathBuf>,
+        /// Seed of the link emulator's randomness.
         #[arg(long, default_value_t = 1)]
-        hosts_per_site: u32,
-        /// Second octet of the agents' 127.N.S.H addresses (default: the first free from 10).
+        seed: u64,
+        /// Shrink step times and waits (down to the scenario's min_time_scale).
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        /// Bring the service up in its recovery site under a test name instead of playing the
+        /// timeline; production probes must see no failure.
         #[arg(long)]
-        net: Option<u8>,
-        /// How long to wait for a leader and every host.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-        /// Add a witness: one voting agent without workloads in its own site `w`.
+        test_failover: bool,
+        /// Keep the lab in this directory instead of a temporary one (it is still stopped).
         #[arg(long)]
-        witness: bool,
-        /// Hosts also advertise ::1 for their workloads (AAAA answers).
-        #[arg(long)]
-        ipv6: bool,
+        lab_dir: Option<PathBuf>,
     },
-    /// Declare the demo service (fabric-demo answering GET /whoami) in a running lab.
-    Demo {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value = "web")]
-        name: String,
-        /// Sites in priority order (default: every site of the lab).
-        #[arg(long, value_delimiter = ',')]
-        sites: Vec<String>,
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
-        #[arg(long, default_value_t = 1)]
-        instances: u32,
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Every agent of the lab, with pid and liveness.
-    Status {
-        #[arg(long)]
-        dir: PathBuf,
-    },
-    /// Stop every agent: SIGTERM, then SIGKILL after the grace period.
-    Down {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        grace: Duration,
-    },
-    /// Start a stopped agent again, with its data.
-    Start {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        node: u64,
-    },
+    /// Check a scenario file without running it.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -511,7 +482,80 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )?;
             }
         }
-        Cmd::Lab(cmd) => lab_command(cmd, out).await?,
+        Cmd::Lab(cmd) => sitectl::labcmd::lab_command(cmd, out).await?,
+        Cmd::Drill(DrillCmd::Check { file }) => {
+            let s = scenarios::scenario::Scenario::load(&file)?;
+            out!(
+                "{}: ok ({} steps, {} sites)",
+                file.display(),
+                s.steps.len(),
+                s.all_sites().len()
+            );
+        }
+        Cmd::Drill(DrillCmd::Run {
+            file,
+            report_dir,
+            seed,
+            time_scale,
+            test_failover,
+            lab_dir,
+        }) => {
+            let scenario = scenarios::scenario::Scenario::load(&file)?;
+            let opts = scenarios::runner::RunOptions {
+                report_dir: report_dir
+                    .unwrap_or_else(|| PathBuf::from("drill-reports").join(&scenario.name)),
+                seed,
+                time_scale,
+                test_failover,
+                lab_dir,
+                siteagent: sitectl::lab::find_siteagent()?,
+                progress: out == Output::Table,
+            };
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("sitectl: interrupted; tearing the lab down");
+                    on_signal.cancel();
+                }
+            });
+            let outcome = scenarios::runner::run(&scenario, &opts, cancel).await?;
+            match out {
+                Output::Json => out!("{}", serde_json::to_string_pretty(&outcome.report)?),
+                Output::Table => {
+                    out!("{}", outcome.report.summary_table());
+                    out!(
+                        "report: {}  timeline: {}",
+                        outcome.json.display(),
+                        outcome.svg.display()
+                    );
+                }
+            }
+            if !outcome.report.passed {
+                anyhow::bail!(
+                    "drill {} failed: {}",
+                    scenario.name,
+                    outcome
+                        .report
+                        .expectations
+                        .iter()
+                        .filter(|e| !e.pass)
+                        .map(|e| format!(
+                            "{} (expected {}, measured {}{})",
+                            e.name,
+                            e.expected,
+                            e.measured,
+                            if e.detail.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; {}", e.detail)
+                            }
+                        ))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+            }
+        }
         Cmd::Bench(BenchCmd::Raft {
             dir,
             duration,
@@ -567,101 +611,4 @@ async fn leader_client(c: &Client) -> anyhow::Result<Client> {
         .and_then(|m| m.admin_address.parse().ok())
         .with_context(|| format!("leader {leader} has no admin address"))?;
     Ok(c.pinned(admin))
-}
-
-/// Every agent of a lab with pid, address, roles and liveness.
-fn print_processes(out: Output, lab: &Lab) -> anyhow::Result<()> {
-    let procs = lab.processes();
-    print(
-        out,
-        &procs,
-        &["node", "site", "pid", "address", "roles", "alive"],
-        || {
-            procs
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.node.to_string(),
-                        p.site.clone(),
-                        p.pid.map(|p| p.to_string()).unwrap_or_default(),
-                        p.address.clone(),
-                        format!("{:?}", p.roles).to_lowercase(),
-                        p.alive.to_string(),
-                    ]
-                })
-                .collect()
-        },
-    )
-}
-
-async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
-    match cmd {
-        LabCmd::Up {
-            dir,
-            sites,
-            hosts_per_site,
-            net,
-            timeout,
-            witness,
-            ipv6,
-        } => {
-            let opts = UpOptions {
-                sites,
-                hosts_per_site,
-                net,
-                timeout,
-                witness,
-                ipv6,
-                siteagent: lab::find_siteagent()?,
-                progress: out == Output::Table
-                    && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            };
-            let lab = Lab::up(&dir, &opts).await?;
-            print_processes(out, &lab)?;
-            if out == Output::Table {
-                out!(
-                    "lab is up; try: SITECTL_CONTEXT={} sitectl status",
-                    lab::context_path(&dir).display()
-                );
-            }
-        }
-        LabCmd::Status { dir } => print_processes(out, &Lab::open(&dir)?)?,
-        LabCmd::Demo {
-            dir,
-            name,
-            sites,
-            port,
-            instances,
-            dry_run,
-        } => {
-            let lab = Lab::open(&dir)?;
-            let path = lab.write_demo_spec(&name, &sites, port, instances)?;
-            let c = Client::new(&lab.context()?)?;
-            ops::service(
-                &c,
-                out,
-                ServiceCmd::Create {
-                    file: path,
-                    dry_run,
-                },
-            )
-            .await?;
-        }
-        LabCmd::Down { dir, grace } => {
-            let lab = Lab::open(&dir)?;
-            let killed = lab.down(grace).await;
-            if killed.is_empty() {
-                out!("all agents stopped");
-            } else {
-                out!("all agents stopped; nodes {killed:?} needed SIGKILL after {grace:?}");
-            }
-        }
-        LabCmd::Start { dir, node } => {
-            let lab = Lab::open(&dir)?;
-            let agent = lab.agent(node)?;
-            let child = lab.spawn(agent, &lab::find_siteagent()?)?;
-            out!("started node {node} (pid {})", child.id());
-        }
-    }
-    Ok(())
 }

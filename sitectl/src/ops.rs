@@ -4,11 +4,9 @@
 //! Every mutating command takes `--dry-run`, which prints the plan the agent computed without
 //! changing anything; a real run prints the same plan as the expectation of what follows.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::Subcommand;
-use consensus::state::ServiceSpec;
 use siteagent::api::{OperationRequest, OperationResult, ServiceView};
 
 use crate::client::Client;
@@ -69,16 +67,7 @@ pub enum MaintenanceCmd {
     },
 }
 
-/// Reads and checks a service spec file; errors name the file, the field and the line.
-pub fn read_spec(path: &Path) -> anyhow::Result<ServiceSpec> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let spec: ServiceSpec = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
-    spec.validate()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(spec)
-}
+pub use scenarios::lab::read_spec;
 
 /// Prints an operation's result: the change, then the plan.
 pub fn print_operation(out: Output, r: &OperationResult) -> anyhow::Result<()> {

@@ -11,9 +11,9 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const ZONE_NAME: &str = "web.fabric.test.";
-/// The lab's timing (see `sitectl lab`): heartbeat 200 ms × 5, lease 4 s + 1 s margin, TTL 2 s.
+/// The lab's timing (see `sitectl lab`): heartbeat 200 ms × 5, lease 5 s + 1 s margin, TTL 2 s.
 const DETECT: f64 = 1.0;
-const LEASE: f64 = 4.0;
+const LEASE: f64 = 5.0;
 const MARGIN: f64 = 1.0;
 const TTL: f64 = 2.0;
 

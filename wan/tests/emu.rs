@@ -311,6 +311,7 @@ mod quic {
             max_frame: 64 * 1024,
             request_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5),
+            ..WanConfig::default()
         };
         let server = Wan::bind(any_port(), &tls(dir.path(), "2"), config.clone()).expect("bind");
         tokio::spawn(server.clone().serve(Arc::new(Echo), stop.clone()));

@@ -1,0 +1,339 @@
+//! `sitectl lab …`: a local fabric of real agent processes, and the emulated links between its
+//! sites.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use crate::lab::{self, Lab, UpOptions};
+use crate::ops::{self, ServiceCmd};
+use crate::out;
+use crate::output::{Output, print};
+use scenarios::client::Client;
+
+#[derive(Subcommand)]
+pub enum LabCmd {
+    /// Create and start a lab in DIR.
+    Up {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        sites: u32,
+        #[arg(long, default_value_t = 1)]
+        hosts_per_site: u32,
+        /// Second octet of the agents' 127.N.S.H addresses (default: the first free from 10).
+        #[arg(long)]
+        net: Option<u8>,
+        /// How long to wait for a leader and every host.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Add a witness: one voting agent without workloads in its own site `w`.
+        #[arg(long)]
+        witness: bool,
+        /// Hosts also advertise ::1 for their workloads (AAAA answers).
+        #[arg(long)]
+        ipv6: bool,
+        /// A topology file (the `[topology]` table of a drill scenario: sites, hosts, witness,
+        /// timing, links); it replaces --sites, --hosts-per-site, --witness and --ipv6. Links
+        /// put the link emulator between sites.
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Service ports to forward between sites when the topology has links.
+        #[arg(long, value_delimiter = ',', default_value = "8080")]
+        ports: Vec<u16>,
+        /// Seed of the link emulator's randomness (jitter, loss).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Change the emulated link between two sites while the lab runs.
+    #[command(subcommand)]
+    Link(LinkCmd),
+    /// Declare the demo service (fabric-demo answering GET /whoami) in a running lab.
+    Demo {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "web")]
+        name: String,
+        /// Sites in priority order (default: every site of the lab).
+        #[arg(long, value_delimiter = ',')]
+        sites: Vec<String>,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long, default_value_t = 1)]
+        instances: u32,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Every agent of the lab, with pid and liveness.
+    Status {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Stop every agent: SIGTERM, then SIGKILL after the grace period.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+    },
+    /// Start a stopped agent again, with its data.
+    Start {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: u64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LinkCmd {
+    /// Set delay, jitter, loss and rate of the link between A and B (both directions; a partition
+    /// stays as it is).
+    Set {
+        #[arg(long)]
+        dir: PathBuf,
+        a: String,
+        b: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        delay: Option<Duration>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        jitter: Option<Duration>,
+        /// `1%` or `0.01`.
+        #[arg(long)]
+        loss: Option<String>,
+        /// `100mbit`, `500kbit`, `1gbit` or bits per second.
+        #[arg(long)]
+        rate: Option<String>,
+    },
+    /// Drop everything between A and B.
+    Partition {
+        #[arg(long)]
+        dir: PathBuf,
+        a: String,
+        b: String,
+    },
+    /// Undo a partition between A and B.
+    Heal {
+        #[arg(long)]
+        dir: PathBuf,
+        a: String,
+        b: String,
+    },
+    /// Links with their parameters and counters.
+    Status {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// Every agent of a lab with pid, address, roles and liveness.
+fn print_processes(out: Output, lab: &Lab) -> anyhow::Result<()> {
+    let procs = lab.processes();
+    print(
+        out,
+        &procs,
+        &["node", "site", "pid", "address", "roles", "alive"],
+        || {
+            procs
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.node.to_string(),
+                        p.site.clone(),
+                        p.pid.map(|p| p.to_string()).unwrap_or_default(),
+                        p.address.clone(),
+                        format!("{:?}", p.roles).to_lowercase(),
+                        p.alive.to_string(),
+                    ]
+                })
+                .collect()
+        },
+    )
+}
+
+pub async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
+    match cmd {
+        LabCmd::Up {
+            dir,
+            sites,
+            hosts_per_site,
+            net,
+            timeout,
+            witness,
+            ipv6,
+            topology,
+            ports,
+            seed,
+        } => {
+            let mut opts = UpOptions {
+                sites,
+                hosts_per_site,
+                net,
+                timeout,
+                witness,
+                ipv6,
+                timing: lab::LabTiming::default(),
+                links: Vec::new(),
+                probe_ports: ports,
+                seed,
+                siteagent: lab::find_siteagent()?,
+                progress: out == Output::Table
+                    && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            if let Some(path) = topology {
+                let t = read_topology(&path)?;
+                opts.sites = t.sites;
+                opts.hosts_per_site = t.hosts_per_site;
+                opts.witness = t.witness;
+                opts.ipv6 = t.ipv6;
+                opts.timing = scenarios::runner::lab_timing(&t.timing);
+                opts.links = t.links;
+            }
+            let lab = Lab::up(&dir, &opts).await?;
+            print_processes(out, &lab)?;
+            if out == Output::Table {
+                out!(
+                    "lab is up; try: SITECTL_CONTEXT={} sitectl status",
+                    lab::context_path(&dir).display()
+                );
+            }
+        }
+        LabCmd::Status { dir } => print_processes(out, &Lab::open(&dir)?)?,
+        LabCmd::Link(cmd) => link_command(cmd, out).await?,
+        LabCmd::Demo {
+            dir,
+            name,
+            sites,
+            port,
+            instances,
+            dry_run,
+        } => {
+            let lab = Lab::open(&dir)?;
+            let path = lab.write_demo_spec(&name, &sites, port, instances)?;
+            let c = Client::new(&lab.context()?)?;
+            ops::service(
+                &c,
+                out,
+                ServiceCmd::Create {
+                    file: path,
+                    dry_run,
+                },
+            )
+            .await?;
+        }
+        LabCmd::Down { dir, grace } => {
+            let lab = Lab::open(&dir)?;
+            let killed = lab.down(grace).await;
+            if killed.is_empty() {
+                out!("all agents stopped");
+            } else {
+                out!("all agents stopped; nodes {killed:?} needed SIGKILL after {grace:?}");
+            }
+        }
+        LabCmd::Start { dir, node } => {
+            let lab = Lab::open(&dir)?;
+            let agent = lab.agent(node)?;
+            let child = lab.spawn(agent, &lab::find_siteagent()?)?;
+            out!("started node {node} (pid {})", child.id());
+        }
+    }
+    Ok(())
+}
+
+/// Reads a topology file: the fields of a scenario's `[topology]` table at the top level.
+fn read_topology(path: &std::path::Path) -> anyhow::Result<scenarios::scenario::Topology> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let t: scenarios::scenario::Topology = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+    let sites: Vec<String> = (1..=t.sites)
+        .map(|s| format!("s{s}"))
+        .chain(t.witness.then(|| "w".to_string()))
+        .collect();
+    lab::resolve_links(&sites, &t.links).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(t)
+}
+
+async fn link_command(cmd: LinkCmd, out: Output) -> anyhow::Result<()> {
+    let (dir, a, b) = match &cmd {
+        LinkCmd::Set { dir, a, b, .. }
+        | LinkCmd::Partition { dir, a, b }
+        | LinkCmd::Heal { dir, a, b } => (dir.clone(), a.clone(), b.clone()),
+        LinkCmd::Status { dir } => (dir.clone(), String::new(), String::new()),
+    };
+    let lab = Lab::open(&dir)?;
+    match cmd {
+        LinkCmd::Set {
+            delay,
+            jitter,
+            loss,
+            rate,
+            ..
+        } => {
+            lab.degrade(&a, &b, delay, jitter, loss.as_deref(), rate.as_deref())
+                .await?;
+            out!("link {a}-{b} set");
+        }
+        LinkCmd::Partition { .. } => {
+            lab.partition(&a, &b, true).await?;
+            out!("link {a}-{b} partitioned");
+        }
+        LinkCmd::Heal { .. } => {
+            lab.partition(&a, &b, false).await?;
+            out!("link {a}-{b} healed");
+        }
+        LinkCmd::Status { .. } => {
+            let status = lab.link_status().await?;
+            print(
+                out,
+                &status,
+                &[
+                    "link",
+                    "direction",
+                    "delay",
+                    "jitter",
+                    "loss",
+                    "rate",
+                    "state",
+                    "delivered",
+                    "dropped",
+                ],
+                || {
+                    let mut rows = Vec::new();
+                    for l in &status.links {
+                        for (dir, d) in [
+                            (format!("{}→{}", l.a, l.b), &l.a_to_b),
+                            (format!("{}→{}", l.b, l.a), &l.b_to_a),
+                        ] {
+                            rows.push(vec![
+                                format!("{}-{}", l.a, l.b),
+                                dir,
+                                format!("{} ms", d.params.delay_ms),
+                                format!("{} ms", d.params.jitter_ms),
+                                format!("{}%", d.params.loss * 100.0),
+                                d.params
+                                    .rate_bps
+                                    .map(|r| format!("{r} bit/s"))
+                                    .unwrap_or_else(|| "unlimited".into()),
+                                if d.params.partitioned == Some(true) {
+                                    "partitioned".into()
+                                } else {
+                                    "up".into()
+                                },
+                                d.stats.delivered.to_string(),
+                                (d.stats.dropped_loss
+                                    + d.stats.dropped_partition
+                                    + d.stats.dropped_queue)
+                                    .to_string(),
+                            ]);
+                        }
+                    }
+                    rows
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
