@@ -77,6 +77,9 @@ pub struct Members {
     pub voters: BTreeSet<NodeId>,
     pub learners: BTreeSet<NodeId>,
     pub nodes: BTreeMap<NodeId, FabricNode>,
+    /// The configuration is a single one (not a joint one mid-change) and this node has applied
+    /// it, so it is committed.
+    pub settled: bool,
 }
 
 /// One Raft member of the fabric.
@@ -184,10 +187,14 @@ impl FabricRaft {
         let voters: BTreeSet<_> = membership.voter_ids().collect();
         let learners = membership.learner_ids().collect();
         let nodes = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        let applied = m.last_applied.map(|l| l.index);
+        let at = m.membership_config.log_id().map(|l| l.index);
+        let settled = membership.get_joint_config().len() == 1 && at <= applied;
         Members {
             voters,
             learners,
             nodes,
+            settled,
         }
     }
 

@@ -67,20 +67,36 @@ pub fn split_brain(served: &[Served]) -> Option<String> {
     None
 }
 
-/// Seconds from `fault` to the first successful probe served by another instance (site, host
-/// or epoch) than the one serving just before it. `None` when nothing else ever served.
-pub fn rto(served: &[Served], fault: f64) -> Option<f64> {
+/// Seconds from the fault that caused the recovery to the first successful probe served by
+/// another instance (site, host or epoch) than the one serving before the first fault. The
+/// cause is the latest fault at or before the first failed probe of the outage (or, when no
+/// probe failed, the latest fault before the new instance answered). `None` when nothing else
+/// ever served.
+pub fn rto(served: &[Served], faults: &[f64], failures: &[f64]) -> Option<f64> {
+    let first = faults.iter().copied().min_by(f64::total_cmp)?;
     let before = served
         .iter()
-        .filter(|s| s.sent < fault)
+        .filter(|s| s.sent < first)
         .max_by(|a, b| a.answered.total_cmp(&b.answered))
         .map(|s| (s.site.clone(), s.host, s.epoch));
-    served
+    let new = served
         .iter()
-        .filter(|s| s.sent >= fault)
+        .filter(|s| s.sent >= first)
         .filter(|s| before.as_ref() != Some(&(s.site.clone(), s.host, s.epoch)))
-        .map(|s| s.answered - fault)
+        .min_by(|a, b| a.answered.total_cmp(&b.answered))?;
+    let outage = failures
+        .iter()
+        .copied()
+        .filter(|t| *t >= first && *t <= new.sent)
         .min_by(f64::total_cmp)
+        .unwrap_or(new.sent);
+    let cause = faults
+        .iter()
+        .copied()
+        .filter(|t| *t <= outage)
+        .max_by(f64::total_cmp)
+        .unwrap_or(first);
+    Some(new.answered - cause)
 }
 
 /// Acknowledged writes the final owner does not hold.
@@ -286,9 +302,17 @@ mod tests {
             s(10.5, "s1", 1, 1),
             s(17.0, "s1", 2, 1),
         ];
-        let rto = rto(&served, 10.0).expect("rto");
+        let rto = rto(&served, &[10.0], &[11.0, 12.0]).expect("rto");
         assert!((rto - 7.01).abs() < 1e-9, "{rto}");
-        assert_eq!(super::rto(&served[..3], 10.0), None);
+        assert_eq!(super::rto(&served[..3], &[10.0], &[]), None);
+    }
+
+    #[test]
+    fn rto_counts_from_the_fault_that_caused_the_outage() {
+        // A harmless fault at 2 s (a witness), the real one at 8 s, recovery at 15 s.
+        let served = vec![s(1.0, "s1", 1, 1), s(7.0, "s1", 1, 1), s(15.0, "s2", 3, 2)];
+        let rto = rto(&served, &[2.0, 8.0], &[8.5, 10.0]).expect("rto");
+        assert!((rto - 7.01).abs() < 1e-9, "{rto}");
     }
 
     #[test]

@@ -209,15 +209,34 @@ fn net_is_free(net: u8, sites: u32, hosts: u32) -> bool {
     })
 }
 
-fn pick_net(sites: u32, hosts: u32) -> anyhow::Result<u8> {
+/// A claim on a lab network while its agents start: between the check that its addresses are
+/// free and the agents binding them, another `lab up` must not pick the same network. The claim
+/// is an abstract Unix socket, so it needs no file and ends with the process that holds it.
+struct NetClaim(#[allow(dead_code)] std::os::unix::net::UnixListener);
+
+impl NetClaim {
+    fn take(net: u8) -> Option<Self> {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("fabric-lab-net-{net}");
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).ok()?;
+        std::os::unix::net::UnixListener::bind_addr(&addr)
+            .ok()
+            .map(Self)
+    }
+}
+
+fn pick_net(sites: u32, hosts: u32) -> anyhow::Result<(u8, NetClaim)> {
     // Start at 10 (the documented default) and search upwards, then from a pid-derived offset
     // so parallel labs rarely probe the same nets.
     let offset = (std::process::id() % 200) as u8;
     let candidates =
         std::iter::once(10u8).chain((0..230u8).map(|i| 20 + (offset.wrapping_add(i)) % 230));
     for net in candidates {
+        let Some(claim) = NetClaim::take(net) else {
+            continue;
+        };
         if net_is_free(net, sites, hosts) {
-            return Ok(net);
+            return Ok((net, claim));
         }
     }
     bail!("no free 127.N.0.0/16 network for {sites} sites × {hosts} hosts")
@@ -349,8 +368,12 @@ impl Lab {
             bail!("a lab has 1 to 9 sites and 1 to 50 hosts per site");
         }
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let net = match opts.net {
-            Some(n) => n,
+        // The claim is held until every agent has bound its addresses (the end of this function).
+        let (net, _claim) = match opts.net {
+            Some(n) => match NetClaim::take(n) {
+                Some(claim) => (n, claim),
+                None => bail!("another lab is starting on 127.{n}.0.0/16; pick another --net"),
+            },
             None => pick_net(opts.sites, opts.hosts_per_site)?,
         };
         let mut agents = Vec::new();
@@ -578,6 +601,15 @@ impl Lab {
             .iter()
             .filter(|a| a.roles.contains(&AgentRole::Host))
             .count();
+        let voters: Vec<u64> = self
+            .file
+            .agents
+            .iter()
+            .filter(|a| {
+                a.roles.contains(&AgentRole::Voter) || a.roles.contains(&AgentRole::Witness)
+            })
+            .map(|a| a.node)
+            .collect();
         let bar = if progress {
             indicatif::ProgressBar::new(expected as u64 + 1)
         } else {
@@ -607,7 +639,12 @@ impl Lab {
                         Some(l) => format!("leader {l}, hosts registered"),
                         None => "electing a leader".into(),
                     });
-                    if s.leader.is_some() && registered >= expected {
+                    // Every voter votes, in a committed single configuration: until then losing
+                    // one agent can leave the rest without a quorum (a change from 1 to 3
+                    // voters passes through a configuration only the first one can carry).
+                    let all_vote =
+                        s.membership_settled && voters.iter().all(|v| s.voters.contains(v));
+                    if s.leader.is_some() && registered >= expected && all_vote {
                         // Confirm through a linearizable read that the leader agrees.
                         if let Ok(hosts) = client
                             .get::<Vec<siteagent::api::HostView>>("/v1/hosts")
@@ -619,8 +656,14 @@ impl Lab {
                         }
                     }
                     format!(
-                        "leader {:?}, {registered}/{expected} hosts registered",
-                        s.leader
+                        "leader {:?}, {registered}/{expected} hosts registered, voters {:?} of {voters:?}{}",
+                        s.leader,
+                        s.voters,
+                        if s.membership_settled {
+                            ""
+                        } else {
+                            " (membership changing)"
+                        }
                     )
                 }
                 Err(e) => e.to_string(),

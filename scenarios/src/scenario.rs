@@ -575,7 +575,20 @@ impl Scenario {
             }
         };
         match s.action {
-            Action::KillHost | Action::StartHost | Action::Drain | Action::Undrain => {
+            Action::KillHost | Action::StartHost => {
+                // Any agent: a witness is the node after the hosts.
+                let witness = u64::from(self.topology.witness);
+                let h = s
+                    .host
+                    .ok_or(("step.host", format!("{action} needs `host`")))?;
+                if !(1..=hosts + witness).contains(&h) {
+                    return Err((
+                        "step.host",
+                        format!("unknown node {h} (nodes 1 to {})", hosts + witness),
+                    ));
+                }
+            }
+            Action::Drain | Action::Undrain => {
                 need_host()?;
             }
             Action::KillSite | Action::StartSite | Action::ThawSite | Action::FreezeSite => {

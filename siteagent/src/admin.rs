@@ -206,6 +206,7 @@ async fn status(State(agent): State<Shared>) -> Json<Status> {
         term: m.current_term,
         voters: members.voters.into_iter().collect(),
         learners: members.learners.into_iter().collect(),
+        membership_settled: members.settled,
         raft_state: format!("{:?}", m.state).to_lowercase(),
         last_log_index: m.last_log_index.unwrap_or(0),
         applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),

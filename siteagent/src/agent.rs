@@ -77,6 +77,10 @@ pub struct Agent {
     lease: Mutex<LeaseHolder>,
     /// State revision seen by the latest successful lease confirmation.
     confirmed_revision: AtomicU64,
+    /// Leader side: one membership change at a time. Two admissions racing each other make
+    /// openraft refuse the second step of one of them, which would leave a joint configuration
+    /// behind.
+    membership: tokio::sync::Mutex<()>,
 }
 
 impl Agent {
@@ -254,15 +258,18 @@ impl Agent {
                 leader: self.raft.leader(),
             }));
         }
+        let _one_at_a_time = self.membership.lock().await;
         let members = self.raft.members();
-        if members.voters.contains(&id) {
+        if members.voters.contains(&id) && members.settled {
             return Ok(());
         }
-        if !members.learners.contains(&id) || members.nodes.get(&id) != Some(&node) {
+        if members.nodes.get(&id) != Some(&node) {
             tracing::info!(node = id, "admitting node {id} ({node}) as a learner");
             self.raft.add_learner(id, node).await?;
         }
         if voter {
+            // Also when it already votes in a joint configuration left by a failed change:
+            // the same change again finishes it.
             tracing::info!(node = id, "promoting node {id} to voter");
             self.raft.promote(id).await?;
         }
@@ -272,7 +279,8 @@ impl Agent {
     fn is_member(&self) -> bool {
         let m = self.raft.members();
         let wanted = if self.config.is_voter() {
-            m.voters.contains(&self.id())
+            // Settled: a voter in a joint configuration asks again, which finishes the change.
+            m.voters.contains(&self.id()) && m.settled
         } else {
             m.voters.contains(&self.id()) || m.learners.contains(&self.id())
         };
@@ -446,6 +454,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let agent = Arc::new(Agent {
         lease: Mutex::new(LeaseHolder::new(config.lease())),
         confirmed_revision: AtomicU64::new(0),
+        membership: tokio::sync::Mutex::new(()),
         config,
         me: me.clone(),
         wan: wan.clone(),

@@ -23,6 +23,9 @@ pub struct Status {
     pub term: u64,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// The membership is not mid-change and this agent has applied it.
+    #[serde(default)]
+    pub membership_settled: bool,
     /// `leader`, `follower`, `learner`, `candidate` or `shutdown`.
     pub raft_state: String,
     pub last_log_index: u64,

@@ -396,3 +396,26 @@ pub fn whoami(addr: &str) -> anyhow::Result<serde_json::Value> {
         .context("no HTTP body")?;
     Ok(serde_json::from_str(json.trim())?)
 }
+
+/// Kills (SIGCONT, then SIGKILL) every process whose command line or working directory lies in
+/// `dir`: agents, guards, workloads, the link emulator. For tests that run `sitectl drill run`
+/// with a lab directory of their own.
+pub fn kill_everything_under(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let needle = dir.to_string_lossy().to_string();
+    for pid in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        let cwd_inside =
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c.starts_with(dir));
+        let cmd_inside = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle));
+        if (cwd_inside || cmd_inside) && pid != std::process::id() as i32 {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}

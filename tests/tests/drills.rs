@@ -1,0 +1,292 @@
+//! Every shipped drill runs end to end with `sitectl drill run` (at the smallest time scale its
+//! scenario allows) and meets its expectations; a drill that cannot pass fails and says why; bad
+//! scenario files are refused before any lab starts.
+
+use std::path::{Path, PathBuf};
+
+use fabric_tests::{kill_everything_under, sitectl};
+use serde_json::Value;
+
+/// A drill's lab and report directories, and a clean-up of everything left in them.
+struct DrillDirs {
+    dir: tempfile::TempDir,
+}
+
+impl DrillDirs {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("fabric-drill-")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    fn lab(&self) -> PathBuf {
+        self.dir.path().join("lab")
+    }
+
+    fn reports(&self) -> PathBuf {
+        self.dir.path().join("reports")
+    }
+}
+
+impl Drop for DrillDirs {
+    fn drop(&mut self) {
+        kill_everything_under(self.dir.path());
+        // For a post-mortem: FABRIC_KEEP_DRILLS=1 keeps the lab's logs and the report.
+        if std::env::var_os("FABRIC_KEEP_DRILLS").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("kept {}", kept.keep().display());
+        }
+    }
+}
+
+fn drill_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios/drills")
+        .join(format!("{name}.toml"))
+}
+
+/// The scenario's `min_time_scale`.
+fn min_scale(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).expect("scenario");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("min_time_scale = "))
+        .unwrap_or("1.0")
+        .trim()
+        .to_string()
+}
+
+/// Runs `sitectl drill run` and returns (exit success, report, stderr).
+fn run(path: &Path, extra: &[&str]) -> (bool, Option<Value>, String, DrillDirs) {
+    let dirs = DrillDirs::new();
+    let (lab, reports) = (dirs.lab(), dirs.reports());
+    let scale = min_scale(path);
+    let mut args = vec![
+        "--output",
+        "json",
+        "drill",
+        "run",
+        path.to_str().expect("utf-8"),
+        "--time-scale",
+        &scale,
+        "--lab-dir",
+        lab.to_str().expect("utf-8"),
+        "--report-dir",
+        reports.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    let out = sitectl(&args);
+    let report = std::fs::read_to_string(reports.join("report.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (out.status.success(), report, stderr, dirs)
+}
+
+/// Runs a shipped drill and checks it passed, its report is complete and its lab is gone.
+fn passes(name: &str) -> Value {
+    let (ok, report, stderr, dirs) = run(&drill_file(name), &[]);
+    let report = report.unwrap_or_else(|| panic!("{name}: no report.json; stderr:\n{stderr}"));
+    let failed: Vec<&Value> = report["expectations"]
+        .as_array()
+        .expect("expectations")
+        .iter()
+        .filter(|e| e["pass"] != true)
+        .collect();
+    assert!(
+        ok && failed.is_empty(),
+        "{name} failed: {failed:?}\n{stderr}"
+    );
+    assert_eq!(report["passed"], true);
+    assert!(dirs.reports().join("timeline.svg").exists());
+    assert!(
+        report["probes"].as_array().is_some_and(|p| !p.is_empty()),
+        "{name}: no probes recorded"
+    );
+    for m in report["measures"].as_array().expect("measures") {
+        eprintln!(
+            "MEASURED {name}: {} = {} (bound {})",
+            m["name"], m["value"], m["bound"]
+        );
+    }
+    assert_no_processes_left(&dirs);
+    report
+}
+
+fn assert_no_processes_left(dirs: &DrillDirs) {
+    let lab = dirs.lab();
+    let pid_files = ["emu.pid"].into_iter().map(|f| lab.join(f)).chain(
+        std::fs::read_dir(lab.join("nodes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("agent.pid")),
+    );
+    for f in pid_files {
+        let Ok(pid) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+        let running = !stat.is_empty()
+            && !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z');
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
+        let ours = String::from_utf8_lossy(&cmdline).contains(&*lab.to_string_lossy());
+        assert!(
+            !(running && ours),
+            "{} still runs after the drill",
+            f.display()
+        );
+    }
+}
+
+fn expectation<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["expectations"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == name))
+        .unwrap_or_else(|| panic!("no expectation {name}"))
+}
+
+#[test]
+fn drill_host_loss_restarts_in_the_same_site_without_losing_writes() {
+    let r = passes("host-loss");
+    assert_eq!(expectation(&r, "rpo_max_writes")["pass"], true);
+}
+
+#[test]
+fn drill_site_loss_moves_to_the_next_site() {
+    let r = passes("site-loss");
+    assert_eq!(expectation(&r, "final_owner")["measured"], "s2");
+}
+
+#[test]
+fn drill_partition_minority_fences_and_rejoins_without_split_brain() {
+    let r = passes("partition-minority");
+    assert_eq!(expectation(&r, "no_split_brain")["pass"], true);
+}
+
+#[test]
+fn drill_planned_switchover_has_no_failed_probe() {
+    passes("planned-switchover");
+}
+
+#[test]
+fn drill_flapping_link_does_not_move_the_service() {
+    passes("flapping-link");
+}
+
+#[test]
+fn drill_witness_loss_changes_nothing_and_site_loss_still_fails_over() {
+    passes("witness-loss");
+}
+
+#[test]
+fn drill_slow_wan_still_commits_elects_and_fails_over() {
+    passes("slow-wan");
+}
+
+#[test]
+fn drill_rolling_maintenance_never_takes_the_service_down() {
+    passes("rolling-maintenance");
+}
+
+#[test]
+fn test_failover_mode_answers_in_the_recovery_site_without_touching_production() {
+    let (ok, report, stderr, _dirs) = run(&drill_file("planned-switchover"), &["--test-failover"]);
+    let report = report.unwrap_or_else(|| panic!("no report: {stderr}"));
+    assert!(ok, "{stderr}\n{report}");
+    let labels: Vec<&str> = report["markers"]
+        .as_array()
+        .expect("markers")
+        .iter()
+        .filter_map(|m| m["label"].as_str())
+        .collect();
+    assert!(
+        labels
+            .iter()
+            .any(|l| l.contains("test instance answered from site s2")),
+        "{labels:?}"
+    );
+    assert_eq!(expectation(&report, "max_failed_probes")["measured"], "0");
+    // Production never moved.
+    assert!(
+        report["owners"]
+            .as_array()
+            .expect("owners")
+            .iter()
+            .all(|o| o["site"] == "s1"),
+        "{}",
+        report["owners"]
+    );
+}
+
+#[test]
+fn a_drill_that_cannot_pass_fails_and_says_by_how_much() {
+    let dir = tempfile::tempdir().expect("dir");
+    let text = std::fs::read_to_string(drill_file("host-loss"))
+        .expect("scenario")
+        .replace("rto_max = \"12s\"", "rto_max = \"1ms\"");
+    let path = dir.path().join("host-loss.toml");
+    std::fs::write(&path, text).expect("write");
+    let (ok, report, stderr, _dirs) = run(&path, &[]);
+    assert!(!ok, "an impossible RTO passed");
+    assert!(stderr.contains("rto_max"), "{stderr}");
+    let report = report.expect("a report even when failing");
+    assert_eq!(report["passed"], false);
+    let rto = expectation(&report, "rto_max");
+    assert_eq!(rto["pass"], false);
+    assert!(
+        rto["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("over by")),
+        "{rto}"
+    );
+}
+
+#[test]
+fn bad_scenarios_are_refused_with_line_and_field_before_any_lab_starts() {
+    let dir = tempfile::tempdir().expect("dir");
+    let good = std::fs::read_to_string(drill_file("site-loss")).expect("scenario");
+    let cases = [
+        (
+            "malformed",
+            good.replace("sites = 3", "sites = three"),
+            "line",
+        ),
+        (
+            "unknown-step",
+            good.replace("action = \"kill_site\"", "action = \"nuke_site\""),
+            "nuke_site",
+        ),
+        (
+            "unknown-site",
+            good.replace("site = \"s1\"", "site = \"s7\""),
+            "unknown site `s7`",
+        ),
+        (
+            "unknown-field",
+            good.replace("[expect]", "[expect]\nrto_maximum = \"1s\""),
+            "rto_maximum",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write");
+        let (ok, report, stderr, dirs) = run(&path, &[]);
+        assert!(!ok, "{name}: accepted");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&*path.to_string_lossy()),
+            "{name}: names the file: {stderr}"
+        );
+        assert!(report.is_none(), "{name}: a report without a drill");
+        assert!(!dirs.lab().exists(), "{name}: a lab was started");
+    }
+}
