@@ -119,6 +119,15 @@ impl LabTiming {
         self.heartbeat_interval * self.failure_threshold
     }
 
+    /// From a fault to the leader's verdict: the silence (interval × threshold, plus up to one
+    /// interval until the next check), one planner round, and two election timeouts when the
+    /// fault took the leader with it.
+    pub fn verdict_bound(&self) -> Duration {
+        self.heartbeat_interval * (self.failure_threshold + 1)
+            + LAB_PLAN_INTERVAL
+            + self.election_timeout_max * 2
+    }
+
     /// The theoretical bound of an unplanned move: detection + lease + margin + DNS TTL.
     pub fn failover_bound(&self) -> Duration {
         self.detection() + self.lease + self.lease_margin + Duration::from_secs(self.dns_ttl.into())
@@ -181,14 +190,57 @@ pub fn find_siteagent() -> anyhow::Result<PathBuf> {
     }
     let me = std::env::current_exe().context("cannot locate sitectl itself")?;
     let candidate = me.with_file_name("siteagent");
+    let companions = ["siteagent", "fabric-guard", "fabric-demo", "fabric-emu"];
+    if companions.iter().any(|b| !me.with_file_name(b).exists()) {
+        build_companions(&me)?;
+    }
     if candidate.exists() {
         Ok(candidate)
     } else {
         bail!(
-            "cannot find the siteagent binary at {} (build it with `cargo build -p siteagent` or set SITEAGENT_BIN)",
+            "cannot find the siteagent binary at {} (build it with `cargo build --workspace --bins` or set SITEAGENT_BIN)",
             candidate.display()
         )
     }
+}
+
+/// Under `cargo run -p sitectl`, which builds only `sitectl`, builds the binaries a lab runs
+/// (agent, guard, demo service, link emulator) into the same target directory and profile.
+fn build_companions(me: &Path) -> anyhow::Result<()> {
+    let (Some(cargo), Some(manifest_dir)) = (
+        std::env::var_os("CARGO"),
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+    ) else {
+        return Ok(());
+    };
+    let Some(profile_dir) = me.parent() else {
+        return Ok(());
+    };
+    let Some(target_dir) = profile_dir.parent() else {
+        return Ok(());
+    };
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "--workspace", "--bins"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(manifest_dir);
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.args(["--profile", other]);
+        }
+        None => return Ok(()),
+    }
+    eprintln!(
+        "sitectl: building the agent, guard, demo service and link emulator (cargo build --workspace --bins)"
+    );
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --workspace --bins failed ({status})");
+    }
+    Ok(())
 }
 
 fn addr(net: u8, site: u32, host: u32, port: u16) -> SocketAddr {
@@ -288,7 +340,7 @@ heartbeat_interval = "{hb}"
 failure_threshold = {threshold}
 lease = "{lease}"
 lease_margin = "{margin}"
-plan_interval = "200ms"
+plan_interval = "{plan}"
 
 [dns]
 listen = "{dns_ip}:{dns_port}"
@@ -297,6 +349,7 @@ ttl = {ttl}
 {wan_routes}"#,
         sites = lab.sites,
         hosts = lab.hosts_per_site,
+        plan = humantime::format_duration(LAB_PLAN_INTERVAL),
         node = a.node,
         site = a.site,
         roles = roles.join(", "),
@@ -337,6 +390,8 @@ ttl = {ttl}
 /// The lab's DNS zone and answer TTL (seconds).
 pub const LAB_ZONE: &str = "fabric.test.";
 pub const LAB_DNS_TTL: u32 = 2;
+/// How often the lab's Raft leader runs the planner (`failover.plan_interval`).
+pub const LAB_PLAN_INTERVAL: Duration = Duration::from_millis(200);
 
 impl Lab {
     pub fn open(dir: &Path) -> anyhow::Result<Self> {

@@ -184,27 +184,27 @@ pub struct Written {
 /// Why a report could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("cannot create report directory {path}: {source}")]
+    #[error("cannot create report directory {path}")]
     CreateDir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot encode the report for {path}: {source}")]
+    #[error("cannot encode the report for {path}")]
     Encode {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not a drill report: {source}")]
+    #[error("{path} is not a drill report")]
     Parse {
         path: PathBuf,
         source: serde_json::Error,

@@ -956,8 +956,8 @@ impl Drill<'_> {
                 name: "detection".into(),
                 value: detection,
                 unit: "s".into(),
-                bound: Some(timing.detection().as_secs_f64()),
-                how: "first fault to the first `… is down` verdict in the event log; bound = heartbeat interval × failure threshold".into(),
+                bound: Some(timing.verdict_bound().as_secs_f64()),
+                how: "first fault to the first `… is down` verdict in the event log; bound = heartbeat interval × (failure threshold + 1) + planner interval + 2 × election timeout (a leader lost with the fault is replaced first)".into(),
             },
         ];
         Ok(Report {

@@ -481,8 +481,16 @@ fn axis(body: &mut String, scale: &Scale, top: f64, bottom: f64) {
 }
 
 fn markers(body: &mut String, report: &Report, scale: &Scale, top: f64, bottom: f64) {
-    for m in &report.markers {
+    // Rotated labels of markers close in time would print over each other: each label starts at
+    // least this far right of the previous one.
+    const LABEL_GAP: f64 = 18.0;
+    let mut last_label_x = f64::NEG_INFINITY;
+    let mut markers: Vec<_> = report.markers.iter().collect();
+    markers.sort_by(|a, b| a.t.total_cmp(&b.t));
+    for m in markers {
         let Some(x) = scale.x(m.t) else { continue };
+        let label_x = x.max(last_label_x + LABEL_GAP);
+        last_label_x = label_x;
         let (color, width, dash) = match m.kind {
             MarkerKind::Fault => (FAIL_RED, 1.5, "5,3"),
             MarkerKind::Heal => (HEAL_GREEN, 1.5, "5,3"),
@@ -492,13 +500,13 @@ fn markers(body: &mut String, report: &Report, scale: &Scale, top: f64, bottom: 
         let label_y = top - 6.0;
         let _ = write!(
             body,
-            "\n<g class=\"marker {}\"><title>{} s {}: {}</title><line x1=\"{x}\" y1=\"{}\" x2=\"{x}\" y2=\"{bottom}\" stroke=\"{color}\" stroke-width=\"{width}\" stroke-dasharray=\"{dash}\"/><text x=\"{}\" y=\"{label_y}\" fill=\"{color}\" transform=\"rotate(-40 {x} {label_y})\">{}</text></g>",
+            "\n<g class=\"marker {}\"><title>{} s {}: {}</title><line x1=\"{x}\" y1=\"{}\" x2=\"{x}\" y2=\"{bottom}\" stroke=\"{color}\" stroke-width=\"{width}\" stroke-dasharray=\"{dash}\"/><text x=\"{}\" y=\"{label_y}\" fill=\"{color}\" transform=\"rotate(-40 {label_x} {label_y})\">{}</text></g>",
             m.kind,
             seconds(m.t),
             m.kind,
             escape(&m.label),
             top - 4.0,
-            x + 2.0,
+            label_x + 2.0,
             escape(&truncate(&m.label, 24)),
         );
     }

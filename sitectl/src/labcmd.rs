@@ -92,12 +92,17 @@ pub enum LinkCmd {
     /// Set delay, jitter, loss and rate of the link between A and B (both directions; a partition
     /// stays as it is).
     Set {
+        /// The lab directory (its links were made by `lab up --topology`).
         #[arg(long)]
         dir: PathBuf,
+        /// One site of the link (e.g. `s1`).
         a: String,
+        /// The other site.
         b: String,
+        /// One-way delay added to each direction (`40ms`).
         #[arg(long, value_parser = humantime::parse_duration)]
         delay: Option<Duration>,
+        /// Random extra delay of up to this much (`5ms`); never reorders a TCP stream.
         #[arg(long, value_parser = humantime::parse_duration)]
         jitter: Option<Duration>,
         /// `1%` or `0.01`.
@@ -109,20 +114,27 @@ pub enum LinkCmd {
     },
     /// Drop everything between A and B.
     Partition {
+        /// The lab directory (its links were made by `lab up --topology`).
         #[arg(long)]
         dir: PathBuf,
+        /// One site of the link (e.g. `s1`).
         a: String,
+        /// The other site.
         b: String,
     },
     /// Undo a partition between A and B.
     Heal {
+        /// The lab directory (its links were made by `lab up --topology`).
         #[arg(long)]
         dir: PathBuf,
+        /// One site of the link (e.g. `s1`).
         a: String,
+        /// The other site.
         b: String,
     },
     /// Links with their parameters and counters.
     Status {
+        /// The lab directory.
         #[arg(long)]
         dir: PathBuf,
     },

@@ -194,6 +194,15 @@ enum DrillCmd {
     },
     /// Check a scenario file without running it.
     Check { file: PathBuf },
+    /// Show a stored report again (the summary, or the JSON with -o json); --svg redraws its
+    /// timeline picture.
+    Report {
+        /// A report.json written by `drill run`.
+        file: PathBuf,
+        /// Write the timeline picture here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -491,6 +500,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 s.steps.len(),
                 s.all_sites().len()
             );
+        }
+        Cmd::Drill(DrillCmd::Report { file, svg }) => {
+            let report = scenarios::report::Report::load(&file)?;
+            if let Some(svg) = svg {
+                std::fs::write(&svg, scenarios::svg::timeline(&report))
+                    .with_context(|| format!("writing {}", svg.display()))?;
+            }
+            match out {
+                Output::Json => out!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => out!("{}", report.summary_table()),
+            }
         }
         Cmd::Drill(DrillCmd::Run {
             file,

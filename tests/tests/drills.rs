@@ -290,3 +290,53 @@ fn bad_scenarios_are_refused_with_line_and_field_before_any_lab_starts() {
         assert!(!dirs.lab().exists(), "{name}: a lab was started");
     }
 }
+
+#[test]
+fn an_interrupted_drill_tears_its_lab_down() {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+
+    let dirs = DrillDirs::new();
+    let path = drill_file("site-loss");
+    let mut child = Command::new(fabric_tests::sitectl_bin())
+        .args([
+            "drill",
+            "run",
+            path.to_str().expect("utf-8"),
+            "--lab-dir",
+            dirs.lab().to_str().expect("utf-8"),
+            "--report-dir",
+            dirs.reports().to_str().expect("utf-8"),
+        ])
+        .env_remove("SITECTL_CONTEXT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sitectl");
+    // Progress lines come on stderr; interrupt once the probes run against a started lab.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).expect("read stderr") > 0 {
+        seen.push_str(&line);
+        if line.contains("probes running") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(
+        seen.contains("probes running"),
+        "the drill ended before its probes ran:\n{seen}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("read stderr");
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "an interrupted drill exited 0:\n{rest}");
+    assert!(rest.contains("interrupted"), "{rest}");
+    assert_no_processes_left(&dirs);
+}
