@@ -796,6 +796,14 @@ memory_mib = 64
             .collect()
     }
 
+    /// The first DNS server of `site` whose agent process is alive.
+    pub fn live_dns_server(&self, site: &str) -> Option<SocketAddr> {
+        self.dns_servers(site)
+            .into_iter()
+            .find(|(node, _)| self.agent(*node).is_ok_and(|a| self.live_pid(a).is_some()))
+            .map(|(_, addr)| addr)
+    }
+
     /// Agents of `site`.
     pub fn site_agents(&self, site: &str) -> Vec<&LabAgent> {
         self.file.agents.iter().filter(|a| a.site == site).collect()

@@ -309,37 +309,7 @@ impl Drill<'_> {
     }
 
     async fn probe_once(&self, vantage: &str, write: Option<u64>) -> probe::Outcome {
-        let svc = self.scenario.service();
-        let name = format!("{}.{}", svc.name, crate::lab::LAB_ZONE);
-        let dns = self
-            .lab
-            .dns_servers(vantage)
-            .into_iter()
-            .find(|(node, _)| {
-                self.lab
-                    .agent(*node)
-                    .is_ok_and(|a| self.lab.live_pid(a).is_some())
-            })
-            .map(|(_, addr)| addr);
-        let Some(dns) = dns else {
-            return probe::Outcome {
-                dns: DnsAnswer::Code("no DNS server alive".into()),
-                whoami: Err(format!("no DNS server alive in site {vantage}")),
-                acked_write: None,
-                started: Instant::now(),
-                latency: Duration::ZERO,
-            };
-        };
-        let lab = &self.lab;
-        probe::probe(
-            dns,
-            &name,
-            svc.port,
-            write,
-            self.scenario.probes.timeout,
-            |target| lab.route(vantage, target),
-        )
-        .await
+        probe_from(&self.lab, self.scenario, vantage, write).await
     }
 
     fn prober(
@@ -987,12 +957,40 @@ struct ProbeCtx {
     rec: Arc<Mutex<Recording>>,
 }
 
+/// One client probe from `vantage`: resolve at a live DNS server of that site, `GET /whoami`,
+/// and the write `write` when given.
+async fn probe_from(
+    lab: &Lab,
+    scenario: &Scenario,
+    vantage: &str,
+    write: Option<u64>,
+) -> probe::Outcome {
+    let svc = scenario.service();
+    let name = format!("{}.{}", svc.name, crate::lab::LAB_ZONE);
+    let Some(dns) = lab.live_dns_server(vantage) else {
+        return probe::Outcome {
+            dns: DnsAnswer::Code("no DNS server alive".into()),
+            whoami: Err(format!("no DNS server alive in site {vantage}")),
+            acked_write: None,
+            started: Instant::now(),
+            latency: Duration::ZERO,
+        };
+    };
+    probe::probe(
+        dns,
+        &name,
+        svc.port,
+        write,
+        scenario.probes.timeout,
+        |target| lab.route(vantage, target),
+    )
+    .await
+}
+
 static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl ProbeCtx {
     async fn run(self, vantage: String, stop: CancellationToken) {
-        let svc = self.scenario.service().clone();
-        let name = format!("{}.{}", svc.name, crate::lab::LAB_ZONE);
         let mut tick = tokio::time::interval(self.scenario.probes.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -1005,37 +1003,7 @@ impl ProbeCtx {
                 .probes
                 .writes
                 .then(|| SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
-            let dns = self
-                .lab
-                .dns_servers(&vantage)
-                .into_iter()
-                .find(|(node, _)| {
-                    self.lab
-                        .agent(*node)
-                        .is_ok_and(|a| self.lab.live_pid(a).is_some())
-                })
-                .map(|(_, a)| a);
-            let out = match dns {
-                Some(dns) => {
-                    let lab = &self.lab;
-                    probe::probe(
-                        dns,
-                        &name,
-                        svc.port,
-                        write,
-                        self.scenario.probes.timeout,
-                        |target| lab.route(&vantage, target),
-                    )
-                    .await
-                }
-                None => probe::Outcome {
-                    dns: DnsAnswer::Code("no DNS server alive".into()),
-                    whoami: Err(format!("no DNS server alive in site {vantage}")),
-                    acked_write: None,
-                    started: Instant::now(),
-                    latency: Duration::ZERO,
-                },
-            };
+            let out = probe_from(&self.lab, &self.scenario, &vantage, write).await;
             // The sample is dated by the attempt that decided it (for the split-brain check).
             let t = out.started.saturating_duration_since(self.t0).as_secs_f64();
             let mut rec = lock(&self.rec);

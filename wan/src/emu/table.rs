@@ -196,6 +196,18 @@ impl Emulator {
         self.links().contains_key(&key(a, b))
     }
 
+    /// A forwarder's route must run over an existing link.
+    pub fn check_route(&self, route: &super::Route) -> Result<(), EmuError> {
+        if self.has_link(&route.from, &route.to) {
+            Ok(())
+        } else {
+            Err(EmuError::UnknownLink {
+                a: route.from.clone(),
+                b: route.to.clone(),
+            })
+        }
+    }
+
     /// Changes the selected direction(s) of the `a`–`b` link with `change`; the new parameters
     /// are validated before any is applied.
     pub fn update(

@@ -57,12 +57,7 @@ pub struct TcpForwarder {
 impl TcpForwarder {
     /// Binds the listener of `route`. The link `route.from`–`route.to` must exist.
     pub async fn bind(emu: Arc<Emulator>, route: Route) -> Result<Self, EmuError> {
-        if !emu.has_link(&route.from, &route.to) {
-            return Err(EmuError::UnknownLink {
-                a: route.from,
-                b: route.to,
-            });
-        }
+        emu.check_route(&route)?;
         let bind_err = |source| EmuError::Bind {
             kind: "tcp",
             addr: route.listen,
