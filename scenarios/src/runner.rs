@@ -817,17 +817,31 @@ impl Drill<'_> {
                 {
                     continue;
                 }
-                let answer = probe::resolve(server, &name, Duration::from_secs(1)).await;
-                let answered_site = match &answer {
-                    DnsAnswer::Addresses(a) if !a.is_empty() => {
-                        let sites: BTreeSet<Option<&str>> =
-                            a.iter().map(|ip| self.lab.site_of(*ip)).collect();
-                        match sites.into_iter().collect::<Vec<_>>().as_slice() {
-                            [Some(s)] => Some(s.to_string()),
-                            _ => None,
+                // A server that was cut off answers SERVFAIL until its agent re-confirms its
+                // lease after the heal: give every server a settling window to converge.
+                let expected = self.scenario.expect.dns_answers.as_deref();
+                let settle = Instant::now() + DNS_SETTLE;
+                let answered_site = loop {
+                    let answer = probe::resolve(server, &name, Duration::from_secs(1)).await;
+                    let site = match &answer {
+                        DnsAnswer::Addresses(a) if !a.is_empty() => {
+                            let sites: BTreeSet<Option<&str>> =
+                                a.iter().map(|ip| self.lab.site_of(*ip)).collect();
+                            match sites.into_iter().collect::<Vec<_>>().as_slice() {
+                                [Some(s)] => Some(s.to_string()),
+                                _ => None,
+                            }
                         }
+                        _ => None,
+                    };
+                    let converged = match expected {
+                        Some(e) => site.as_deref() == Some(e),
+                        None => site.is_some(),
+                    };
+                    if converged || Instant::now() >= settle {
+                        break site;
                     }
-                    _ => None,
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 };
                 dns_final.push((format!("node {node} ({site})"), answered_site));
             }
@@ -986,6 +1000,9 @@ async fn probe_from(
     )
     .await
 }
+
+/// How long, at the end of a drill, each DNS server gets to converge on its final answer.
+const DNS_SETTLE: Duration = Duration::from_secs(10);
 
 static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 

@@ -457,6 +457,7 @@ async fn membership_change(
     promote: bool,
 ) -> Result<Json<WriteResult>, Failure> {
     let raft = agent.raft();
+    let _one_at_a_time = agent.membership_change_lock().await;
     let result = if promote {
         raft.promote(id).await
     } else {

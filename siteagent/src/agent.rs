@@ -250,6 +250,11 @@ impl Agent {
         }
     }
 
+    /// Held across a membership change so changes run one at a time on this node.
+    pub(crate) async fn membership_change_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.membership.lock().await
+    }
+
     /// Leader side of admission: adds `id` as a learner (waiting for it to catch up), then
     /// promotes it when it should vote.
     pub async fn admit(&self, id: u64, node: FabricNode, voter: bool) -> Result<(), ProposeError> {
@@ -258,7 +263,7 @@ impl Agent {
                 leader: self.raft.leader(),
             }));
         }
-        let _one_at_a_time = self.membership.lock().await;
+        let _one_at_a_time = self.membership_change_lock().await;
         let members = self.raft.members();
         if members.voters.contains(&id) && members.settled {
             return Ok(());
