@@ -846,30 +846,25 @@ impl Drill<'_> {
                 dns_final.push((format!("node {node} ({site})"), answered_site));
             }
         }
-        let first_fault = {
-            let rec = lock(&self.rec);
+        // The causes RTO is measured from: the faults, or the operations when nothing failed.
+        let times_of = |rec: &Recording, kind: MarkerKind| -> Vec<f64> {
             rec.markers
                 .iter()
-                .find(|m| m.kind == MarkerKind::Fault)
+                .filter(|m| m.kind == kind)
                 .map(|m| m.t)
+                .collect()
         };
-        let detection = self.detection(started_unix_ms, first_fault).await;
+        let faults = times_of(&lock(&self.rec), MarkerKind::Fault);
+        let detection = self
+            .detection(started_unix_ms, faults.first().copied())
+            .await;
         let rec = lock(&self.rec);
+        let faults = if faults.is_empty() {
+            times_of(&rec, MarkerKind::Operation)
+        } else {
+            faults
+        };
         let served = checks::served(&rec.probes);
-        let mut faults: Vec<f64> = rec
-            .markers
-            .iter()
-            .filter(|m| m.kind == MarkerKind::Fault)
-            .map(|m| m.t)
-            .collect();
-        if faults.is_empty() {
-            faults = rec
-                .markers
-                .iter()
-                .filter(|m| m.kind == MarkerKind::Operation)
-                .map(|m| m.t)
-                .collect();
-        }
         let failures: Vec<f64> = rec.probes.iter().filter(|p| !p.ok).map(|p| p.t).collect();
         let rto = checks::rto(&served, &faults, &failures);
         let lost = held.as_ref().map(|h| checks::lost_writes(&rec.acked, h));
