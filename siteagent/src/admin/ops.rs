@@ -45,7 +45,7 @@ async fn operate(
     let plan = failover::planner::simulate(
         &state,
         Some(&command),
-        &agent.config().lease(),
+        &agent.fabric_lease(&state),
         Instant::now(),
     )
     .map_err(conflict)?;
@@ -129,6 +129,40 @@ pub(super) async fn delete_service(
     .await
 }
 
+/// The command that sends service `name` to site `to` (`whose` says what `to` is to the service,
+/// e.g. "its preferred site"), refused when it already lives there or cannot go there.
+fn send_service(
+    s: &FabricState,
+    name: &str,
+    to: &str,
+    verb: &str,
+    whose: &str,
+) -> Result<(Command, String), Failure> {
+    let svc = service(s, name)?;
+    if svc.owner.as_deref() == Some(to) {
+        return Err(conflict(format!(
+            "service {name} already lives in {whose} {to}"
+        )));
+    }
+    if !svc.spec.placement.sites.iter().any(|site| site == to) {
+        return Err(conflict(format!(
+            "site {to} is not among the sites of service {name} ({})",
+            svc.spec.placement.sites.join(", ")
+        )));
+    }
+    usable_site(s, to)?;
+    Ok((
+        Command::SetServiceTarget {
+            service: name.to_string(),
+            site: Some(to.to_string()),
+        },
+        format!(
+            "{verb} service {name} from site {} to {whose} {to}",
+            svc.owner.as_deref().unwrap_or("(none)")
+        ),
+    ))
+}
+
 pub(super) async fn switchover(
     State(agent): State<Shared>,
     Extension(op): Extension<Identity>,
@@ -144,29 +178,7 @@ pub(super) async fn switchover(
         ));
     };
     operate(&agent, &op, req.dry_run, |s| {
-        let svc = service(s, &name)?;
-        if svc.owner.as_ref() == Some(&to) {
-            return Err(conflict(format!(
-                "service {name} already lives in site {to}"
-            )));
-        }
-        if !svc.spec.placement.sites.contains(&to) {
-            return Err(conflict(format!(
-                "site {to} is not among the sites of service {name} ({})",
-                svc.spec.placement.sites.join(", ")
-            )));
-        }
-        usable_site(s, &to)?;
-        Ok((
-            Command::SetServiceTarget {
-                service: name.clone(),
-                site: Some(to.clone()),
-            },
-            format!(
-                "switch service {name} over from site {} to site {to}",
-                svc.owner.as_deref().unwrap_or("(none)")
-            ),
-        ))
+        send_service(s, &name, &to, "switch", "site")
     })
     .await
 }
@@ -179,30 +191,14 @@ pub(super) async fn failback(
 ) -> Result<Json<OperationResult>, Failure> {
     let req = request(&bytes)?;
     operate(&agent, &op, req.dry_run, |s| {
-        let svc = service(s, &name)?;
-        let home = svc
+        let home = service(s, &name)?
             .spec
             .placement
             .sites
             .first()
             .cloned()
             .unwrap_or_default();
-        if svc.owner.as_ref() == Some(&home) {
-            return Err(conflict(format!(
-                "service {name} already lives in its preferred site {home}"
-            )));
-        }
-        usable_site(s, &home)?;
-        Ok((
-            Command::SetServiceTarget {
-                service: name.clone(),
-                site: Some(home.clone()),
-            },
-            format!(
-                "fail service {name} back from site {} to its preferred site {home}",
-                svc.owner.as_deref().unwrap_or("(none)")
-            ),
-        ))
+        send_service(s, &name, &home, "fail back", "its preferred site")
     })
     .await
 }
