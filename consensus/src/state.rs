@@ -177,6 +177,25 @@ pub struct Event {
     pub message: String,
 }
 
+/// The ownership lease's timing. Fencing is safe only when every agent uses the same: a holder
+/// serves `lease - margin` after a confirmation while the planner reassigns `lease + margin` after
+/// a revocation. The first agent to register records its terms; any other agent must match them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTerms {
+    pub lease_ms: u64,
+    pub margin_ms: u64,
+}
+
+impl fmt::Display for LeaseTerms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "lease = {}ms, lease_margin = {}ms",
+            self.lease_ms, self.margin_ms
+        )
+    }
+}
+
 /// The whole replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FabricState {
@@ -188,6 +207,8 @@ pub struct FabricState {
     /// Observations by subject, then by observer (agents' node ids).
     pub observations: BTreeMap<NodeId, BTreeMap<NodeId, Observation>>,
     pub events: VecDeque<Event>,
+    /// The lease timing every agent agreed to; `None` until the first agent registers.
+    pub lease_terms: Option<LeaseTerms>,
 }
 
 /// A command with the facts the proposer stamped on it.
@@ -317,6 +338,12 @@ pub enum Command {
     RecordEvent {
         message: String,
     },
+    /// Agent: it runs with these lease terms. The first sets the fabric's terms; an agent whose
+    /// terms differ is refused (and must not hold or grant leases).
+    AgreeLeaseTerms {
+        node: NodeId,
+        terms: LeaseTerms,
+    },
 }
 
 /// Why a command was refused. Nothing changed.
@@ -348,6 +375,14 @@ pub enum CommandError {
     Conflict { service: String, reason: String },
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
+    #[error(
+        "node {node} runs with failover {proposed}, but the fabric's agents run with {fabric}; every agent must use the same lease terms"
+    )]
+    LeaseTermsDiffer {
+        node: NodeId,
+        fabric: LeaseTerms,
+        proposed: LeaseTerms,
+    },
 }
 
 /// What a successful command reports back.
@@ -625,6 +660,26 @@ impl FabricState {
                 }
                 Ok(Some(message.clone()))
             }
+            Command::AgreeLeaseTerms { node, terms } => {
+                if terms.margin_ms == 0 || terms.lease_ms <= terms.margin_ms * 2 {
+                    return Err(invalid(
+                        "lease terms",
+                        format!("{terms}: the lease must be more than twice a non-zero margin"),
+                    ));
+                }
+                match self.lease_terms {
+                    Some(fabric) if fabric == *terms => Ok(None),
+                    Some(fabric) => Err(CommandError::LeaseTermsDiffer {
+                        node: *node,
+                        fabric,
+                        proposed: *terms,
+                    }),
+                    None => {
+                        self.lease_terms = Some(*terms);
+                        Ok(Some(format!("lease terms set by node {node}: {terms}")))
+                    }
+                }
+            }
             service_command => self.apply_service_command(now, service_command),
         }
     }
@@ -671,6 +726,43 @@ mod tests {
 
     fn spec(name: &str, sites: &[&str]) -> ServiceSpec {
         ServiceSpec::process(name, sites, "fabric-demo", 8080)
+    }
+
+    #[test]
+    fn the_first_lease_terms_hold_and_differing_ones_are_refused() {
+        let terms = LeaseTerms {
+            lease_ms: 6_000,
+            margin_ms: 1_000,
+        };
+        let agree = |node, terms| prop(Command::AgreeLeaseTerms { node, terms });
+        let mut s = FabricState::default();
+        s.apply(&agree(1, terms)).expect("first terms");
+        assert_eq!(s.lease_terms, Some(terms));
+        s.apply(&agree(2, terms)).expect("same terms");
+        let longer = LeaseTerms {
+            lease_ms: 9_000,
+            ..terms
+        };
+        let before = s.clone();
+        let err = s.apply(&agree(3, longer)).expect_err("different terms");
+        assert_eq!(
+            err,
+            CommandError::LeaseTermsDiffer {
+                node: 3,
+                fabric: terms,
+                proposed: longer,
+            }
+        );
+        assert!(err.to_string().contains("lease = 9000ms"), "{err}");
+        assert_eq!(s, before);
+        let unsafe_terms = LeaseTerms {
+            lease_ms: 2_000,
+            margin_ms: 1_000,
+        };
+        assert!(matches!(
+            FabricState::default().apply(&agree(1, unsafe_terms)),
+            Err(CommandError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -21,14 +21,33 @@ use std::time::{Duration, Instant};
 use consensus::NodeId;
 use consensus::state::{FabricState, InstanceState};
 
-/// Lease timing; must be the same on every agent.
+/// Lease timing; must be the same on every agent: the fabric records the first agent's
+/// [`terms`](LeaseConfig::terms) and refuses an agent whose terms differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseConfig {
     pub lease: Duration,
     pub margin: Duration,
 }
 
+impl From<consensus::state::LeaseTerms> for LeaseConfig {
+    fn from(t: consensus::state::LeaseTerms) -> Self {
+        LeaseConfig {
+            lease: Duration::from_millis(t.lease_ms),
+            margin: Duration::from_millis(t.margin_ms),
+        }
+    }
+}
+
 impl LeaseConfig {
+    /// These timings as the fabric records them.
+    pub fn terms(&self) -> consensus::state::LeaseTerms {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        consensus::state::LeaseTerms {
+            lease_ms: ms(self.lease),
+            margin_ms: ms(self.margin),
+        }
+    }
+
     /// How long a holder may serve after sending a confirmation that succeeded.
     pub fn holder_validity(&self) -> Duration {
         self.lease.saturating_sub(self.margin)

@@ -58,6 +58,8 @@ pub enum StartError {
     Dns(#[from] failover::dns::DnsError),
     #[error("workloads: {0}")]
     Workload(#[from] crate::workload::WorkloadError),
+    #[error("failover.lease: {0}")]
+    LeaseTerms(CommandError),
 }
 
 pub fn now_ms() -> u64 {
@@ -84,6 +86,11 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// The lease terms the fabric runs on: the agreed ones, or this agent's before any agreement.
+    pub(crate) fn fabric_lease(&self, s: &FabricState) -> failover::lease::LeaseConfig {
+        s.lease_terms.map_or(self.config.lease(), Into::into)
+    }
+
     /// True while this agent may vouch for what it serves (its lease is confirmed).
     pub fn lease_valid(&self) -> bool {
         self.lease().is_valid(Instant::now())
@@ -357,37 +364,47 @@ impl Agent {
         }
     }
 
-    /// Registers the site and (for hosts) the host; retried until it succeeds.
-    async fn register(&self, shutdown: &CancellationToken) {
+    /// Agrees the lease terms, then registers the site and (for hosts) the host; retried until
+    /// it succeeds. Returns the refusal when the fabric's lease terms differ from this agent's:
+    /// such an agent must not run, since fencing is safe only when all agree.
+    async fn register(&self, shutdown: &CancellationToken) -> Result<(), CommandError> {
         let actor = format!("node {}", self.id());
+        let agree = Command::AgreeLeaseTerms {
+            node: self.id(),
+            terms: self.config.lease().terms(),
+        };
         loop {
-            let site = self
-                .propose(
+            let steps = async {
+                self.propose(actor.clone(), agree.clone()).await?;
+                self.propose(
                     actor.clone(),
                     Command::EnsureSite {
                         name: self.config.site.clone(),
                         priority: self.config.site_priority,
                     },
                 )
-                .await;
-            let host = match (&site, self.config.has(AgentRole::Host)) {
-                (Ok(_), true) => self.propose(actor.clone(), self.register_command()).await,
-                (Ok(a), false) => Ok(*a),
-                (Err(_), _) => site,
+                .await?;
+                if self.config.has(AgentRole::Host) {
+                    self.propose(actor.clone(), self.register_command()).await?;
+                }
+                Ok::<_, AgentError>(())
             };
-            match host {
-                Ok(_) => {
+            match steps.await {
+                Ok(()) => {
                     tracing::info!("registered in site {}", self.config.site);
-                    return;
+                    return Ok(());
+                }
+                Err(AgentError::Rejected(e @ CommandError::LeaseTermsDiffer { .. })) => {
+                    return Err(e);
                 }
                 Err(AgentError::Rejected(e)) => {
                     tracing::error!("registration refused: {e}");
-                    return;
+                    return Ok(());
                 }
                 Err(e) => tracing::info!("registration pending: {e}"),
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
@@ -513,6 +530,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             Err(e) => tracing::error!("bootstrap failed: {e}"),
         }
     }
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel();
     {
         let agent = agent.clone();
         let inner = inner.clone();
@@ -520,17 +538,26 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             // Each step may wait on the network for seconds; shutdown cancels it mid-way.
             let life = async {
                 agent.join(&inner).await;
-                agent.register(&inner).await;
+                agent.register(&inner).await
             };
             tokio::select! {
                 _ = inner.cancelled() => {}
-                _ = life => {}
+                refused = life => if let Err(e) = refused {
+                    let _ = fatal_tx.send(e);
+                }
             }
         });
     }
 
-    shutdown.cancelled().await;
-    tracing::info!("shutting down");
+    // A dropped sender (registration done) disables the second branch.
+    let fatal = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        Ok(e) = fatal_rx => Some(e),
+    };
+    match &fatal {
+        Some(e) => tracing::error!("shutting down: {e}"),
+        None => tracing::info!("shutting down"),
+    }
     inner.cancel();
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(10), drain)
@@ -542,5 +569,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     agent.raft.stop().await;
     wan.close().await;
     tracing::info!("stopped");
-    Ok(())
+    match fatal {
+        Some(refused) => Err(StartError::LeaseTerms(refused)),
+        None => Ok(()),
+    }
 }

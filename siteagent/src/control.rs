@@ -131,7 +131,9 @@ impl WanHandler {
 /// tied to the forwarding node.)
 fn authorize(peer: &Identity, p: &Proposal) -> Result<(), String> {
     let about = match &p.command {
-        Command::Observe { observer, .. } => Some(*observer),
+        Command::Observe { observer, .. } | Command::AgreeLeaseTerms { node: observer, .. } => {
+            Some(*observer)
+        }
         Command::InstanceRunning { host, .. } | Command::InstanceStopped { host, .. } => {
             Some(*host)
         }

@@ -62,17 +62,38 @@ pub async fn keeper_loop(
     let reports = Reports::default();
     let mut backoff = Backoff::default();
     let mut expired_logged = false;
+    let mut terms_logged = false;
     loop {
         let sent = Instant::now();
         let host = agent.id();
         let site = agent.config().site.clone();
         let read = tokio::time::timeout(
             lease.holder_validity(),
-            agent.read(move |s| (s.revision, assignments(s, host, &site))),
-        )
-        .await;
+            agent.read(move |s| (s.revision, s.lease_terms, assignments(s, host, &site))),
+        );
+        // A read can hang for the whole validity while the majority is away; shutdown must not.
+        let read = tokio::select! {
+            read = read => read,
+            _ = shutdown.cancelled() => {
+                if let Some(driver) = &driver {
+                    stop_all(driver.as_ref()).await;
+                }
+                return;
+            }
+        };
         let assigned = match read {
-            Ok(Ok((revision, assigned))) => {
+            // The fabric grants leases on other terms: holding one on ours would not be safe.
+            Ok(Ok((_, Some(fabric), _))) if fabric != lease.terms() => {
+                if !terms_logged {
+                    tracing::error!(
+                        "the fabric's lease terms ({fabric}) differ from this agent's ({}): it holds no lease",
+                        lease.terms()
+                    );
+                    terms_logged = true;
+                }
+                None
+            }
+            Ok(Ok((revision, _, assigned))) => {
                 agent.lease_confirmed(sent, revision);
                 if expired_logged {
                     tracing::info!("lease confirmed again");

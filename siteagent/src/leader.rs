@@ -24,7 +24,6 @@ const ROUNDS: usize = 4;
 
 pub async fn leader_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
     let interval = agent.config().failover.plan_interval;
-    let lease = agent.config().lease();
     let mut clock = RevocationClock::default();
     let mut metrics = agent.raft().raft().metrics();
     let actor = format!("planner (node {})", agent.id());
@@ -40,6 +39,8 @@ pub async fn leader_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
         }
         for _ in 0..ROUNDS {
             let state = agent.raft().local_state();
+            // Reassign on the terms the holders agreed to, whatever this node's config says.
+            let lease = agent.fabric_lease(&state);
             let members: Members = agent
                 .raft()
                 .members()

@@ -163,6 +163,51 @@ fn killed_leader_is_replaced_and_rejoins_with_its_state() {
 }
 
 #[test]
+fn an_agent_on_other_lease_terms_is_refused_and_stops() {
+    let lab = TestLab::up(3, 1);
+    let terms = eventually(Duration::from_secs(30), "agreed lease terms", || {
+        let state: Value = lab.ctl(&["state"])?;
+        Ok(state["lease_terms"]["lease_ms"]
+            .is_u64()
+            .then(|| state["lease_terms"].clone()))
+    });
+    let status: Value = lab.ctl(&["status"]).expect("status");
+    let leader = leader_of(&status);
+    let node = (1..=3u64).find(|n| Some(*n) != leader).expect("a follower");
+    lab.kill9(node);
+    let config = lab.dir().join(format!("nodes/n{node}/agent.toml"));
+    let text = std::fs::read_to_string(&config).expect("agent config");
+    let changed: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("lease = ") {
+                "lease = \"9s\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert_ne!(
+        changed.join("\n"),
+        text.trim_end(),
+        "no lease line in {text}"
+    );
+    std::fs::write(&config, changed.join("\n")).expect("write config");
+
+    lab.start(node);
+    eventually(Duration::from_secs(60), "the agent refuses to run", || {
+        Ok((!lab.proc(node).alive && lab.log(node).contains("failover.lease")).then_some(()))
+    });
+    let log = lab.log(node);
+    assert!(
+        log.contains("lease = 9000ms") && log.contains("every agent must use the same"),
+        "{log}"
+    );
+    let state: Value = lab.ctl(&["state"]).expect("state after");
+    assert_eq!(state["lease_terms"], terms, "the fabric's terms changed");
+}
+
+#[test]
 fn foreign_certificates_cannot_join_or_read() {
     let lab = TestLab::up(3, 1);
     let other = tempfile::tempdir().expect("tmp");
