@@ -33,7 +33,7 @@ impl Context {
             anyhow::anyhow!(
                 "context file {}: {}",
                 path.display(),
-                e.to_string().trim_end().replace('\n', " ")
+                crate::toml_file::describe(&e, &text)
             )
         })?;
         if ctx.endpoints.is_empty() {

@@ -403,8 +403,13 @@ impl Lab {
                 path.display()
             )
         })?;
-        let file = toml::from_str(&text)
-            .map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let file = toml::from_str(&text).map_err(|e| {
+            anyhow!(
+                "{}: {}",
+                path.display(),
+                crate::toml_file::describe(&e, &text)
+            )
+        })?;
         Ok(Self {
             dir: dir.to_path_buf(),
             file,
@@ -817,10 +822,7 @@ memory_mib = 64
 
 /// Reads and checks a service spec file; errors name the file, the field and the line.
 pub fn read_spec(path: &Path) -> anyhow::Result<consensus::state::ServiceSpec> {
-    let text =
-        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let spec: consensus::state::ServiceSpec = toml::from_str(&text)
-        .map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+    let spec: consensus::state::ServiceSpec = crate::toml_file::read(path)?;
     spec.validate()
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok(spec)

@@ -22,3 +22,4 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod svg;
+pub mod toml_file;

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Subcommand;
 
 use crate::lab::{self, Lab, UpOptions};
@@ -256,10 +255,7 @@ pub async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
 
 /// Reads a topology file: the fields of a scenario's `[topology]` table at the top level.
 fn read_topology(path: &std::path::Path) -> anyhow::Result<scenarios::scenario::Topology> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let t: scenarios::scenario::Topology = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+    let t: scenarios::scenario::Topology = scenarios::toml_file::read(path)?;
     let sites: Vec<String> = (1..=t.sites)
         .map(|s| format!("s{s}"))
         .chain(t.witness.then(|| "w".to_string()))
