@@ -74,12 +74,7 @@ pub async fn keeper_loop(
         // A read can hang for the whole validity while the majority is away; shutdown must not.
         let read = tokio::select! {
             read = read => read,
-            _ = shutdown.cancelled() => {
-                if let Some(driver) = &driver {
-                    stop_all(driver.as_ref()).await;
-                }
-                return;
-            }
+            _ = shutdown.cancelled() => return stop_all(driver.as_deref()).await,
         };
         let assigned = match read {
             // The fabric grants leases on other terms: holding one on ours would not be safe.
@@ -124,12 +119,7 @@ pub async fn keeper_loop(
         tokio::pin!(next);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => {
-                    if let Some(driver) = &driver {
-                        stop_all(driver.as_ref()).await;
-                    }
-                    return;
-                }
+                _ = shutdown.cancelled() => return stop_all(driver.as_deref()).await,
                 _ = &mut next => break,
                 r = metrics.changed() => {
                     if r.is_err() {
@@ -149,7 +139,9 @@ pub async fn keeper_loop(
     }
 }
 
-async fn stop_all(driver: &dyn Driver) {
+/// Stops every local workload (a non-host agent has none).
+async fn stop_all(driver: Option<&dyn Driver>) {
+    let Some(driver) = driver else { return };
     for (name, status) in driver.list() {
         if status.is_running()
             && let Err(e) = driver.stop(&name).await
