@@ -15,7 +15,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_BORDERS_ONLY};
 use serde::{Deserialize, Serialize};
 
 /// Everything one drill produced.
@@ -371,6 +371,10 @@ impl Report {
         );
 
         let mut measures = table(&["measure", "measured", "bound", "how"]);
+        // `how` holds whole formulas: wrap it rather than make the table hundreds of columns wide.
+        measures
+            .set_content_arrangement(ContentArrangement::Dynamic)
+            .set_width(SUMMARY_WIDTH);
         for m in &self.measures {
             measures.add_row(vec![
                 m.name.clone(),
@@ -432,6 +436,9 @@ impl Report {
         out
     }
 }
+
+/// Columns the measures table may take; its `how` column wraps within it.
+const SUMMARY_WIDTH: u16 = 110;
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();

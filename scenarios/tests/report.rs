@@ -64,6 +64,20 @@ fn summary_table_has_verdict_timeline_measures_and_probe_windows() {
 }
 
 #[test]
+fn summary_table_wraps_a_long_how_instead_of_growing_wide() {
+    let mut report = common::failover_drill();
+    let long = "bound = heartbeat × threshold + lease + margin + DNS TTL + probe interval + 2 × election timeout (a leader lost with the fault is replaced first)";
+    report.measures[0].how = long.into();
+    let text = report.summary_table();
+    let widest = text.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+    assert!(widest <= 110, "{widest} columns:\n{text}");
+    // Wrapped, not cut: every word of it is still there.
+    for word in long.split_whitespace() {
+        assert!(text.contains(word), "`{word}` lost:\n{text}");
+    }
+}
+
+#[test]
 fn summary_table_of_an_empty_report_says_none_instead_of_empty_tables() {
     let text = common::empty_drill().summary_table();
     assert!(text.contains("PASS"), "{text}");
