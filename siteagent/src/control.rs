@@ -176,6 +176,16 @@ mod tests {
         });
         let err = authorize(&peer, &forged).expect_err("forged");
         assert!(err.contains("node 2 may not report for node 1"), "{err}");
+        let terms = consensus::state::LeaseTerms {
+            lease_ms: 6_000,
+            margin_ms: 1_000,
+        };
+        let agree = |node| proposal(Command::AgreeLeaseTerms { node, terms });
+        assert!(authorize(&peer, &agree(2)).is_ok());
+        assert!(
+            authorize(&peer, &agree(1)).is_err(),
+            "terms for another node"
+        );
         let forwarded = proposal(Command::RecordEvent {
             message: "operator note".into(),
         });
