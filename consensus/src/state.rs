@@ -186,6 +186,13 @@ pub struct LeaseTerms {
     pub margin_ms: u64,
 }
 
+impl LeaseTerms {
+    /// Fencing needs a non-zero margin and a lease of more than twice it.
+    pub fn is_safe(&self) -> bool {
+        self.margin_ms > 0 && self.lease_ms > self.margin_ms.saturating_mul(2)
+    }
+}
+
 impl fmt::Display for LeaseTerms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -661,7 +668,7 @@ impl FabricState {
                 Ok(Some(message.clone()))
             }
             Command::AgreeLeaseTerms { node, terms } => {
-                if terms.margin_ms == 0 || terms.lease_ms <= terms.margin_ms * 2 {
+                if !terms.is_safe() {
                     return Err(invalid(
                         "lease terms",
                         format!("{terms}: the lease must be more than twice a non-zero margin"),

@@ -419,7 +419,8 @@ impl AgentConfig {
                 "heartbeat_interval and failure_threshold must be greater than 0",
             ));
         }
-        if f.lease_margin.is_zero() || f.lease <= f.lease_margin * 2 {
+        // The same rule the fabric applies when it records the terms (in whole milliseconds).
+        if !self.lease().terms().is_safe() {
             return Err(invalid(
                 "failover.lease",
                 "must be more than twice failover.lease_margin (which must be > 0)",
