@@ -566,6 +566,22 @@ mod tests {
     }
 
     #[test]
+    fn a_margin_of_zero_or_half_the_lease_is_refused() {
+        for margin in ["0s", "3s"] {
+            let text = EXAMPLE.replace(
+                "lease_margin = \"1s\"",
+                &format!("lease_margin = \"{margin}\""),
+            );
+            assert_ne!(text, EXAMPLE);
+            let err = AgentConfig::parse(&text)
+                .expect_err("unsafe margin")
+                .to_string();
+            assert!(err.contains("failover.lease"), "{margin}: {err}");
+            assert!(err.contains("twice"), "{margin}: {err}");
+        }
+    }
+
+    #[test]
     fn witness_cannot_host() {
         let text = EXAMPLE.replace(
             r#"roles = ["voter", "host"]"#,
