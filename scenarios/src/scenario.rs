@@ -663,10 +663,10 @@ fn list(sites: &BTreeSet<String>) -> String {
 /// Checks loss and rate strings with the link emulator's own parsers.
 fn check_link_params(loss: Option<&str>, rate: Option<&str>) -> Result<(), String> {
     if let Some(l) = loss {
-        wan::emu::params::parse_loss(l).map_err(|e| e.to_string())?;
+        emu::params::parse_loss(l).map_err(|e| e.to_string())?;
     }
     if let Some(r) = rate {
-        wan::emu::params::parse_rate(r).map_err(|e| e.to_string())?;
+        emu::params::parse_rate(r).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

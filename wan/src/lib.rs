@@ -7,10 +7,9 @@
 //! It does not interpret messages: Raft, control and bulk payloads belong to their owners; this
 //! crate moves frames and enforces their size.
 //!
-//! [`emu`] is the lab's WAN link emulator (`fabric-emu`): it shapes traffic *between* agents
-//! from the outside and is never part of an agent.
+//! The lab's WAN link emulator (`fabric-emu`) is the `emu` crate: it shapes traffic *between*
+//! agents from the outside and is never part of an agent.
 
-pub mod emu;
 pub mod endpoint;
 pub mod frame;
 pub mod identity;

@@ -15,10 +15,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
+use emu::control::{self, Request};
+use emu::params::{ParamsSpec, parse_loss, parse_rate};
+use emu::table::Direction;
 use serde::{Deserialize, Serialize};
-use wan::emu::control::{self, Request};
-use wan::emu::params::{ParamsSpec, parse_loss, parse_rate};
-use wan::emu::table::Direction;
 
 use super::{AgentRole, LabAgent, LabFile, WAN_PORT};
 use crate::lab::Lab;
@@ -286,7 +286,7 @@ impl Lab {
     }
 
     /// The emulator's links with their parameters and counters.
-    pub async fn link_status(&self) -> anyhow::Result<wan::emu::table::Status> {
+    pub async fn link_status(&self) -> anyhow::Result<emu::table::Status> {
         if !self.has_links() {
             bail!("this lab has no links between sites (give its topology [[link]] entries)");
         }

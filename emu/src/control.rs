@@ -25,9 +25,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::EmuError;
-use super::params::ParamsSpec;
-use super::table::{Direction, Emulator, Status};
+use crate::EmuError;
+use crate::params::ParamsSpec;
+use crate::table::{Direction, Emulator, Status};
 
 /// The longest request or response line accepted.
 pub const MAX_LINE: usize = 1 << 20;
@@ -246,7 +246,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::emu::params::LinkParams;
+    use crate::params::LinkParams;
 
     fn lab() -> Emulator {
         let emu = Emulator::new(1);

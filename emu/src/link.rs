@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::params::LinkParams;
+use crate::params::LinkParams;
 
 /// The most serialization backlog a rate-limited datagram direction queues before it drops
 /// (tail drop), like a router buffer. Streams are not dropped; their shell applies backpressure.

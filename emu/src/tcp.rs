@@ -2,7 +2,7 @@
 //! link directions (`from` → `to` for the client's bytes, `to` → `from` for the target's).
 //!
 //! Invariant: bytes of one direction are delivered whole and in order — each chunk gets a
-//! delivery instant from [`super::Emulator::admit_ordered`], which never goes backwards; the
+//! delivery instant from [`crate::Emulator::admit_ordered`], which never goes backwards; the
 //! reader is paced by the rate limiter, so in-flight data stays near the bandwidth-delay product
 //! and a slow receiver pushes back on the sender through TCP flow control.
 //!
@@ -13,7 +13,7 @@
 //!   connection is reset because of a partition; clients see silence and rely on their own
 //!   timeouts, as they would on a real WAN (the kernel gives up only after many minutes).
 //! - Loss never drops bytes (TCP retransmits them); it shows as an extra retransmission delay
-//!   on the chunks that "lost" a segment (see [`super::link::DirectionState::admit_ordered`]).
+//!   on the chunks that "lost" a segment (see [`crate::link::DirectionState::admit_ordered`]).
 //! - The client's connect completes locally at once; only data is delayed, not the handshake.
 //! - A target that refuses (or does not answer within [`CONNECT_TIMEOUT`]) makes the forwarder
 //!   reset the client connection; a reset on one side resets the other.
@@ -32,9 +32,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::link::Fate;
-use super::table::{Emulator, ForwardKind, ForwarderStatus};
-use super::{EmuError, Route};
+use crate::link::Fate;
+use crate::table::{Emulator, ForwardKind, ForwarderStatus};
+use crate::{EmuError, Route};
 
 /// How long dialing the target may take before the client is reset.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

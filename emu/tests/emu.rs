@@ -8,14 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use emu::{
+    Direction, Emulator, LinkParams, ParamsSpec, Request, Response, Route, TcpForwarder,
+    UdpForwarder, request,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
-use wan::emu::{
-    Direction, Emulator, LinkParams, ParamsSpec, Request, Response, Route, TcpForwarder,
-    UdpForwarder, request,
-};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -374,7 +374,7 @@ impl Drop for Daemon {
 }
 
 /// Asks for status until the daemon answers.
-async fn wait_ready(socket: &Path, daemon: &Daemon) -> wan::emu::Status {
+async fn wait_ready(socket: &Path, daemon: &Daemon) -> emu::Status {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(Response::Ok(status)) = request(socket, &Request::Status {}).await {

@@ -4,7 +4,7 @@
 //! Invariant: a [`LinkParams`] that passed [`LinkParams::validate`] has a loss ratio in `0..=1`
 //! and no zero rate; the link code relies on that.
 //!
-//! It does not apply the parameters (that is [`super::link`]) and knows nothing of sites.
+//! It does not apply the parameters (that is [`crate::link`]) and knows nothing of sites.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! `fabric-emu --config emu.toml`: the WAN link emulator daemon of the loopback lab.
 //!
-//! Thin: parses arguments and the config, starts the runtime and [`wan::emu::run`], and turns
+//! Thin: parses arguments and the config, starts the runtime and [`emu::run`], and turns
 //! SIGTERM/SIGINT into a graceful stop. A bad config exits with status 2, naming the problem.
 
 use std::io::IsTerminal;
@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use emu::{EmuConfig, run};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use wan::emu::{EmuConfig, run};
 
 /// Userspace WAN link emulator: UDP/TCP forwarders with per-direction delay, jitter, loss,
 /// rate and partition, changed at run time over a Unix control socket.

@@ -34,11 +34,11 @@ use serde::{Deserialize, Deserializer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::params::{LinkParams, ParamError, parse_duration, parse_loss, parse_rate};
-use super::table::{Emulator, ForwardKind};
-use super::tcp::TcpForwarder;
-use super::udp::{FLOW_IDLE, UdpForwarder};
-use super::{EmuError, Route, control};
+use crate::params::{LinkParams, ParamError, parse_duration, parse_loss, parse_rate};
+use crate::table::{Emulator, ForwardKind};
+use crate::tcp::TcpForwarder;
+use crate::udp::{FLOW_IDLE, UdpForwarder};
+use crate::{EmuError, Route, control};
 
 /// The daemon's configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -5,7 +5,7 @@
 //! Invariant: a link exists once per unordered site pair; every change bumps a watch counter so
 //! stream forwarders holding data through a partition wake up on the heal.
 //!
-//! It does not move bytes (see [`super::udp`], [`super::tcp`]) and does not decide fates
+//! It does not move bytes (see [`crate::udp`], [`crate::tcp`]) and does not decide fates
 //! itself: it routes each admission to the right [`DirectionState`].
 
 use std::collections::BTreeMap;
@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::EmuError;
-use super::link::{DirectionState, DirectionStats, Fate};
-use super::params::{LinkParams, ParamsSpec};
+use crate::EmuError;
+use crate::link::{DirectionState, DirectionStats, Fate};
+use crate::params::{LinkParams, ParamsSpec};
 
 /// Which direction(s) of a link an operation applies to, relative to the `a`, `b` order the
 /// caller named the sites in.
@@ -197,7 +197,7 @@ impl Emulator {
     }
 
     /// A forwarder's route must run over an existing link.
-    pub fn check_route(&self, route: &super::Route) -> Result<(), EmuError> {
+    pub fn check_route(&self, route: &crate::Route) -> Result<(), EmuError> {
         if self.has_link(&route.from, &route.to) {
             Ok(())
         } else {

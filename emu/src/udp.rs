@@ -22,9 +22,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::link::Fate;
-use super::table::{Emulator, ForwardKind, ForwarderStatus};
-use super::{EmuError, Route};
+use crate::link::Fate;
+use crate::table::{Emulator, ForwardKind, ForwarderStatus};
+use crate::{EmuError, Route};
 
 /// A flow without traffic either way for this long is forgotten.
 pub const FLOW_IDLE: Duration = Duration::from_secs(60);
