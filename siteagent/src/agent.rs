@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use consensus::FabricNode;
 use consensus::node::{FabricRaft, NotLeader, ProposeError};
@@ -60,13 +60,6 @@ pub enum StartError {
     Workload(#[from] crate::workload::WorkloadError),
     #[error("failover.lease: {0}")]
     LeaseTerms(CommandError),
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// A running agent's shared core.
@@ -139,7 +132,7 @@ impl Agent {
     /// Proposes `command`, on this node if it leads, else on the leader over the WAN.
     pub async fn propose(&self, actor: String, command: Command) -> Result<Applied, AgentError> {
         let p = Proposal {
-            at_ms: now_ms(),
+            at_ms: crate::clock::unix_ms(),
             actor,
             command,
         };

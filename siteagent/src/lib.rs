@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod agent;
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod guard;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use fabric_tests::{Dig, TestLab, dig, eventually, whoami};
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use siteagent::clock::unix_ms;
 
 const ZONE_NAME: &str = "web.fabric.test.";
 /// The lab's timing (see `sitectl lab`): heartbeat 200 ms × 5, lease 5 s + 1 s margin, TTL 2 s.
@@ -108,13 +109,6 @@ fn event_after(lab: &TestLab, t0_ms: u64, needle: &str) -> Option<f64> {
         .map(|t| (t - t0_ms) as f64 / 1000.0)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Polls every DNS server until all answer `ip`; returns seconds since `t0`.
 fn dns_converged(lab: &TestLab, ip: &str, t0: Instant) -> f64 {
     eventually(Duration::from_secs(60), "DNS converged", || {
@@ -131,7 +125,7 @@ fn host_loss_restarts_the_service_in_the_same_site_and_dns_follows() {
     deploy_demo(&lab, &[]);
     let (first, _) = wait_serving(&lab, "s1", None, Duration::from_secs(60));
 
-    let (t0, t0_ms) = (Instant::now(), now_ms());
+    let (t0, t0_ms) = (Instant::now(), unix_ms());
     lab.kill9(first);
     let (second, ip) = wait_serving(&lab, "s1", Some(first), Duration::from_secs(60));
     assert_ne!(second, first);
@@ -152,7 +146,7 @@ fn site_loss_moves_the_service_to_the_next_site_and_every_dns_server_agrees() {
     deploy_demo(&lab, &[]);
     wait_serving(&lab, "s1", None, Duration::from_secs(60));
 
-    let (t0, t0_ms) = (Instant::now(), now_ms());
+    let (t0, t0_ms) = (Instant::now(), unix_ms());
     for p in lab.procs().into_iter().filter(|p| p.site == "s1") {
         lab.kill9(p.node);
     }
