@@ -19,12 +19,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wan::Channel;
 
-use crate::agent::Agent;
+use crate::cluster::Cluster;
 use crate::control::{ControlReply, ControlRequest};
 
 /// Runs until `shutdown`.
-pub async fn heartbeat_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
-    let config = agent.config().detector();
+pub async fn heartbeat_loop(
+    agent: Arc<Cluster>,
+    config: failover::detector::DetectorConfig,
+    shutdown: CancellationToken,
+) {
     let mut detector = Detector::new(config);
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -88,7 +91,7 @@ pub async fn heartbeat_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
 
 /// Proposes the verdicts the state does not record yet, in the background, one batch at a time.
 fn record_changes(
-    agent: &Arc<Agent>,
+    agent: &Arc<Cluster>,
     detector: &Detector,
     proposing: &Arc<tokio::sync::Mutex<()>>,
 ) {
