@@ -125,6 +125,7 @@ fn host_loss_restarts_the_service_in_the_same_site_and_dns_follows() {
     deploy_demo(&lab, &[]);
     let (first, _) = wait_serving(&lab, "s1", None, Duration::from_secs(60));
 
+    let leader_before = leader(&lab);
     let (t0, t0_ms) = (Instant::now(), unix_ms());
     lab.kill9(first);
     let (second, ip) = wait_serving(&lab, "s1", Some(first), Duration::from_secs(60));
@@ -138,6 +139,83 @@ fn host_loss_restarts_the_service_in_the_same_site_and_dns_follows() {
         DETECT + LEASE + MARGIN + TTL
     );
     assert!(detect.is_some(), "no event says host {first} is down");
+    metrics_tell_what_happened(&lab, second, leader_before);
+}
+
+/// The lines of Prometheus `text` for metric `name` whose labels include every one of `labels`.
+fn samples<'a>(text: &'a str, name: &str, labels: &[&str]) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .collect()
+}
+
+fn leader(lab: &TestLab) -> u64 {
+    let status: Value = lab.ctl(&["status"]).expect("status");
+    status["leader"].as_u64().expect("a leader")
+}
+
+/// After a host loss: the leader counted the verdict and the move (and, when it led throughout,
+/// the RTO); the new host exports its lease and the service it holds unfenced; a DNS server
+/// counted its answers by rcode.
+fn metrics_tell_what_happened(lab: &TestLab, host: u64, leader_before: u64) {
+    let leader = leader(lab);
+    let text = lab.metrics(leader).expect("leader /metrics");
+    for (name, labels) in [
+        (
+            "fabric_verdicts_total",
+            &["kind=\"host\"", "health=\"down\""][..],
+        ),
+        ("fabric_moves_total", &[]),
+        ("fabric_instances", &["state=\"running\""]),
+    ] {
+        assert!(
+            !samples(&text, name, labels).is_empty(),
+            "{name}{labels:?} missing on the leader:\n{text}"
+        );
+    }
+    let rto = samples(&text, "fabric_last_move_rto_seconds", &["service=\"web\""]);
+    eprintln!("MEASURED leader {leader} (before: {leader_before}): {rto:?}");
+    if leader == leader_before {
+        assert!(
+            !rto.is_empty(),
+            "no RTO for web on leader {leader}:\n{text}"
+        );
+    }
+    let host_text = lab.metrics(host).expect("host /metrics");
+    for (name, labels) in [
+        ("fabric_lease_remaining_seconds", &[][..]),
+        (
+            "fabric_service_lease_remaining_seconds",
+            &["service=\"web\""],
+        ),
+        ("fabric_service_fenced", &["service=\"web\""]),
+    ] {
+        assert!(
+            !samples(&host_text, name, labels).is_empty(),
+            "{name}{labels:?} missing on host {host}:\n{host_text}"
+        );
+    }
+    assert!(
+        samples(&host_text, "fabric_service_fenced", &["service=\"web\""])
+            .iter()
+            .all(|l| l.ends_with(" 0")),
+        "host {host} serving web is fenced:\n{host_text}"
+    );
+    let (dns_node, _, _) = dns_servers(lab).into_iter().next().expect("a DNS server");
+    let dns_text = lab.metrics(dns_node).expect("DNS server /metrics");
+    assert!(
+        !samples(
+            &dns_text,
+            "fabric_dns_queries_total",
+            &["rcode=\"NOERROR\""]
+        )
+        .is_empty(),
+        "no NOERROR answers counted on node {dns_node}:\n{dns_text}"
+    );
 }
 
 #[test]
