@@ -109,7 +109,6 @@ fn instances_by_state(s: &FabricState) -> BTreeMap<String, f64> {
 /// Refreshes the gauges once a second until shutdown.
 pub async fn export_loop(cluster: Arc<Cluster>, lease: LeaseHandle, shutdown: CancellationToken) {
     install();
-    let agent = cluster;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut service_remaining =
         LabelledGauge::new("fabric_service_lease_remaining_seconds", "service");
@@ -120,12 +119,12 @@ pub async fn export_loop(cluster: Arc<Cluster>, lease: LeaseHandle, shutdown: Ca
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let m = agent.raft().metrics();
+        let m = cluster.raft().metrics();
         gauge_u64("fabric_raft_term", m.current_term);
         gauge_u64("fabric_raft_leader", m.current_leader.unwrap_or(0));
         gauge_u64(
             "fabric_raft_is_leader",
-            u64::from(m.current_leader == Some(agent.id())),
+            u64::from(m.current_leader == Some(cluster.id())),
         );
         gauge_u64("fabric_raft_last_log_index", m.last_log_index.unwrap_or(0));
         gauge_u64(
@@ -133,7 +132,7 @@ pub async fn export_loop(cluster: Arc<Cluster>, lease: LeaseHandle, shutdown: Ca
             m.last_applied.map(|l| l.index).unwrap_or(0),
         );
         gauge_u64("fabric_raft_commit_index", commit_index(&m));
-        let (revision, by_state) = agent
+        let (revision, by_state) = cluster
             .raft()
             .state_handle()
             .read(|s| (s.revision, instances_by_state(s)));
@@ -146,7 +145,7 @@ pub async fn export_loop(cluster: Arc<Cluster>, lease: LeaseHandle, shutdown: Ca
         let held = lease.held();
         service_remaining.set(held.iter().map(|s| (s.clone(), remaining)).collect());
         service_fenced.set(held.iter().map(|s| (s.clone(), fenced)).collect());
-        for (peer, _addr, rtt) in agent.wan().peer_rtts() {
+        for (peer, _addr, rtt) in cluster.wan().peer_rtts() {
             metrics::gauge!(
                 "fabric_peer_rtt_seconds",
                 "peer" => peer.node.clone(),
