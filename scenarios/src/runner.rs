@@ -236,7 +236,7 @@ impl Drill<'_> {
     async fn run(&self) -> anyhow::Result<Report> {
         // Wall-clock time of t0, so drill times can be compared with the event log.
         let started_unix_ms =
-            siteagent::agent::now_ms().saturating_sub(self.t0.elapsed().as_millis() as u64);
+            siteagent::clock::unix_ms().saturating_sub(self.t0.elapsed().as_millis() as u64);
         for def in &self.scenario.services {
             let spec = self
                 .lab

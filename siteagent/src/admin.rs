@@ -22,12 +22,22 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use wan::{FabricTls, Identity, Role};
 
-use crate::agent::{Agent, AgentError};
 use crate::api::*;
+use crate::cluster::Cluster;
+use crate::config::AgentConfig;
+use crate::fabric::FabricError;
+use crate::lease::LeaseHandle;
 
 mod ops;
 
-type Shared = Arc<Agent>;
+/// What the admin API serves from.
+pub struct Admin {
+    pub cluster: Arc<Cluster>,
+    pub lease: LeaseHandle,
+    pub config: Arc<AgentConfig>,
+}
+
+type Shared = Arc<Admin>;
 
 /// Binds the admin listener and returns the future that serves it until `shutdown`.
 pub async fn serve(
@@ -38,7 +48,7 @@ pub async fn serve(
     let mut config = tls.server_config(Role::Operator, false)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    let addr = agent.config().admin_listen;
+    let addr = agent.config.admin_listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot bind {addr}: {e}"))?;
@@ -148,11 +158,11 @@ fn failure(status: StatusCode, kind: &str, error: impl ToString) -> Failure {
     )
 }
 
-impl From<AgentError> for Failure {
-    fn from(e: AgentError) -> Self {
+impl From<FabricError> for Failure {
+    fn from(e: FabricError) -> Self {
         match e {
-            AgentError::Rejected(e) => failure(StatusCode::CONFLICT, "rejected", e),
-            AgentError::Unavailable(e) => {
+            FabricError::Rejected(e) => failure(StatusCode::CONFLICT, "rejected", e),
+            FabricError::Unavailable(e) => {
                 failure(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e)
             }
         }
@@ -167,15 +177,15 @@ struct ReadOpts {
     local: bool,
 }
 
-async fn read<R>(
-    agent: &Agent,
+async fn read<R: Send>(
+    agent: &Admin,
     opts: &ReadOpts,
-    f: impl FnOnce(&FabricState) -> R,
+    f: impl FnOnce(&FabricState) -> R + Send,
 ) -> Result<R, Failure> {
     if opts.local {
-        Ok(agent.raft().state_handle().read(f))
+        Ok(agent.cluster.raft().state_handle().read(f))
     } else {
-        Ok(agent.read(f).await?)
+        Ok(agent.cluster.read(f).await?)
     }
 }
 
@@ -184,9 +194,9 @@ fn actor(op: &Identity) -> String {
 }
 
 async fn status(State(agent): State<Shared>) -> Json<Status> {
-    let m = agent.raft().metrics();
-    let members = agent.raft().members();
-    let (revision, hosts) = agent.raft().state_handle().read(|s| {
+    let m = agent.cluster.raft().metrics();
+    let members = agent.cluster.raft().members();
+    let (revision, hosts) = agent.cluster.raft().state_handle().read(|s| {
         let hosts = s
             .hosts
             .values()
@@ -199,9 +209,9 @@ async fn status(State(agent): State<Shared>) -> Json<Status> {
         (s.revision, hosts)
     });
     Json(Status {
-        node: agent.id(),
-        site: agent.config().site.clone(),
-        roles: agent.config().roles.clone(),
+        node: agent.cluster.id(),
+        site: agent.config.site.clone(),
+        roles: agent.config.roles.clone(),
         leader: m.current_leader,
         term: m.current_term,
         voters: members.voters.into_iter().collect(),
@@ -212,8 +222,12 @@ async fn status(State(agent): State<Shared>) -> Json<Status> {
         applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
         revision,
         hosts,
-        lease_valid: agent.lease_valid(),
-        lease_remaining_ms: agent.lease_remaining().as_millis() as u64,
+        lease_valid: agent.lease.is_valid(crate::clock::lease_now()),
+        lease_remaining_ms: agent
+            .lease
+            .remaining(crate::clock::lease_now())
+            .unwrap_or_default()
+            .as_millis() as u64,
     })
 }
 
@@ -221,7 +235,7 @@ async fn sites(
     State(agent): State<Shared>,
     Query(opts): Query<ReadOpts>,
 ) -> Result<Json<Vec<SiteView>>, Failure> {
-    let members = agent.raft().members();
+    let members = agent.cluster.raft().members();
     let views = read(&agent, &opts, |s| {
         s.sites
             .values()
@@ -261,7 +275,7 @@ async fn hosts(
     State(agent): State<Shared>,
     Query(opts): Query<ReadOpts>,
 ) -> Result<Json<Vec<HostView>>, Failure> {
-    let members = agent.raft().members();
+    let members = agent.cluster.raft().members();
     let views = read(&agent, &opts, |s| {
         s.hosts
             .values()
@@ -311,7 +325,7 @@ async fn services(
     State(agent): State<Shared>,
     Query(opts): Query<ReadOpts>,
 ) -> Result<Json<Vec<ServiceView>>, Failure> {
-    let zone = agent.config().dns.zone.clone();
+    let zone = agent.config.dns.zone.clone();
     let views = read(&agent, &opts, |s| {
         s.services
             .values()
@@ -390,6 +404,7 @@ async fn upsert_site(
 ) -> Result<Json<WriteResult>, Failure> {
     let req: SiteUpsert = body(&bytes)?;
     let applied = agent
+        .cluster
         .propose(
             actor(&op),
             Command::UpsertSite {
@@ -410,6 +425,7 @@ async fn note(
 ) -> Result<Json<WriteResult>, Failure> {
     let req: EventNote = body(&bytes)?;
     let applied = agent
+        .cluster
         .propose(
             actor(&op),
             Command::RecordEvent {
@@ -431,7 +447,7 @@ async fn state(
 }
 
 async fn members(State(agent): State<Shared>) -> Json<Vec<MemberView>> {
-    let m = agent.raft().members();
+    let m = agent.cluster.raft().members();
     Json(
         m.nodes
             .iter()
@@ -452,12 +468,12 @@ async fn members(State(agent): State<Shared>) -> Json<Vec<MemberView>> {
 }
 
 async fn membership_change(
-    agent: &Agent,
+    agent: &Admin,
     id: u64,
     promote: bool,
 ) -> Result<Json<WriteResult>, Failure> {
-    let raft = agent.raft();
-    let _one_at_a_time = agent.membership_change_lock().await;
+    let raft = agent.cluster.raft();
+    let _one_at_a_time = agent.cluster.membership_change_lock().await;
     let result = if promote {
         raft.promote(id).await
     } else {

@@ -1,36 +1,28 @@
-//! The agent: wires the WAN endpoint, the Raft member, the admin API and the host's reports,
-//! and carries writes and linearizable reads to the leader from wherever they arrive.
+//! The agent: wires the WAN endpoint, the Raft member ([`Cluster`]), the lease ([`LeaseHandle`]),
+//! the workload driver and every loop (admin API, health, keeper, leader, metrics, DNS), handing
+//! each only the handles it uses; then registers this node and waits for shutdown.
 //!
 //! Invariant: every change to the fabric state is a proposal committed by Raft; the agent keeps
 //! no state of its own that another agent would need.
+//!
+//! Does not: decide anything itself; the loops it starts do, each on its own handles.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use consensus::FabricNode;
-use consensus::node::{FabricRaft, NotLeader, ProposeError};
-use consensus::state::{Applied, Capacity, Command, CommandError, FabricState, Proposal};
+use consensus::node::FabricRaft;
+use consensus::state::{Capacity, Command, CommandError};
 use consensus::wan_transport::WanTransport;
-use failover::lease::LeaseHolder;
 use tokio_util::sync::CancellationToken;
-use wan::{Channel, FabricTls, Role, Wan};
+use wan::{FabricTls, Role, Wan};
 
+use crate::cluster::{Cluster, WanHandler};
 use crate::config::{AgentConfig, AgentRole};
-use crate::control::{ControlReply, ControlRequest, WanHandler};
+use crate::fabric::FabricError;
+use crate::keeper::{Host, Keeper};
+use crate::lease::LeaseHandle;
 use crate::workload::{Driver, ProcessDriver};
-
-/// How long a write or read may keep looking for a leader.
-const LEADER_WAIT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("{0}")]
-    Rejected(#[from] CommandError),
-    #[error("no leader reachable: {0}")]
-    Unavailable(String),
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -62,389 +54,96 @@ pub enum StartError {
     LeaseTerms(CommandError),
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+/// The driver `siteagent` runs workloads with: real processes under `fabric-guard` on agents
+/// with the `host` role, none elsewhere.
+pub fn process_driver(
+    config: &AgentConfig,
+) -> Result<Option<Arc<dyn Driver>>, crate::workload::WorkloadError> {
+    if !config.has(AgentRole::Host) {
+        return Ok(None);
+    }
+    let guard = match &config.host.guard {
+        Some(g) => g.clone(),
+        None => crate::workload::find_guard()?,
+    };
+    Ok(Some(Arc::new(ProcessDriver::new(config.work_dir(), guard))))
 }
 
-/// A running agent's shared core.
-pub struct Agent {
-    config: AgentConfig,
-    me: FabricNode,
-    wan: Arc<Wan>,
-    raft: FabricRaft,
-    /// This agent's ownership lease, re-confirmed with the majority by the lease keeper.
-    lease: Mutex<LeaseHolder>,
-    /// State revision seen by the latest successful lease confirmation.
-    confirmed_revision: AtomicU64,
-    /// Leader side: one membership change at a time. Two admissions racing each other make
-    /// openraft refuse the second step of one of them, which would leave a joint configuration
-    /// behind.
-    membership: tokio::sync::Mutex<()>,
-}
-
-impl Agent {
-    /// The lease terms the fabric runs on: the agreed ones, or this agent's before any agreement.
-    pub(crate) fn fabric_lease(&self, s: &FabricState) -> failover::lease::LeaseConfig {
-        s.lease_terms.map_or(self.config.lease(), Into::into)
-    }
-
-    /// True while this agent may vouch for what it serves (its lease is confirmed).
-    pub fn lease_valid(&self) -> bool {
-        self.lease().is_valid(Instant::now())
-    }
-
-    pub fn lease_remaining(&self) -> Duration {
-        self.lease().remaining(Instant::now()).unwrap_or_default()
-    }
-
-    pub(crate) fn lease(&self) -> std::sync::MutexGuard<'_, LeaseHolder> {
-        // The holder is a plain value; a panic elsewhere cannot leave it half-updated.
-        self.lease.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records a successful confirmation sent at `sent` that read state `revision`.
-    pub(crate) fn lease_confirmed(&self, sent: Instant, revision: u64) {
-        self.lease().confirmed(sent);
-        self.confirmed_revision
-            .fetch_max(revision, Ordering::SeqCst);
-    }
-
-    pub(crate) fn confirmed_revision(&self) -> u64 {
-        self.confirmed_revision.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn actor(&self) -> String {
-        format!("node {}", self.id())
-    }
-
-    pub fn config(&self) -> &AgentConfig {
-        &self.config
-    }
-
-    pub fn raft(&self) -> &FabricRaft {
-        &self.raft
-    }
-
-    pub fn wan(&self) -> &Arc<Wan> {
-        &self.wan
-    }
-
-    pub fn id(&self) -> u64 {
-        self.config.node_id
-    }
-
-    /// Proposes `command`, on this node if it leads, else on the leader over the WAN.
-    pub async fn propose(&self, actor: String, command: Command) -> Result<Applied, AgentError> {
-        let p = Proposal {
-            at_ms: now_ms(),
-            actor,
-            command,
-        };
-        let result = self
-            .on_leader(ControlRequest::Propose(p.clone()), |raft| {
-                let p = p.clone();
-                async move { raft.propose(p).await }
-            })
-            .await?;
-        match result {
-            ControlReply::Proposed(r) => {
-                let label = if r.is_ok() { "applied" } else { "rejected" };
-                metrics::counter!("fabric_proposals_total", "result" => label).increment(1);
-                Ok(r?)
-            }
-            other => Err(AgentError::Unavailable(format!(
-                "unexpected reply {other:?}"
-            ))),
-        }
-    }
-
-    /// A linearizable read: gets a read index from the leader, waits until this node applied
-    /// it, then reads locally.
-    pub async fn read<R>(&self, f: impl FnOnce(&FabricState) -> R) -> Result<R, AgentError> {
-        let reply = self
-            .on_leader(ControlRequest::ReadIndex, |raft| async move {
-                raft.read_index().await.map(|_| ())
-            })
-            .await?;
-        let index = match reply {
-            // Served locally as leader: read_index already waited for our own apply.
-            ControlReply::Proposed(_) | ControlReply::Pong => 0,
-            ControlReply::ReadIndex(i) => i,
-            other => {
-                return Err(AgentError::Unavailable(format!(
-                    "unexpected reply {other:?}"
-                )));
-            }
-        };
-        self.raft
-            .read_at(index, LEADER_WAIT, f)
-            .await
-            .map_err(|e| AgentError::Unavailable(e.to_string()))
-    }
-
-    /// Runs `local` if this node leads; otherwise sends `remote` to the leader. Retries while
-    /// leadership moves, for up to [`LEADER_WAIT`].
-    async fn on_leader<F, Fut, T>(
-        &self,
-        remote: ControlRequest,
-        local: F,
-    ) -> Result<ControlReply, AgentError>
-    where
-        F: Fn(FabricRaft) -> Fut,
-        Fut: std::future::Future<Output = Result<T, ProposeError>>,
-        T: IntoLocalReply,
-    {
-        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-        let mut last = String::from("no leader elected");
-        loop {
-            let leader = match local(self.raft.clone()).await {
-                Ok(t) => return Ok(t.into_reply()),
-                Err(ProposeError::NotLeader(NotLeader { leader })) => leader,
-                Err(ProposeError::Raft(e)) => {
-                    last = e;
-                    None
-                }
-            };
-            if let Some((id, node)) = leader.filter(|(id, _)| *id != self.id()) {
-                match node.addr.parse::<SocketAddr>() {
-                    Ok(addr) => {
-                        // A request to a leader that just died would wait for the WAN timeout;
-                        // as soon as Raft here stops naming it the leader, ask again.
-                        let request = self.wan.request::<_, ControlReply>(
-                            addr,
-                            Some(id),
-                            Channel::Control,
-                            &remote,
-                        );
-                        let reply = tokio::select! {
-                            r = request => Some(r),
-                            _ = self.leader_changes_from(id) => None,
-                        };
-                        match reply {
-                            Some(Ok(ControlReply::NotLeader(_))) => {
-                                last = format!("node {id} is no longer the leader")
-                            }
-                            Some(Ok(ControlReply::Failed(e))) => last = format!("leader {id}: {e}"),
-                            Some(Ok(reply)) => return Ok(reply),
-                            Some(Err(e)) => last = format!("leader {id}: {e}"),
-                            None => last = format!("leader {id} was replaced mid-request"),
-                        }
-                    }
-                    Err(_) => last = format!("leader {id} has a bad address {}", node.addr),
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(AgentError::Unavailable(last));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Resolves when this node's Raft no longer names `leader` as the leader.
-    async fn leader_changes_from(&self, leader: u64) {
-        let mut metrics = self.raft.raft().metrics();
-        loop {
-            if metrics.borrow_and_update().current_leader != Some(leader) {
-                return;
-            }
-            if metrics.changed().await.is_err() {
-                // Raft stopped: nothing will change any more.
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
-    /// Held across a membership change so changes run one at a time on this node.
-    pub(crate) async fn membership_change_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.membership.lock().await
-    }
-
-    /// Leader side of admission: adds `id` as a learner (waiting for it to catch up), then
-    /// promotes it when it should vote.
-    pub async fn admit(&self, id: u64, node: FabricNode, voter: bool) -> Result<(), ProposeError> {
-        if self.raft.metrics().current_leader != Some(self.id()) {
-            return Err(ProposeError::NotLeader(NotLeader {
-                leader: self.raft.leader(),
-            }));
-        }
-        let _one_at_a_time = self.membership_change_lock().await;
-        let members = self.raft.members();
-        if members.voters.contains(&id) && members.settled {
-            return Ok(());
-        }
-        if members.nodes.get(&id) != Some(&node) {
-            tracing::info!(node = id, "admitting node {id} ({node}) as a learner");
-            self.raft.add_learner(id, node).await?;
-        }
-        if voter {
-            // Also when it already votes in a joint configuration left by a failed change:
-            // the same change again finishes it.
-            tracing::info!(node = id, "promoting node {id} to voter");
-            self.raft.promote(id).await?;
-        }
-        Ok(())
-    }
-
-    fn is_member(&self) -> bool {
-        let m = self.raft.members();
-        let wanted = if self.config.is_voter() {
-            // Settled: a voter in a joint configuration asks again, which finishes the change.
-            m.voters.contains(&self.id()) && m.settled
-        } else {
-            m.voters.contains(&self.id()) || m.learners.contains(&self.id())
-        };
-        wanted && m.nodes.get(&self.id()) == Some(&self.me)
-    }
-
-    /// Asks peers (and then the leader they name) to admit this node until it is a member.
-    async fn join(&self, shutdown: &CancellationToken) {
-        let mut attempt = 0u32;
-        while !self.is_member() {
-            let mut targets: Vec<(Option<u64>, SocketAddr)> =
-                self.config.peers.iter().map(|a| (None, *a)).collect();
-            if let Some((id, node)) = self.raft.leader()
-                && let Ok(addr) = node.addr.parse()
-            {
-                targets.insert(0, (Some(id), addr));
-            }
-            let req = ControlRequest::Join {
-                node: self.me.clone(),
-                voter: self.config.is_voter(),
-            };
-            for (expect, addr) in targets {
-                match self
-                    .wan
-                    .request::<_, ControlReply>(addr, expect, Channel::Control, &req)
-                    .await
-                {
-                    Ok(ControlReply::Joined) => {
-                        tracing::info!("admitted to the cluster via {addr}");
-                        break;
-                    }
-                    Ok(ControlReply::NotLeader(NotLeader {
-                        leader: Some((id, node)),
-                    })) => {
-                        if let Ok(leader) = node.addr.parse() {
-                            match self
-                                .wan
-                                .request::<_, ControlReply>(
-                                    leader,
-                                    Some(id),
-                                    Channel::Control,
-                                    &req,
-                                )
-                                .await
-                            {
-                                Ok(ControlReply::Joined) => {
-                                    tracing::info!("admitted to the cluster by leader {id}");
-                                    break;
-                                }
-                                other => tracing::debug!("join via leader {id}: {other:?}"),
-                            }
-                        }
-                    }
-                    other => tracing::debug!("join via {addr}: {other:?}"),
-                }
-            }
-            attempt += 1;
-            if attempt.is_multiple_of(20) {
-                tracing::warn!("still not a cluster member after {attempt} attempts");
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            }
-            // Membership reaches us through replication; give it a moment.
-            if self.is_member() {
-                break;
-            }
-        }
-    }
-
-    /// Agrees the lease terms, then registers the site and (for hosts) the host; retried until
-    /// it succeeds. Returns the refusal when the fabric's lease terms differ from this agent's:
-    /// such an agent must not run, since fencing is safe only when all agree.
-    async fn register(&self, shutdown: &CancellationToken) -> Result<(), CommandError> {
-        let actor = format!("node {}", self.id());
-        let agree = Command::AgreeLeaseTerms {
-            node: self.id(),
-            terms: self.config.lease().terms(),
-        };
-        loop {
-            let steps = async {
-                self.propose(actor.clone(), agree.clone()).await?;
-                self.propose(
+/// Agrees the lease terms, then registers the site and (for hosts) the host; retried until
+/// it succeeds. Returns the refusal when the fabric's lease terms differ from this agent's:
+/// such an agent must not run, since fencing is safe only when all agree.
+async fn register(
+    cluster: &Cluster,
+    config: &AgentConfig,
+    shutdown: &CancellationToken,
+) -> Result<(), CommandError> {
+    let actor = cluster.actor();
+    let agree = Command::AgreeLeaseTerms {
+        node: cluster.id(),
+        terms: config.lease().terms(),
+    };
+    loop {
+        let steps = async {
+            cluster.propose(actor.clone(), agree.clone()).await?;
+            cluster
+                .propose(
                     actor.clone(),
                     Command::EnsureSite {
-                        name: self.config.site.clone(),
-                        priority: self.config.site_priority,
+                        name: config.site.clone(),
+                        priority: config.site_priority,
                     },
                 )
                 .await?;
-                if self.config.has(AgentRole::Host) {
-                    self.propose(actor.clone(), self.register_command()).await?;
-                }
-                Ok::<_, AgentError>(())
-            };
-            match steps.await {
-                Ok(()) => {
-                    tracing::info!("registered in site {}", self.config.site);
-                    return Ok(());
-                }
-                Err(AgentError::Rejected(e @ CommandError::LeaseTermsDiffer { .. })) => {
-                    return Err(e);
-                }
-                Err(AgentError::Rejected(e)) => {
-                    tracing::error!("registration refused: {e}");
-                    return Ok(());
-                }
-                Err(e) => tracing::info!("registration pending: {e}"),
+            if config.has(AgentRole::Host) {
+                cluster
+                    .propose(actor.clone(), register_command(config, cluster.me()))
+                    .await?;
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            Ok::<_, FabricError>(())
+        };
+        match steps.await {
+            Ok(()) => {
+                tracing::info!("registered in site {}", config.site);
+                return Ok(());
             }
+            Err(FabricError::Rejected(e @ CommandError::LeaseTermsDiffer { .. })) => {
+                return Err(e);
+            }
+            Err(FabricError::Rejected(e)) => {
+                tracing::error!("registration refused: {e}");
+                return Ok(());
+            }
+            Err(e) => tracing::info!("registration pending: {e}"),
         }
-    }
-
-    fn register_command(&self) -> Command {
-        Command::RegisterHost {
-            id: self.id(),
-            site: self.config.site.clone(),
-            address: self.me.addr.clone(),
-            admin_address: self.me.admin_addr.clone(),
-            addresses: self.config.workload_addresses(),
-            capacity: Capacity {
-                cpu_millis: self.config.host.cpu_millis,
-                memory_mib: self.config.host.memory_mib,
-            },
-            labels: self.config.host.labels.clone(),
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }
 
-/// Turns the result of a local leader action into the reply a remote leader would have sent.
-trait IntoLocalReply {
-    fn into_reply(self) -> ControlReply;
-}
-
-impl IntoLocalReply for consensus::state::CommandResult {
-    fn into_reply(self) -> ControlReply {
-        ControlReply::Proposed(self)
+fn register_command(config: &AgentConfig, me: &FabricNode) -> Command {
+    Command::RegisterHost {
+        id: config.node_id,
+        site: config.site.clone(),
+        address: me.addr.clone(),
+        admin_address: me.admin_addr.clone(),
+        addresses: config.workload_addresses(),
+        capacity: Capacity {
+            cpu_millis: config.host.cpu_millis,
+            memory_mib: config.host.memory_mib,
+        },
+        labels: config.host.labels.clone(),
     }
 }
 
-impl IntoLocalReply for () {
-    fn into_reply(self) -> ControlReply {
-        ControlReply::Pong
-    }
-}
-
-/// Runs an agent until `shutdown` is cancelled, then drains and returns.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), StartError> {
+/// Runs an agent until `shutdown` is cancelled, then drains and returns. `driver` runs this
+/// host's workloads (`None` on agents without the `host` role; see [`process_driver`]).
+pub async fn run(
+    config: AgentConfig,
+    driver: Option<Arc<dyn Driver>>,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
     let tls = FabricTls::load(&config.tls)?;
     let id = tls.identity().clone();
     if id.role != Role::Agent || id.node_id() != Some(config.node_id) || id.site != config.site {
@@ -473,58 +172,75 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         Arc::new(WanTransport::new(wan.clone())),
     )
     .await?;
-    let agent = Arc::new(Agent {
-        lease: Mutex::new(LeaseHolder::new(config.lease())),
-        confirmed_revision: AtomicU64::new(0),
-        membership: tokio::sync::Mutex::new(()),
-        config,
-        me: me.clone(),
-        wan: wan.clone(),
-        raft,
-    });
+    let cluster = Arc::new(Cluster::new(
+        me.clone(),
+        wan.clone(),
+        raft.clone(),
+        config.peers.clone(),
+        config.is_voter(),
+    ));
+    let lease = LeaseHandle::new(config.lease());
+    let config = Arc::new(config);
 
     let inner = shutdown.child_token();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(wan.clone().serve(
         Arc::new(WanHandler {
-            agent: agent.clone(),
+            cluster: cluster.clone(),
         }),
         inner.clone(),
     ));
-    let admin = crate::admin::serve(agent.clone(), &tls, inner.clone())
-        .await
-        .map_err(|e| StartError::Admin(e.to_string()))?;
+    let admin = crate::admin::serve(
+        Arc::new(crate::admin::Admin {
+            cluster: cluster.clone(),
+            lease: lease.clone(),
+            config: config.clone(),
+        }),
+        &tls,
+        inner.clone(),
+    )
+    .await
+    .map_err(|e| StartError::Admin(e.to_string()))?;
     tasks.spawn(admin);
-    tasks.spawn(crate::metrics::export_loop(agent.clone(), inner.clone()));
-    tasks.spawn(crate::health::heartbeat_loop(agent.clone(), inner.clone()));
-    let driver: Option<Arc<dyn Driver>> = if agent.config.has(AgentRole::Host) {
-        let guard = match &agent.config.host.guard {
-            Some(g) => g.clone(),
-            None => crate::workload::find_guard()?,
-        };
-        Some(Arc::new(ProcessDriver::new(agent.config.work_dir(), guard)))
-    } else {
-        None
-    };
-    tasks.spawn(crate::keeper::keeper_loop(
-        agent.clone(),
-        driver,
+    tasks.spawn(crate::metrics::export_loop(
+        cluster.clone(),
+        lease.clone(),
         inner.clone(),
     ));
-    if agent.config.has(AgentRole::Dns) {
-        tasks.spawn(crate::zone::serve(agent.clone(), inner.clone()).await?);
+    tasks.spawn(crate::health::heartbeat_loop(
+        cluster.clone(),
+        config.detector(),
+        inner.clone(),
+    ));
+    let host = Host {
+        id: config.node_id,
+        site: config.site.clone(),
+        addresses: config.workload_addresses(),
+    };
+    tasks.spawn(crate::keeper::keeper_loop(
+        Keeper::new(cluster.clone(), lease.clone(), driver, host),
+        raft.raft().metrics(),
+        inner.clone(),
+    ));
+    if config.has(AgentRole::Dns) {
+        tasks.spawn(crate::zone::serve(&config, raft.clone(), lease.clone(), inner.clone()).await?);
     }
-    tasks.spawn(crate::leader::leader_loop(agent.clone(), inner.clone()));
+    tasks.spawn(crate::leader::leader_loop(
+        cluster.clone(),
+        lease.clone(),
+        config.failover.plan_interval,
+        inner.clone(),
+    ));
     tracing::info!(
-        node = agent.id(),
-        site = %agent.config.site,
+        node = cluster.id(),
+        site = %config.site,
         wan = %me.addr,
         admin = %me.admin_addr,
         "agent started"
     );
 
-    if agent.config.bootstrap {
-        match agent.raft.bootstrap(me.clone()).await {
+    if config.bootstrap {
+        match raft.bootstrap(me.clone()).await {
             Ok(true) => tracing::info!("bootstrapped a new cluster"),
             Ok(false) => {}
             Err(e) => tracing::error!("bootstrap failed: {e}"),
@@ -532,13 +248,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     }
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel();
     {
-        let agent = agent.clone();
-        let inner = inner.clone();
+        let (cluster, config, inner) = (cluster.clone(), config.clone(), inner.clone());
         tasks.spawn(async move {
             // Each step may wait on the network for seconds; shutdown cancels it mid-way.
             let life = async {
-                agent.join(&inner).await;
-                agent.register(&inner).await
+                cluster.join(&inner).await;
+                register(&cluster, &config, &inner).await
             };
             tokio::select! {
                 _ = inner.cancelled() => {}
@@ -566,7 +281,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     {
         tracing::warn!("some tasks did not stop within 10 s");
     }
-    agent.raft.stop().await;
+    raft.stop().await;
     wan.close().await;
     tracing::info!("stopped");
     match fatal {

@@ -1,22 +1,16 @@
-//! The control channel between agents: forwarded proposals and reads, cluster admission, and the
-//! dispatch of every incoming WAN stream (raft and control) to its owner.
+//! The control channel between agents: its messages (forwarded proposals and reads, admission,
+//! pings) and the rule of what a peer may ask ([`authorize`]).
 //!
 //! Invariant: the leader acts on what a peer asks only within what the peer's certificate
-//! proves — a node may ask to join only as itself.
-
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
+//! proves — a node reports only about itself.
+//!
+//! Does not: send or serve anything; the cluster module does both.
 
 use consensus::FabricNode;
-use consensus::network::{RaftRpc, serve_rpc};
 use consensus::node::{NotLeader, ProposeError};
 use consensus::state::{Command, CommandResult, Proposal};
 use serde::{Deserialize, Serialize};
-use wan::frame;
-use wan::{Channel, Handler, Identity};
-
-use crate::agent::Agent;
+use wan::Identity;
 
 /// A request on the control channel.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,82 +48,10 @@ impl From<ProposeError> for ControlReply {
     }
 }
 
-/// Dispatches incoming WAN streams.
-pub struct WanHandler {
-    pub agent: Arc<Agent>,
-}
-
-impl Handler for WanHandler {
-    fn handle(
-        &self,
-        peer: Identity,
-        channel: Channel,
-        request: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = anyhow::Result<Vec<u8>>> + Send + '_>> {
-        Box::pin(async move {
-            match channel {
-                Channel::Raft => {
-                    let rpc: RaftRpc = frame::decode(&request)?;
-                    metrics::counter!("fabric_wan_requests_total", "channel" => "raft")
-                        .increment(1);
-                    let reply = serve_rpc(self.agent.raft().raft(), rpc).await;
-                    Ok(frame::encode(&reply)?)
-                }
-                Channel::Control => {
-                    let req: ControlRequest = frame::decode(&request)?;
-                    metrics::counter!("fabric_wan_requests_total", "channel" => "control")
-                        .increment(1);
-                    let reply = self.control(&peer, req).await;
-                    Ok(frame::encode(&reply)?)
-                }
-                Channel::Bulk => anyhow::bail!("this agent serves no bulk transfers"),
-            }
-        })
-    }
-}
-
-impl WanHandler {
-    async fn control(&self, peer: &Identity, req: ControlRequest) -> ControlReply {
-        let raft = self.agent.raft();
-        match req {
-            ControlRequest::Propose(p) => {
-                if let Err(refusal) = authorize(peer, &p) {
-                    tracing::warn!("refused a proposal from {peer}: {refusal}");
-                    return ControlReply::Failed(refusal);
-                }
-                match raft.propose(p).await {
-                    Ok(result) => ControlReply::Proposed(result),
-                    Err(e) => e.into(),
-                }
-            }
-            ControlRequest::ReadIndex => match raft.read_index().await {
-                Ok(index) => ControlReply::ReadIndex(index),
-                Err(e) => e.into(),
-            },
-            ControlRequest::Join { node, voter } => {
-                let Some(id) = peer.node_id() else {
-                    return ControlReply::Failed(format!("{peer} cannot join: not an agent"));
-                };
-                if node.site != peer.site {
-                    return ControlReply::Failed(format!(
-                        "node {id} asked to join in site {} but its certificate says {}",
-                        node.site, peer.site
-                    ));
-                }
-                match self.agent.admit(id, node, voter).await {
-                    Ok(()) => ControlReply::Joined,
-                    Err(e) => e.into(),
-                }
-            }
-            ControlRequest::Ping => ControlReply::Pong,
-        }
-    }
-}
-
 /// A node reports only about itself: its observations and its own instances. (Operators'
 /// commands reach the leader through whichever agent they asked, so other commands are not
 /// tied to the forwarding node.)
-fn authorize(peer: &Identity, p: &Proposal) -> Result<(), String> {
+pub(crate) fn authorize(peer: &Identity, p: &Proposal) -> Result<(), String> {
     let about = match &p.command {
         Command::Observe { observer, .. } | Command::AgreeLeaseTerms { node: observer, .. } => {
             Some(*observer)

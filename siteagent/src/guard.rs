@@ -21,7 +21,7 @@
 use std::io::{BufRead, Write};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -236,17 +236,13 @@ pub fn mirrored_code(status: ExitStatus) -> i32 {
     }
 }
 
-/// Wall-clock unix milliseconds, for log lines that drills compare across hosts.
-pub fn unix_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
-}
-
 fn log(msg: &str) {
     // Never panic on a closed stderr: the guard must still kill the workload.
-    let _ = writeln!(std::io::stderr(), "fabric-guard: {msg} at_ms={}", unix_ms());
+    let _ = writeln!(
+        std::io::stderr(),
+        "fabric-guard: {msg} at_ms={}",
+        crate::clock::unix_ms()
+    );
 }
 
 fn report(line: &str) {

@@ -19,12 +19,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wan::Channel;
 
-use crate::agent::Agent;
+use crate::cluster::Cluster;
 use crate::control::{ControlReply, ControlRequest};
 
 /// Runs until `shutdown`.
-pub async fn heartbeat_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
-    let config = agent.config().detector();
+pub async fn heartbeat_loop(
+    cluster: Arc<Cluster>,
+    config: failover::detector::DetectorConfig,
+    shutdown: CancellationToken,
+) {
     let mut detector = Detector::new(config);
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -44,8 +47,8 @@ pub async fn heartbeat_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        let members = agent.raft().members();
-        let me = agent.id();
+        let members = cluster.raft().members();
+        let me = cluster.id();
         if !members.nodes.contains_key(&me) {
             // Not admitted yet: nobody to watch, nothing we could record.
             continue;
@@ -62,10 +65,10 @@ pub async fn heartbeat_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
                 continue;
             };
             in_flight.insert(*id);
-            let (agent, tx, id) = (agent.clone(), answers_tx.clone(), *id);
+            let (cluster, tx, id) = (cluster.clone(), answers_tx.clone(), *id);
             let limit = config.window();
             tokio::spawn(async move {
-                let ping = agent.wan().request::<_, ControlReply>(
+                let ping = cluster.wan().request::<_, ControlReply>(
                     addr,
                     Some(id),
                     Channel::Control,
@@ -82,18 +85,18 @@ pub async fn heartbeat_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
             metrics::gauge!("fabric_peer_up", "peer" => id.to_string())
                 .set(f64::from(u8::from(up)));
         }
-        record_changes(&agent, &detector, &proposing);
+        record_changes(&cluster, &detector, &proposing);
     }
 }
 
 /// Proposes the verdicts the state does not record yet, in the background, one batch at a time.
 fn record_changes(
-    agent: &Arc<Agent>,
+    cluster: &Arc<Cluster>,
     detector: &Detector,
     proposing: &Arc<tokio::sync::Mutex<()>>,
 ) {
-    let me = agent.id();
-    let differing: Vec<(u64, bool)> = agent.raft().state_handle().read(|s| {
+    let me = cluster.id();
+    let differing: Vec<(u64, bool)> = cluster.raft().state_handle().read(|s| {
         detector
             .verdicts()
             .filter(|(subject, up)| {
@@ -112,7 +115,7 @@ fn record_changes(
     let Ok(guard) = proposing.clone().try_lock_owned() else {
         return;
     };
-    let agent = agent.clone();
+    let cluster = cluster.clone();
     tokio::spawn(async move {
         let _guard = guard;
         for (subject, up) in differing {
@@ -121,7 +124,7 @@ fn record_changes(
                 subject,
                 up,
             };
-            if let Err(e) = agent.propose(agent.actor(), command).await {
+            if let Err(e) = cluster.propose(cluster.actor(), command).await {
                 tracing::debug!("cannot record that node {subject} is {up}: {e}");
                 return;
             }

@@ -9,15 +9,25 @@
 //!
 //! Invariant: a workload is started or fed only from a state read by a successful confirmation
 //! that names this host's instance under the service's current epoch.
+//!
+//! Does not: decide where anything runs (the leader's planner does), nor talk to Raft or the WAN
+//! itself: it reads and reports through a [`Fabric`], so [`Keeper::round`] runs in unit tests
+//! against [`MemoryFabric`](crate::fabric::MemoryFabric) and
+//! [`MemoryDriver`](crate::workload::MemoryDriver) on paused time.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use consensus::state::{Command, FabricState, InstanceState, ServiceSpec, WorkloadKind};
+use consensus::types::RaftMetrics;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::Agent;
+use crate::clock;
+use crate::fabric::Fabric;
+use crate::lease::LeaseHandle;
 use crate::workload::{Driver, WorkloadSpec, WorkloadStatus};
 
 /// An instance the state assigns to this host.
@@ -49,77 +59,51 @@ fn assignments(s: &FabricState, host: u64, site: &str) -> BTreeMap<String, Assig
         .collect()
 }
 
-/// Runs until `shutdown`; then stops every local workload.
-pub async fn keeper_loop(
-    agent: Arc<Agent>,
+/// This host as the keeper needs it.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub id: u64,
+    pub site: String,
+    /// Addresses its workloads bind.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// The keeper's handles and memory between rounds.
+pub struct Keeper<F: Fabric> {
+    fabric: Arc<F>,
+    lease: LeaseHandle,
+    /// `None` on agents without the `host` role: they confirm the lease (for DNS) and run nothing.
     driver: Option<Arc<dyn Driver>>,
+    host: Host,
+    reports: Reports,
+    backoff: Backoff,
+    expired_logged: bool,
+    terms_logged: bool,
+}
+
+/// Runs until `shutdown`; then stops every local workload. A round starts every
+/// `confirm_every`, or sooner when this node applies something new (`applied` changes).
+pub async fn keeper_loop<F: Fabric>(
+    mut keeper: Keeper<F>,
+    mut metrics: watch::Receiver<RaftMetrics>,
     shutdown: CancellationToken,
 ) {
-    let lease = agent.config().lease();
-    let every = lease.confirm_every();
-    let mut metrics = agent.raft().raft().metrics();
+    let every = keeper.lease.config().confirm_every();
     let mut applied = None;
-    let reports = Reports::default();
-    let mut backoff = Backoff::default();
-    let mut expired_logged = false;
-    let mut terms_logged = false;
     loop {
-        let sent = Instant::now();
-        let host = agent.id();
-        let site = agent.config().site.clone();
-        let read = tokio::time::timeout(
-            lease.holder_validity(),
-            agent.read(move |s| (s.revision, s.lease_terms, assignments(s, host, &site))),
-        );
+        let sent = clock::lease_now();
         // A read can hang for the whole validity while the majority is away; shutdown must not.
-        let read = tokio::select! {
-            read = read => read,
-            _ = shutdown.cancelled() => return stop_all(driver.as_deref()).await,
+        let assigned = tokio::select! {
+            assigned = keeper.confirm(sent) => assigned,
+            _ = shutdown.cancelled() => return keeper.stop_all().await,
         };
-        let assigned = match read {
-            // The fabric grants leases on other terms: holding one on ours would not be safe.
-            Ok(Ok((_, Some(fabric), _))) if fabric != lease.terms() => {
-                if !terms_logged {
-                    tracing::error!(
-                        "the fabric's lease terms ({fabric}) differ from this agent's ({}): it holds no lease",
-                        lease.terms()
-                    );
-                    terms_logged = true;
-                }
-                None
-            }
-            Ok(Ok((revision, _, assigned))) => {
-                agent.lease_confirmed(sent, revision);
-                if expired_logged {
-                    tracing::info!("lease confirmed again");
-                    expired_logged = false;
-                }
-                Some(assigned)
-            }
-            Ok(Err(e)) => {
-                tracing::debug!("lease confirmation failed: {e}");
-                None
-            }
-            Err(_) => {
-                tracing::debug!("lease confirmation timed out");
-                None
-            }
-        };
-        if assigned.is_none() && !agent.lease_valid() && !expired_logged {
-            tracing::warn!(
-                "lease expired: this agent fences itself until the majority confirms it"
-            );
-            expired_logged = true;
-        }
-        if let Some(driver) = &driver {
-            reconcile(&agent, driver.as_ref(), assigned, &reports, &mut backoff).await;
-        }
-        // Next round: on schedule, or sooner when this node applies something new.
-        let next = tokio::time::sleep(every.saturating_sub(sent.elapsed()));
+        keeper.reconcile(assigned).await;
+        let elapsed = clock::lease_now().saturating_duration_since(sent);
+        let next = tokio::time::sleep(every.saturating_sub(elapsed));
         tokio::pin!(next);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return stop_all(driver.as_deref()).await,
+                _ = shutdown.cancelled() => return keeper.stop_all().await,
                 _ = &mut next => break,
                 r = metrics.changed() => {
                     if r.is_err() {
@@ -139,134 +123,215 @@ pub async fn keeper_loop(
     }
 }
 
-/// Stops every local workload (a non-host agent has none).
-async fn stop_all(driver: Option<&dyn Driver>) {
-    let Some(driver) = driver else { return };
-    for (name, status) in driver.list() {
-        if status.is_running()
-            && let Err(e) = driver.stop(&name).await
-        {
-            tracing::warn!("cannot stop {name}: {e}");
+impl<F: Fabric> Keeper<F> {
+    pub fn new(
+        fabric: Arc<F>,
+        lease: LeaseHandle,
+        driver: Option<Arc<dyn Driver>>,
+        host: Host,
+    ) -> Self {
+        Self {
+            fabric,
+            lease,
+            driver,
+            host,
+            reports: Reports::default(),
+            backoff: Backoff::default(),
+            expired_logged: false,
+            terms_logged: false,
         }
     }
-}
 
-/// Makes local workloads match `assigned` (a confirmed read), or — when the confirmation failed
-/// — feeds nothing new and stops everything once the lease has run out.
-async fn reconcile(
-    agent: &Arc<Agent>,
-    driver: &dyn Driver,
-    assigned: Option<BTreeMap<String, Assignment>>,
-    reports: &Reports,
-    backoff: &mut Backoff,
-) {
-    let now = Instant::now();
-    let remaining = agent.lease().remaining(now);
-    let local = driver.list();
-    let Some(assigned) = assigned else {
+    /// One round: confirm the lease with a read sent at `sent`, then act on what it read.
+    pub async fn round(&mut self, sent: Instant) {
+        let assigned = self.confirm(sent).await;
+        self.reconcile(assigned).await;
+    }
+
+    /// Sends a confirmation (a linearizable read) at `sent`; on success the lease runs until
+    /// `sent + lease − margin` and this host's assignments are returned.
+    async fn confirm(&mut self, sent: Instant) -> Option<BTreeMap<String, Assignment>> {
+        let lease = self.lease.config();
+        let (host, site) = (self.host.id, self.host.site.clone());
+        let read = tokio::time::timeout(
+            lease.holder_validity(),
+            self.fabric
+                .read(move |s| (s.revision, s.lease_terms, assignments(s, host, &site))),
+        )
+        .await;
+        let assigned = match read {
+            // The fabric grants leases on other terms: holding one on ours would not be safe.
+            Ok(Ok((_, Some(fabric), _))) if fabric != lease.terms() => {
+                if !self.terms_logged {
+                    tracing::error!(
+                        "the fabric's lease terms ({fabric}) differ from this agent's ({}): it holds no lease",
+                        lease.terms()
+                    );
+                    self.terms_logged = true;
+                }
+                None
+            }
+            Ok(Ok((revision, _, assigned))) => {
+                self.lease.confirmed(sent, revision);
+                self.lease.set_held(
+                    assigned
+                        .iter()
+                        .filter(|(_, a)| a.state != InstanceState::Revoked)
+                        .map(|(name, _)| name.clone())
+                        .collect(),
+                );
+                if self.expired_logged {
+                    tracing::info!("lease confirmed again");
+                    self.expired_logged = false;
+                }
+                Some(assigned)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("lease confirmation failed: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("lease confirmation timed out");
+                None
+            }
+        };
+        if assigned.is_none() && !self.lease.is_valid(clock::lease_now()) && !self.expired_logged {
+            tracing::warn!(
+                "lease expired: this agent fences itself until the majority confirms it"
+            );
+            self.expired_logged = true;
+        }
+        assigned
+    }
+
+    /// Stops every local workload (a non-host agent has none).
+    pub async fn stop_all(&self) {
+        let Some(driver) = &self.driver else { return };
+        for (name, status) in driver.list() {
+            if status.is_running()
+                && let Err(e) = driver.stop(&name).await
+            {
+                tracing::warn!("cannot stop {name}: {e}");
+            }
+        }
+    }
+
+    /// Makes local workloads match `assigned` (a confirmed read), or — when the confirmation
+    /// failed — feeds nothing new and stops everything once the lease has run out.
+    async fn reconcile(&mut self, assigned: Option<BTreeMap<String, Assignment>>) {
+        let Some(driver) = self.driver.clone() else {
+            return;
+        };
+        let driver = driver.as_ref();
+        let now = clock::lease_now();
+        let remaining = self.lease.remaining(now);
+        let local = driver.list();
+        let Some(assigned) = assigned else {
+            for (name, status) in &local {
+                if !status.is_running() {
+                    continue;
+                }
+                match remaining {
+                    // Same deadline as before: the guard keeps it, nothing is extended.
+                    Some(left) => {
+                        let _ = driver.feed(name, left);
+                    }
+                    None => {
+                        tracing::warn!("fencing: stopping {name}, its lease ran out");
+                        if let Err(e) = driver.stop(name).await {
+                            tracing::warn!("cannot stop {name}: {e}");
+                        }
+                    }
+                }
+            }
+            return;
+        };
+        let Some(left) = remaining else {
+            return;
+        };
+        let mut present = BTreeSet::new();
         for (name, status) in &local {
-            if !status.is_running() {
+            let wanted = assigned.get(name);
+            match status {
+                WorkloadStatus::Running { epoch, .. } => match wanted {
+                    Some(a) if a.epoch == *epoch && a.state != InstanceState::Revoked => {
+                        present.insert(name.clone());
+                        if let Err(e) = driver.feed(name, left) {
+                            tracing::warn!("cannot feed the guard of {name}: {e}");
+                        }
+                    }
+                    _ => {
+                        tracing::info!("stopping {name} (epoch {epoch}): no longer assigned here");
+                        if let Err(e) = driver.stop(name).await {
+                            tracing::warn!("cannot stop {name}: {e}");
+                        }
+                        driver.forget(name);
+                        if let Some(a) = wanted.filter(|a| a.epoch == *epoch) {
+                            self.report(name, Report::Stopped(a.epoch));
+                        }
+                    }
+                },
+                WorkloadStatus::Exited { epoch, reason, .. } => {
+                    driver.forget(name);
+                    if let Some(a) = wanted.filter(|a| a.state != InstanceState::Revoked) {
+                        let delay = self.backoff.exited(name, now);
+                        tracing::warn!(
+                            "{name} (epoch {epoch}) exited: {reason}; starting it again in {delay:?}"
+                        );
+                        let note = format!(
+                            "service {name} on host {} exited ({reason}); restarting in {delay:?} (epoch {})",
+                            self.host.id, a.epoch
+                        );
+                        self.report(name, Report::Note(note));
+                    }
+                }
+            }
+        }
+        for (name, a) in &assigned {
+            if present.contains(name) {
                 continue;
             }
-            match remaining {
-                // Same deadline as before: the guard keeps it, nothing is extended.
-                Some(left) => {
-                    let _ = driver.feed(name, left);
+            if a.state == InstanceState::Revoked {
+                self.report(name, Report::Stopped(a.epoch));
+                continue;
+            }
+            if !self.backoff.may_start(name, now) {
+                continue;
+            }
+            match driver.start(self.workload_spec(a), left) {
+                Ok(()) => {
+                    self.backoff.started(name, now);
+                    tracing::info!("started {name} (epoch {})", a.epoch);
+                    self.report(name, Report::Running(a.epoch));
                 }
-                None => {
-                    tracing::warn!("fencing: stopping {name}, its lease ran out");
-                    if let Err(e) = driver.stop(name).await {
-                        tracing::warn!("cannot stop {name}: {e}");
-                    }
-                }
+                Err(e) => tracing::warn!("cannot start {name}: {e}"),
             }
         }
-        return;
-    };
-    let Some(left) = remaining else {
-        return;
-    };
-    let mut present = BTreeSet::new();
-    for (name, status) in &local {
-        let wanted = assigned.get(name);
-        match status {
-            WorkloadStatus::Running { epoch, .. } => match wanted {
-                Some(a) if a.epoch == *epoch && a.state != InstanceState::Revoked => {
-                    present.insert(name.clone());
-                    if let Err(e) = driver.feed(name, left) {
-                        tracing::warn!("cannot feed the guard of {name}: {e}");
-                    }
-                }
-                _ => {
-                    tracing::info!("stopping {name} (epoch {epoch}): no longer assigned here");
-                    if let Err(e) = driver.stop(name).await {
-                        tracing::warn!("cannot stop {name}: {e}");
-                    }
-                    driver.forget(name);
-                    if let Some(a) = wanted.filter(|a| a.epoch == *epoch) {
-                        reports.send(agent, name, Report::Stopped(a.epoch));
-                    }
-                }
-            },
-            WorkloadStatus::Exited { epoch, reason, .. } => {
-                driver.forget(name);
-                if let Some(a) = wanted.filter(|a| a.state != InstanceState::Revoked) {
-                    let delay = backoff.exited(name, now);
-                    tracing::warn!(
-                        "{name} (epoch {epoch}) exited: {reason}; starting it again in {delay:?}"
-                    );
-                    reports.send(
-                        agent,
-                        name,
-                        Report::Note(format!(
-                            "service {name} on host {} exited ({reason}); restarting in {delay:?} (epoch {})",
-                            agent.id(),
-                            a.epoch
-                        )),
-                    );
-                }
+        for (name, a) in &assigned {
+            if a.state == InstanceState::Assigned && present.contains(name) {
+                self.report(name, Report::Running(a.epoch));
             }
         }
     }
-    for (name, a) in &assigned {
-        if present.contains(name) {
-            continue;
-        }
-        if a.state == InstanceState::Revoked {
-            reports.send(agent, name, Report::Stopped(a.epoch));
-            continue;
-        }
-        if !backoff.may_start(name, now) {
-            continue;
-        }
-        match driver.start(workload_spec(agent, a), left) {
-            Ok(()) => {
-                backoff.started(name, now);
-                tracing::info!("started {name} (epoch {})", a.epoch);
-                reports.send(agent, name, Report::Running(a.epoch));
-            }
-            Err(e) => tracing::warn!("cannot start {name}: {e}"),
-        }
-    }
-    for (name, a) in &assigned {
-        if a.state == InstanceState::Assigned && present.contains(name) {
-            reports.send(agent, name, Report::Running(a.epoch));
-        }
-    }
-}
 
-fn workload_spec(agent: &Agent, a: &Assignment) -> WorkloadSpec {
-    let WorkloadKind::Process(p) = &a.spec.kind;
-    WorkloadSpec {
-        service: a.spec.name.clone(),
-        epoch: a.epoch,
-        command: p.command.clone(),
-        args: p.args.clone(),
-        env: p.env.clone(),
-        port: p.port,
-        addresses: agent.config().workload_addresses(),
-        site: agent.config().site.clone(),
-        host: agent.id(),
+    fn report(&self, service: &str, report: Report) {
+        self.reports
+            .send(&self.fabric, self.host.id, service, report);
+    }
+
+    fn workload_spec(&self, a: &Assignment) -> WorkloadSpec {
+        let WorkloadKind::Process(p) = &a.spec.kind;
+        WorkloadSpec {
+            service: a.spec.name.clone(),
+            epoch: a.epoch,
+            command: p.command.clone(),
+            args: p.args.clone(),
+            env: p.env.clone(),
+            port: p.port,
+            addresses: self.host.addresses.clone(),
+            site: self.host.site.clone(),
+            host: self.host.id,
+        }
     }
 }
 
@@ -336,16 +401,15 @@ struct Reports {
 }
 
 impl Reports {
-    fn send(&self, agent: &Arc<Agent>, service: &str, report: Report) {
+    fn send<F: Fabric>(&self, fabric: &Arc<F>, host: u64, service: &str, report: Report) {
         {
             let mut busy = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             if !busy.insert(service.to_string()) {
                 return;
             }
         }
-        let (agent, service, busy) = (agent.clone(), service.to_string(), self.in_flight.clone());
+        let (fabric, service, busy) = (fabric.clone(), service.to_string(), self.in_flight.clone());
         tokio::spawn(async move {
-            let host = agent.id();
             let command = match report {
                 Report::Running(epoch) => Command::InstanceRunning {
                     service: service.clone(),
@@ -359,7 +423,7 @@ impl Reports {
                 },
                 Report::Note(message) => Command::RecordEvent { message },
             };
-            if let Err(e) = agent.propose(agent.actor(), command).await {
+            if let Err(e) = fabric.propose(format!("node {host}"), command).await {
                 tracing::debug!("report for {service} failed: {e}");
             }
             busy.lock()
@@ -367,13 +431,215 @@ impl Reports {
                 .remove(&service);
         });
     }
+
+    /// True while a report is being proposed.
+    #[cfg(test)]
+    fn busy(&self) -> bool {
+        !self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fabric::MemoryFabric;
+    use crate::fixture;
+    use crate::workload::{MemoryDriver, reason};
+    use failover::lease::LeaseConfig;
+    use tokio::time::advance;
 
     const S: Duration = Duration::from_secs(1);
+
+    /// A keeper on host 11 of site s1 with a 6 s lease and a 1 s margin (valid 5 s).
+    struct Rig {
+        fabric: Arc<MemoryFabric>,
+        driver: Arc<MemoryDriver>,
+        lease: LeaseHandle,
+        keeper: Keeper<MemoryFabric>,
+    }
+
+    fn rig(state: FabricState) -> Rig {
+        let fabric = Arc::new(MemoryFabric::new(state));
+        let driver = Arc::new(MemoryDriver::new());
+        let lease = LeaseHandle::new(LeaseConfig {
+            lease: 6 * S,
+            margin: S,
+        });
+        let keeper = Keeper::new(
+            fabric.clone(),
+            lease.clone(),
+            Some(driver.clone() as Arc<dyn Driver>),
+            Host {
+                id: 11,
+                site: "s1".into(),
+                addresses: vec![],
+            },
+        );
+        Rig {
+            fabric,
+            driver,
+            lease,
+            keeper,
+        }
+    }
+
+    impl Rig {
+        /// One keeper round sent now; waits for its reports. Returns when it was sent.
+        async fn round(&mut self) -> tokio::time::Instant {
+            let sent = tokio::time::Instant::now();
+            self.keeper.round(sent.into_std()).await;
+            for _ in 0..100 {
+                if !self.keeper.reports.busy() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            assert!(!self.keeper.reports.busy(), "a report never finished");
+            sent
+        }
+
+        fn running_epoch(&self, service: &str) -> Option<u64> {
+            self.driver
+                .list()
+                .into_iter()
+                .find(|(name, status)| name == service && status.is_running())
+                .map(|(_, status)| status.epoch())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_confirmed_assignment_starts_the_workload_until_lease_minus_margin_from_the_send_time()
+     {
+        let mut rig = rig(fixture::placed());
+        // The reply takes 2 s: the deadline still counts from when the read was sent.
+        rig.fabric.set_read_delay(2 * S);
+        let sent = rig.round().await;
+        assert_eq!(rig.running_epoch("web"), Some(1));
+        assert_eq!(rig.driver.deadline("web"), Some(sent + 5 * S));
+        assert_eq!(
+            rig.lease.remaining(clock::lease_now()),
+            Some(3 * S),
+            "the lease counts from the send time, not the reply"
+        );
+        assert!(
+            rig.fabric
+                .proposed()
+                .contains(&fixture::running("web", 11, 1)),
+            "{:?}",
+            rig.fabric.proposed()
+        );
+        assert_eq!(
+            rig.fabric.state().services["web"].instances[&11].state,
+            InstanceState::Running
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_confirmations_never_extend_the_deadline_and_the_workload_is_fenced_at_it() {
+        let mut rig = rig(fixture::fabric());
+        let t0 = rig.round().await;
+        let deadline = t0 + 5 * S;
+        assert_eq!(rig.driver.deadline("web"), Some(deadline));
+        rig.fabric.set_reachable(false);
+        for _ in 0..4 {
+            advance(S).await;
+            rig.round().await;
+            assert_eq!(
+                rig.driver.deadline("web"),
+                Some(deadline),
+                "a failed confirmation moved the deadline"
+            );
+        }
+        advance(deadline - tokio::time::Instant::now() - Duration::from_millis(1)).await;
+        rig.round().await;
+        assert_eq!(
+            rig.running_epoch("web"),
+            Some(1),
+            "stopped before the deadline"
+        );
+        advance(Duration::from_millis(1)).await;
+        rig.round().await;
+        assert_eq!(
+            rig.running_epoch("web"),
+            None,
+            "still running at the deadline"
+        );
+        assert!(!rig.lease.is_valid(clock::lease_now()));
+        let exited = rig.driver.list().into_iter().find(|(n, _)| n == "web");
+        assert!(
+            matches!(&exited, Some((_, WorkloadStatus::Exited { reason: r, at, .. }))
+                if r == reason::LEASE_EXPIRED && *at == deadline.into_std()),
+            "{exited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_under_an_older_epoch_is_replaced_by_the_current_one() {
+        let mut rig = rig(fixture::fabric());
+        let mut old = crate::workload::conformance::template("web", "fabric-demo", vec![], 0);
+        old.epoch = 0;
+        assert!(rig.driver.start(old, 10 * S).is_ok());
+        rig.round().await;
+        assert_eq!(rig.running_epoch("web"), Some(1));
+        assert!(
+            !rig.fabric
+                .proposed()
+                .iter()
+                .any(|c| matches!(c, Command::InstanceStopped { .. })),
+            "the stop of an instance the state never knew was reported"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_instance_is_stopped_and_the_stop_reported() {
+        let mut rig = rig(fixture::fabric());
+        rig.round().await;
+        assert_eq!(rig.running_epoch("web"), Some(1));
+        assert!(rig.fabric.apply(fixture::revoke("web", 11, 1)).is_ok());
+        rig.round().await;
+        assert_eq!(rig.running_epoch("web"), None);
+        let stopped = Command::InstanceStopped {
+            service: "web".into(),
+            host: 11,
+            epoch: 1,
+        };
+        assert!(
+            rig.fabric.proposed().contains(&stopped),
+            "{:?}",
+            rig.fabric.proposed()
+        );
+        assert!(rig.lease.held().is_empty(), "{:?}", rig.lease.held());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crashed_workload_restarts_only_after_its_backoff() {
+        let mut rig = rig(fixture::fabric());
+        rig.round().await;
+        assert!(rig.driver.crash("web", 3).is_ok());
+        rig.round().await;
+        assert_eq!(rig.running_epoch("web"), None, "restarted without waiting");
+        assert!(
+            rig.fabric.proposed().iter().any(
+                |c| matches!(c, Command::RecordEvent { message } if message.contains("exited"))
+            ),
+            "{:?}",
+            rig.fabric.proposed()
+        );
+        advance(S / 2).await;
+        rig.round().await;
+        assert_eq!(
+            rig.running_epoch("web"),
+            None,
+            "restarted within the backoff"
+        );
+        advance(S / 2).await;
+        rig.round().await;
+        assert_eq!(rig.running_epoch("web"), Some(1));
+    }
 
     #[test]
     fn crash_loops_back_off_and_a_long_run_resets_the_count() {

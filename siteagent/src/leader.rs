@@ -5,11 +5,14 @@
 //! carries the epoch it was computed for, so a deposed leader's late proposals are refused by
 //! the state machine rather than applied twice.
 //!
+//! It also measures, as `fabric_last_move_rto_seconds`, how long each lost service took to serve
+//! again ([`Recovery`]), and counts the verdicts and moves it proposed.
+//!
 //! It does not start or stop anything itself; hosts act on what the state says.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use consensus::state::{Command, FabricState, Health};
 use failover::lease::RevocationClock;
@@ -17,42 +20,51 @@ use failover::planner;
 use failover::quorum::{self, Members};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::Agent;
+use crate::clock;
+use crate::cluster::Cluster;
+use crate::fabric::Fabric;
+use crate::lease::LeaseHandle;
+use crate::recovery::Recovery;
 
 /// Rounds of plan → propose per tick, so a chain (revoke, stop, assign, place) moves quickly.
 const ROUNDS: usize = 4;
 
-pub async fn leader_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
-    let interval = agent.config().failover.plan_interval;
+pub async fn leader_loop(
+    cluster: Arc<Cluster>,
+    lease: LeaseHandle,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     let mut clock = RevocationClock::default();
-    let mut metrics = agent.raft().raft().metrics();
-    let actor = format!("planner (node {})", agent.id());
+    let mut recovery = Recovery::default();
+    let mut metrics = cluster.raft().raft().metrics();
+    let actor = format!("planner (node {})", cluster.id());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
             r = metrics.changed() => if r.is_err() { return },
         }
-        if agent.raft().metrics().current_leader != Some(agent.id()) {
+        if !cluster.is_leader() {
             clock.clear();
+            recovery.clear();
             continue;
         }
         for _ in 0..ROUNDS {
-            let state = agent.raft().local_state();
+            let state = cluster.raft().local_state();
             // Reassign on the terms the holders agreed to, whatever this node's config says.
-            let lease = agent.fabric_lease(&state);
-            let members: Members = agent
-                .raft()
-                .members()
-                .nodes
-                .into_iter()
-                .map(|(id, n)| (id, n.site))
-                .collect();
+            let terms = lease.fabric_terms(&state);
+            let members = cluster.members_by_site();
+            let now = clock::lease_now();
+            for (service, rto) in recovery.observe(&state, now) {
+                tracing::info!("service {service} serves again {rto:?} after it was lost");
+                metrics::gauge!("fabric_last_move_rto_seconds", "service" => service)
+                    .set(rto.as_secs_f64());
+            }
             let mut commands = verdict_changes(&state, &members);
-            let now = Instant::now();
             clock.observe(&state, now);
             if commands.is_empty() {
-                commands = planner::plan(&state, &clock, now, &lease)
+                commands = planner::plan(&state, &clock, now, &terms)
                     .iter()
                     .map(planner::Action::command)
                     .collect();
@@ -60,18 +72,11 @@ pub async fn leader_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
             if commands.is_empty() {
                 break;
             }
-            let mut failed = false;
-            for command in commands {
-                match agent.propose(actor.clone(), command.clone()).await {
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!("planner: {command:?} failed: {e}");
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            if failed || shutdown.is_cancelled() {
+            if propose_all(cluster.as_ref(), &actor, commands, &state, &recovery)
+                .await
+                .is_err()
+                || shutdown.is_cancelled()
+            {
                 break;
             }
             // Let host agents react (confirm stops and starts) before the next round.
@@ -80,9 +85,52 @@ pub async fn leader_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
     }
 }
 
+/// Proposes `commands` in order, stopping at the first failure; counts the verdicts and moves
+/// that were applied. `state` is the state they were computed from.
+async fn propose_all(
+    fabric: &impl Fabric,
+    actor: &str,
+    commands: Vec<Command>,
+    state: &FabricState,
+    recovery: &Recovery,
+) -> Result<(), ()> {
+    for command in commands {
+        match fabric.propose(actor.to_string(), command.clone()).await {
+            Ok(_) => count(&command, state, recovery),
+            Err(e) => {
+                tracing::warn!("planner: {command:?} failed: {e}");
+                return Err(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts an applied leader command in `fabric_verdicts_total` or `fabric_moves_total`.
+fn count(command: &Command, state: &FabricState, recovery: &Recovery) {
+    let label = |h: &Health| match h {
+        Health::Up => "up",
+        Health::Down => "down",
+    };
+    match command {
+        Command::SetSiteHealth { health, .. } => {
+            metrics::counter!("fabric_verdicts_total", "kind" => "site", "health" => label(health))
+                .increment(1);
+        }
+        Command::SetHostHealth { health, .. } => {
+            metrics::counter!("fabric_verdicts_total", "kind" => "host", "health" => label(health))
+                .increment(1);
+        }
+        Command::PlaceInstance { service, host, .. } if recovery.is_move(state, service, *host) => {
+            metrics::counter!("fabric_moves_total").increment(1);
+        }
+        _ => {}
+    }
+}
+
 /// Host and site verdicts that differ from the state, as commands (sites first, so a site's
 /// hosts can be judged with it).
-fn verdict_changes(state: &FabricState, members: &Members) -> Vec<Command> {
+pub fn verdict_changes(state: &FabricState, members: &Members) -> Vec<Command> {
     let v = quorum::verdicts(state, members);
     let mut out = Vec::new();
     let sites_of: BTreeMap<&String, Vec<u64>> =
@@ -126,4 +174,92 @@ fn verdict_changes(state: &FabricState, members: &Members) -> Vec<Command> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture;
+
+    fn members() -> Members {
+        [(11, "s1"), (12, "s1"), (21, "s2")]
+            .into_iter()
+            .map(|(id, site)| (id, site.to_string()))
+            .collect()
+    }
+
+    fn observe(state: &mut FabricState, observer: u64, subject: u64, up: bool) {
+        fixture::apply(
+            state,
+            Command::Observe {
+                observer,
+                subject,
+                up,
+            },
+        );
+    }
+
+    #[test]
+    fn site_verdicts_come_before_host_verdicts_with_their_reasons() {
+        let mut state = fixture::fabric();
+        observe(&mut state, 11, 21, false);
+        observe(&mut state, 12, 21, false);
+        assert_eq!(
+            verdict_changes(&state, &members()),
+            vec![
+                Command::SetSiteHealth {
+                    name: "s2".into(),
+                    health: Health::Down,
+                    reason: "a majority of the other sites see none of its agents".into(),
+                },
+                Command::SetHostHealth {
+                    id: 21,
+                    health: Health::Down,
+                    reason: "its site s2 is down".into(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn only_verdicts_that_differ_from_the_state_are_proposed() {
+        let mut state = fixture::fabric();
+        assert!(verdict_changes(&state, &members()).is_empty(), "all agree");
+        observe(&mut state, 12, 11, false);
+        let changes = verdict_changes(&state, &members());
+        assert_eq!(
+            changes,
+            vec![Command::SetHostHealth {
+                id: 11,
+                health: Health::Down,
+                reason: "its peers in site s1 lost it".into(),
+            }]
+        );
+        for c in changes {
+            fixture::apply(&mut state, c);
+        }
+        assert!(verdict_changes(&state, &members()).is_empty());
+    }
+
+    #[test]
+    fn recovered_sites_and_hosts_are_proposed_up_with_their_reasons() {
+        let mut state = fixture::fabric();
+        fixture::apply(&mut state, fixture::site_health("s2", Health::Down));
+        fixture::apply(&mut state, fixture::host_health(21, Health::Down));
+        assert_eq!(
+            verdict_changes(&state, &members()),
+            vec![
+                Command::SetSiteHealth {
+                    name: "s2".into(),
+                    health: Health::Up,
+                    reason: "reachable again (agents [21])".into(),
+                },
+                Command::SetHostHealth {
+                    id: 21,
+                    health: Health::Up,
+                    reason: "its peers hear it again".into(),
+                },
+            ]
+        );
+    }
 }

@@ -6,17 +6,46 @@
 //!
 //! Invariant: an agent holds no authority of its own; everything it decides or records goes
 //! through the replicated state.
+//!
+//! Each loop takes only the handles it uses: [`cluster::Cluster`] (Raft member + WAN: reads,
+//! proposals, admission), [`lease::LeaseHandle`] (the lease, its confirmed revision and the DNS
+//! vouching rule), a [`workload::Driver`], or the [`fabric::Fabric`] trait where a unit test
+//! should feed a fake ([`fabric::MemoryFabric`]). [`agent`] only wires them.
+//!
+//! Module dependencies (`a → b`: a uses b; no cycles, `agent` is the only module that sees all):
+//! ```text
+//! agent    → admin, cluster, config, fabric, health, keeper, leader, lease, metrics, workload, zone
+//! admin    → api, clock, cluster, config, fabric, lease, metrics
+//! leader   → clock, cluster, fabric, lease, recovery
+//! keeper   → clock, fabric, lease, workload
+//! health   → cluster, control
+//! metrics  → clock, cluster, lease
+//! recovery → zone
+//! zone     → clock, config, lease
+//! cluster  → clock, control, fabric
+//! fabric   → clock
+//! workload → guard → clock
+//! api      → config
+//! leaves:    clock, config, control, lease
+//! ```
 
 pub mod admin;
 pub mod agent;
 pub mod api;
+pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod fabric;
+#[cfg(test)]
+mod fixture;
 pub mod guard;
 pub mod health;
 pub mod keeper;
 pub mod leader;
+pub mod lease;
 pub mod metrics;
+pub mod recovery;
 pub mod workload;
 pub mod zone;
 

@@ -58,7 +58,16 @@ fn main() -> ExitCode {
             wait_for_signal().await;
             signals.cancel();
         });
-        match siteagent::run(config, shutdown).await {
+        let driver = match siteagent::agent::process_driver(&config) {
+            Ok(d) => d,
+            Err(e) => {
+                let e = siteagent::agent::StartError::from(e);
+                tracing::error!("{e}");
+                eprintln!("siteagent: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match siteagent::run(config, driver, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");

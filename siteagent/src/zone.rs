@@ -14,13 +14,36 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use consensus::state::{FabricState, Health, InstanceState};
+use consensus::node::FabricRaft;
+use consensus::state::{FabricState, Health, Host, InstanceState, Service};
 use failover::dns::{DnsError, DnsServer};
 use failover::zone::{ZoneConfig, ZoneSnapshot};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::Agent;
+use crate::clock;
+use crate::config::AgentConfig;
+use crate::lease::LeaseHandle;
+
+/// The hosts that serve `svc` now: those running its current epoch, healthy, in its owner site,
+/// while that site is healthy.
+pub fn serving_hosts<'a>(
+    state: &'a FabricState,
+    svc: &'a Service,
+) -> impl Iterator<Item = &'a Host> + 'a {
+    let owner_up = svc
+        .owner
+        .as_ref()
+        .and_then(|o| state.sites.get(o))
+        .is_some_and(|s| s.health == Health::Up);
+    svc.instances
+        .values()
+        .filter(move |inst| {
+            owner_up && inst.state == InstanceState::Running && inst.epoch == svc.epoch
+        })
+        .filter_map(|inst| state.hosts.get(&inst.host))
+        .filter(|h| h.health == Health::Up && Some(&h.site) == svc.owner.as_ref())
+}
 
 /// The names of the zone with their current addresses.
 pub fn names(state: &FabricState) -> BTreeMap<String, Vec<IpAddr>> {
@@ -29,25 +52,9 @@ pub fn names(state: &FabricState) -> BTreeMap<String, Vec<IpAddr>> {
         let Some(name) = &svc.spec.dns_name else {
             continue;
         };
-        let owner_up = svc
-            .owner
-            .as_ref()
-            .and_then(|o| state.sites.get(o))
-            .is_some_and(|s| s.health == Health::Up);
-        let mut addrs = Vec::new();
-        if owner_up {
-            for inst in svc.instances.values() {
-                if inst.state != InstanceState::Running || inst.epoch != svc.epoch {
-                    continue;
-                }
-                if let Some(h) = state.hosts.get(&inst.host)
-                    && h.health == Health::Up
-                    && Some(&h.site) == svc.owner.as_ref()
-                {
-                    addrs.extend(h.addresses.iter().copied());
-                }
-            }
-        }
+        let addrs = serving_hosts(state, svc)
+            .flat_map(|h| h.addresses.iter().copied())
+            .collect();
         names.insert(name.to_lowercase(), addrs);
     }
     names
@@ -55,29 +62,25 @@ pub fn names(state: &FabricState) -> BTreeMap<String, Vec<IpAddr>> {
 
 /// Binds the DNS server now (so a bad address fails start-up) and returns the future serving it.
 pub async fn serve(
-    agent: Arc<Agent>,
+    config: &AgentConfig,
+    raft: FabricRaft,
+    lease: LeaseHandle,
     shutdown: CancellationToken,
 ) -> Result<impl Future<Output = ()> + Send + 'static, DnsError> {
-    let config = ZoneConfig {
-        ttl: agent.config().dns.ttl,
-        ..ZoneConfig::new(agent.config().dns.zone.clone())
+    let zone = ZoneConfig {
+        ttl: config.dns.ttl,
+        ..ZoneConfig::new(config.dns.zone.clone())
     };
-    let server = DnsServer::bind(agent.config().dns_listen(), config).await?;
-    tracing::info!(
-        "DNS for {} on {}",
-        agent.config().dns.zone,
-        server.local_addr()
-    );
+    let server = DnsServer::bind(config.dns_listen(), zone).await?;
+    tracing::info!("DNS for {} on {}", config.dns.zone, server.local_addr());
     let (tx, rx) = watch::channel(Arc::new(ZoneSnapshot::default()));
     let published = Arc::new(AtomicU64::new(0));
     let vouch = {
-        let (agent, published) = (agent.clone(), published.clone());
-        Arc::new(move || {
-            agent.lease_valid() && published.load(Ordering::SeqCst) >= agent.confirmed_revision()
-        })
+        let published = published.clone();
+        Arc::new(move || lease.vouch(clock::lease_now(), published.load(Ordering::SeqCst)))
     };
     Ok(async move {
-        let builder = tokio::spawn(build_loop(agent, tx, published, shutdown.clone()));
+        let builder = tokio::spawn(build_loop(raft, tx, published, shutdown.clone()));
         if let Err(e) = server.run(rx, vouch, shutdown).await {
             tracing::error!("DNS server stopped: {e}");
         }
@@ -87,15 +90,15 @@ pub async fn serve(
 
 /// Rebuilds the zone whenever this node applies new entries.
 async fn build_loop(
-    agent: Arc<Agent>,
+    raft: FabricRaft,
     tx: watch::Sender<Arc<ZoneSnapshot>>,
     published: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
-    let mut metrics = agent.raft().raft().metrics();
+    let mut metrics = raft.raft().metrics();
     let mut current = ZoneSnapshot::default();
     loop {
-        let (revision, names) = agent.raft().state_handle().read(|s| (s.revision, names(s)));
+        let (revision, names) = raft.state_handle().read(|s| (s.revision, names(s)));
         if names != current.names {
             // Serials follow the state revision, so every site's server shows the same serial for
             // the same content; never backwards, even if revisions wrap past u32.
@@ -108,5 +111,56 @@ async fn build_loop(
             _ = shutdown.cancelled() => return,
             r = metrics.changed() => if r.is_err() { return },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture;
+    use consensus::state::{Command, ServiceSpec};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn a_running_instance_of_the_current_epoch_on_an_up_host_of_the_up_owner_is_listed() {
+        let state = fixture::fabric();
+        assert_eq!(names(&state).get("web"), Some(&vec![ip("10.0.1.1")]));
+    }
+
+    #[test]
+    fn an_instance_not_yet_running_or_revoked_is_not_listed() {
+        let placed = fixture::placed();
+        assert_eq!(names(&placed).get("web"), Some(&vec![]), "assigned only");
+        let mut revoked = fixture::fabric();
+        fixture::apply(&mut revoked, fixture::revoke("web", 11, 1));
+        assert_eq!(names(&revoked).get("web"), Some(&vec![]), "revoked");
+    }
+
+    #[test]
+    fn a_down_host_or_a_down_owner_site_lists_nothing() {
+        let mut host_down = fixture::fabric();
+        fixture::apply(&mut host_down, fixture::host_health(11, Health::Down));
+        assert_eq!(names(&host_down).get("web"), Some(&vec![]));
+        let mut site_down = fixture::fabric();
+        fixture::apply(&mut site_down, fixture::site_health("s1", Health::Down));
+        assert_eq!(names(&site_down).get("web"), Some(&vec![]));
+    }
+
+    #[test]
+    fn an_instance_of_an_older_epoch_is_not_listed_and_services_without_a_name_are_absent() {
+        let mut state = fixture::fabric();
+        // The state machine revokes old instances before it bumps the epoch; the zone does not
+        // rely on that ordering, so a running instance of an older epoch is hand-made here.
+        if let Some(svc) = state.services.get_mut("web") {
+            svc.epoch += 1;
+        }
+        assert_eq!(names(&state).get("web"), Some(&vec![]), "old epoch listed");
+        let mut unnamed = ServiceSpec::process("batch", &["s1"], "x", 1);
+        unnamed.dns_name = None;
+        fixture::apply(&mut state, Command::CreateService { spec: unnamed });
+        assert_eq!(names(&state).len(), 1, "{:?}", names(&state));
     }
 }

@@ -7,6 +7,7 @@
 //!
 //! Every process a test learns about is SIGKILLed by pid when the test ends, also on failure.
 
+use siteagent::clock::unix_ms;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -198,14 +199,10 @@ async fn refused_within(addr: SocketAddr, within: Duration) -> bool {
     true
 }
 
-fn at_ms(line: &str) -> Option<u128> {
+fn at_ms(line: &str) -> Option<u64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix("at_ms="))
         .and_then(|n| n.parse().ok())
-}
-
-fn unix_ms() -> u128 {
-    siteagent::guard::unix_ms()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,7 +269,10 @@ async fn a_fed_demo_answers_whoami_past_its_first_lease_and_is_killed_when_feedi
         })
         .with_context(|| format!("no expiry line in:\n{log}"))?;
     let killed_ms = at_ms(line).context("expiry line without at_ms")?;
-    assert!(killed_ms >= started_ms + lease.as_millis() * 2, "{line}");
+    assert!(
+        u128::from(killed_ms) >= u128::from(started_ms) + lease.as_millis() * 2,
+        "{line}"
+    );
     assert!(killed_ms <= unix_ms(), "{line}");
     Ok(())
 }

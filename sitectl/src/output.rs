@@ -46,7 +46,7 @@ pub fn print<T: Serialize>(
 
 /// How long ago a unix-ms time was, for people.
 pub fn ago(ms: u64) -> String {
-    let now = siteagent::agent::now_ms();
+    let now = siteagent::clock::unix_ms();
     if ms == 0 {
         return "-".into();
     }

@@ -247,6 +247,39 @@ impl TestLab {
 }
 
 impl TestLab {
+    /// `GET /metrics` of agent `node`'s admin API, with the lab's operator certificate, through
+    /// `curl` (which checks the agent's certificate against the fabric CA and its DNS name).
+    pub fn metrics(&self, node: u64) -> anyhow::Result<String> {
+        let agent = self.proc(node);
+        let name = format!("{node}.{}.fabric", agent.site);
+        let text = std::fs::read_to_string(self.context())?;
+        let ctx: toml::Table = toml::from_str(&text)?;
+        let file = |key: &str| -> anyhow::Result<String> {
+            let rel = ctx
+                .get("tls")
+                .and_then(|t| t.get(key))
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| anyhow::anyhow!("context has no tls.{key}"))?;
+            Ok(self.dir().join(rel).display().to_string())
+        };
+        let out = Command::new("curl")
+            .args(["--silent", "--show-error", "--fail", "--max-time", "10"])
+            .args(["--cacert", &file("ca")?, "--cert", &file("cert")?])
+            .args(["--key", &file("key")?])
+            // The agent's certificate names `node.site.fabric`, not its address.
+            .args(["--connect-to", &format!("{name}:443:{}", agent.admin)])
+            .arg(format!("https://{name}/metrics"))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "curl /metrics of node {node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+}
+
+impl TestLab {
     /// Sends `signal` to the agent of `node`.
     pub fn signal(&self, node: u64, signal: Signal) {
         let pid = self.proc(node).pid.expect("pid");

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use fabric_tests::{Dig, TestLab, dig, eventually, whoami};
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use siteagent::clock::unix_ms;
 
 const ZONE_NAME: &str = "web.fabric.test.";
 /// The lab's timing (see `sitectl lab`): heartbeat 200 ms × 5, lease 5 s + 1 s margin, TTL 2 s.
@@ -108,13 +109,6 @@ fn event_after(lab: &TestLab, t0_ms: u64, needle: &str) -> Option<f64> {
         .map(|t| (t - t0_ms) as f64 / 1000.0)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Polls every DNS server until all answer `ip`; returns seconds since `t0`.
 fn dns_converged(lab: &TestLab, ip: &str, t0: Instant) -> f64 {
     eventually(Duration::from_secs(60), "DNS converged", || {
@@ -131,7 +125,8 @@ fn host_loss_restarts_the_service_in_the_same_site_and_dns_follows() {
     deploy_demo(&lab, &[]);
     let (first, _) = wait_serving(&lab, "s1", None, Duration::from_secs(60));
 
-    let (t0, t0_ms) = (Instant::now(), now_ms());
+    let leader_before = leader(&lab);
+    let (t0, t0_ms) = (Instant::now(), unix_ms());
     lab.kill9(first);
     let (second, ip) = wait_serving(&lab, "s1", Some(first), Duration::from_secs(60));
     assert_ne!(second, first);
@@ -144,6 +139,83 @@ fn host_loss_restarts_the_service_in_the_same_site_and_dns_follows() {
         DETECT + LEASE + MARGIN + TTL
     );
     assert!(detect.is_some(), "no event says host {first} is down");
+    metrics_tell_what_happened(&lab, second, leader_before);
+}
+
+/// The lines of Prometheus `text` for metric `name` whose labels include every one of `labels`.
+fn samples<'a>(text: &'a str, name: &str, labels: &[&str]) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .collect()
+}
+
+fn leader(lab: &TestLab) -> u64 {
+    let status: Value = lab.ctl(&["status"]).expect("status");
+    status["leader"].as_u64().expect("a leader")
+}
+
+/// After a host loss: the leader counted the verdict and the move (and, when it led throughout,
+/// the RTO); the new host exports its lease and the service it holds unfenced; a DNS server
+/// counted its answers by rcode.
+fn metrics_tell_what_happened(lab: &TestLab, host: u64, leader_before: u64) {
+    let leader = leader(lab);
+    let text = lab.metrics(leader).expect("leader /metrics");
+    for (name, labels) in [
+        (
+            "fabric_verdicts_total",
+            &["kind=\"host\"", "health=\"down\""][..],
+        ),
+        ("fabric_moves_total", &[]),
+        ("fabric_instances", &["state=\"running\""]),
+    ] {
+        assert!(
+            !samples(&text, name, labels).is_empty(),
+            "{name}{labels:?} missing on the leader:\n{text}"
+        );
+    }
+    let rto = samples(&text, "fabric_last_move_rto_seconds", &["service=\"web\""]);
+    eprintln!("MEASURED leader {leader} (before: {leader_before}): {rto:?}");
+    if leader == leader_before {
+        assert!(
+            !rto.is_empty(),
+            "no RTO for web on leader {leader}:\n{text}"
+        );
+    }
+    let host_text = lab.metrics(host).expect("host /metrics");
+    for (name, labels) in [
+        ("fabric_lease_remaining_seconds", &[][..]),
+        (
+            "fabric_service_lease_remaining_seconds",
+            &["service=\"web\""],
+        ),
+        ("fabric_service_fenced", &["service=\"web\""]),
+    ] {
+        assert!(
+            !samples(&host_text, name, labels).is_empty(),
+            "{name}{labels:?} missing on host {host}:\n{host_text}"
+        );
+    }
+    assert!(
+        samples(&host_text, "fabric_service_fenced", &["service=\"web\""])
+            .iter()
+            .all(|l| l.ends_with(" 0")),
+        "host {host} serving web is fenced:\n{host_text}"
+    );
+    let (dns_node, _, _) = dns_servers(lab).into_iter().next().expect("a DNS server");
+    let dns_text = lab.metrics(dns_node).expect("DNS server /metrics");
+    assert!(
+        !samples(
+            &dns_text,
+            "fabric_dns_queries_total",
+            &["rcode=\"NOERROR\""]
+        )
+        .is_empty(),
+        "no NOERROR answers counted on node {dns_node}:\n{dns_text}"
+    );
 }
 
 #[test]
@@ -152,7 +224,7 @@ fn site_loss_moves_the_service_to_the_next_site_and_every_dns_server_agrees() {
     deploy_demo(&lab, &[]);
     wait_serving(&lab, "s1", None, Duration::from_secs(60));
 
-    let (t0, t0_ms) = (Instant::now(), now_ms());
+    let (t0, t0_ms) = (Instant::now(), unix_ms());
     for p in lab.procs().into_iter().filter(|p| p.site == "s1") {
         lab.kill9(p.node);
     }

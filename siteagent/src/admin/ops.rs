@@ -40,19 +40,19 @@ async fn operate(
     dry_run: bool,
     build: impl FnOnce(&FabricState) -> Result<(Command, String), Failure>,
 ) -> Result<Json<OperationResult>, Failure> {
-    let state = agent.read(|s| s.clone()).await?;
+    let state = agent.cluster.read(|s| s.clone()).await?;
     let (command, change) = build(&state)?;
     let plan = failover::planner::simulate(
         &state,
         Some(&command),
-        &agent.fabric_lease(&state),
+        &agent.lease.fabric_terms(&state),
         Instant::now(),
     )
     .map_err(conflict)?;
     let revision = if dry_run {
         None
     } else {
-        Some(agent.propose(actor(op), command).await?.revision)
+        Some(agent.cluster.propose(actor(op), command).await?.revision)
     };
     Ok(Json(OperationResult {
         dry_run,

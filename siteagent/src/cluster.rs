@@ -1,0 +1,444 @@
+//! This node's membership of the Raft cluster: proposals and linearizable reads carried to the
+//! leader from wherever they arrive, admission of new nodes, joining, and serving the WAN streams
+//! (raft and control) peers send here.
+//!
+//! Owns: [`Cluster`] (the Raft member, the WAN endpoint, this node's [`FabricNode`] and the lock
+//! that keeps membership changes one at a time) and [`WanHandler`]; implements [`Fabric`] for
+//! the agent's loops.
+//!
+//! Invariant: every change to the fabric state is a proposal committed by Raft; a read through
+//! [`Cluster::read`] is linearizable (a read index confirmed by the leader's quorum, applied here
+//! before reading). The leader acts on what a peer asks only within what its certificate proves.
+//!
+//! Does not: decide anything about hosts, sites or services; it carries what others decide.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use consensus::FabricNode;
+use consensus::network::{RaftRpc, serve_rpc};
+use consensus::node::{FabricRaft, NotLeader, ProposeError};
+use consensus::state::{Applied, Command, FabricState, Proposal};
+use failover::quorum::Members;
+use tokio_util::sync::CancellationToken;
+use wan::{Channel, Handler, Identity, Wan, frame};
+
+use crate::control::{ControlReply, ControlRequest, authorize};
+use crate::fabric::{Fabric, FabricError};
+
+/// How long a write or read may keep looking for a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// This node as a member of the cluster.
+pub struct Cluster {
+    id: u64,
+    me: FabricNode,
+    wan: Arc<Wan>,
+    raft: FabricRaft,
+    /// Where to ask for admission before a leader is known.
+    peers: Vec<SocketAddr>,
+    /// Whether this node should vote once admitted.
+    voter: bool,
+    /// Leader side: one membership change at a time. Two admissions racing each other make
+    /// openraft refuse the second step of one of them, which would leave a joint configuration
+    /// behind.
+    membership: tokio::sync::Mutex<()>,
+}
+
+impl Cluster {
+    pub fn new(
+        me: FabricNode,
+        wan: Arc<Wan>,
+        raft: FabricRaft,
+        peers: Vec<SocketAddr>,
+        voter: bool,
+    ) -> Self {
+        Self {
+            id: raft.id(),
+            me,
+            wan,
+            raft,
+            peers,
+            voter,
+            membership: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// This node as the membership records it.
+    pub fn me(&self) -> &FabricNode {
+        &self.me
+    }
+
+    pub fn raft(&self) -> &FabricRaft {
+        &self.raft
+    }
+
+    pub fn wan(&self) -> &Arc<Wan> {
+        &self.wan
+    }
+
+    /// The name this node's own reports are recorded under.
+    pub fn actor(&self) -> String {
+        format!("node {}", self.id)
+    }
+
+    /// True while this node is the Raft leader.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().current_leader == Some(self.id)
+    }
+
+    /// Every member with its site, as the health quorum counts them.
+    pub fn members_by_site(&self) -> Members {
+        self.raft
+            .members()
+            .nodes
+            .into_iter()
+            .map(|(id, n)| (id, n.site))
+            .collect()
+    }
+
+    /// Proposes `command`, on this node if it leads, else on the leader over the WAN.
+    pub async fn propose(&self, actor: String, command: Command) -> Result<Applied, FabricError> {
+        let p = Proposal {
+            at_ms: crate::clock::unix_ms(),
+            actor,
+            command,
+        };
+        let result = self
+            .on_leader(ControlRequest::Propose(p.clone()), |raft| {
+                let p = p.clone();
+                async move { raft.propose(p).await }
+            })
+            .await?;
+        match result {
+            ControlReply::Proposed(r) => {
+                let label = if r.is_ok() { "applied" } else { "rejected" };
+                metrics::counter!("fabric_proposals_total", "result" => label).increment(1);
+                Ok(r?)
+            }
+            other => Err(FabricError::Unavailable(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+
+    /// A linearizable read: gets a read index from the leader, waits until this node applied
+    /// it, then reads locally.
+    pub async fn read<R: Send>(
+        &self,
+        f: impl FnOnce(&FabricState) -> R + Send,
+    ) -> Result<R, FabricError> {
+        let reply = self
+            .on_leader(ControlRequest::ReadIndex, |raft| async move {
+                raft.read_index().await.map(|_| ())
+            })
+            .await?;
+        let index = match reply {
+            // Served locally as leader: read_index already waited for our own apply.
+            ControlReply::Proposed(_) | ControlReply::Pong => 0,
+            ControlReply::ReadIndex(i) => i,
+            other => {
+                return Err(FabricError::Unavailable(format!(
+                    "unexpected reply {other:?}"
+                )));
+            }
+        };
+        self.raft
+            .read_at(index, LEADER_WAIT, f)
+            .await
+            .map_err(|e| FabricError::Unavailable(e.to_string()))
+    }
+
+    /// Runs `local` if this node leads; otherwise sends `remote` to the leader. Retries while
+    /// leadership moves, for up to [`LEADER_WAIT`].
+    async fn on_leader<F, Fut, T>(
+        &self,
+        remote: ControlRequest,
+        local: F,
+    ) -> Result<ControlReply, FabricError>
+    where
+        F: Fn(FabricRaft) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProposeError>>,
+        T: IntoLocalReply,
+    {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut last = String::from("no leader elected");
+        loop {
+            let leader = match local(self.raft.clone()).await {
+                Ok(t) => return Ok(t.into_reply()),
+                Err(ProposeError::NotLeader(NotLeader { leader })) => leader,
+                Err(ProposeError::Raft(e)) => {
+                    last = e;
+                    None
+                }
+            };
+            if let Some((id, node)) = leader.filter(|(id, _)| *id != self.id) {
+                match node.addr.parse::<SocketAddr>() {
+                    Ok(addr) => {
+                        // A request to a leader that just died would wait for the WAN timeout;
+                        // as soon as Raft here stops naming it the leader, ask again.
+                        let request = self.wan.request::<_, ControlReply>(
+                            addr,
+                            Some(id),
+                            Channel::Control,
+                            &remote,
+                        );
+                        let reply = tokio::select! {
+                            r = request => Some(r),
+                            _ = self.leader_changes_from(id) => None,
+                        };
+                        match reply {
+                            Some(Ok(ControlReply::NotLeader(_))) => {
+                                last = format!("node {id} is no longer the leader")
+                            }
+                            Some(Ok(ControlReply::Failed(e))) => last = format!("leader {id}: {e}"),
+                            Some(Ok(reply)) => return Ok(reply),
+                            Some(Err(e)) => last = format!("leader {id}: {e}"),
+                            None => last = format!("leader {id} was replaced mid-request"),
+                        }
+                    }
+                    Err(_) => last = format!("leader {id} has a bad address {}", node.addr),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(FabricError::Unavailable(last));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Resolves when this node's Raft no longer names `leader` as the leader.
+    async fn leader_changes_from(&self, leader: u64) {
+        let mut metrics = self.raft.raft().metrics();
+        loop {
+            if metrics.borrow_and_update().current_leader != Some(leader) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                // Raft stopped: nothing will change any more.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Held across a membership change so changes run one at a time on this node.
+    pub async fn membership_change_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.membership.lock().await
+    }
+
+    /// Leader side of admission: adds `id` as a learner (waiting for it to catch up), then
+    /// promotes it when it should vote.
+    pub async fn admit(&self, id: u64, node: FabricNode, voter: bool) -> Result<(), ProposeError> {
+        if self.raft.metrics().current_leader != Some(self.id) {
+            return Err(ProposeError::NotLeader(NotLeader {
+                leader: self.raft.leader(),
+            }));
+        }
+        let _one_at_a_time = self.membership_change_lock().await;
+        let members = self.raft.members();
+        if members.voters.contains(&id) && members.settled {
+            return Ok(());
+        }
+        if members.nodes.get(&id) != Some(&node) {
+            tracing::info!(node = id, "admitting node {id} ({node}) as a learner");
+            self.raft.add_learner(id, node).await?;
+        }
+        if voter {
+            // Also when it already votes in a joint configuration left by a failed change:
+            // the same change again finishes it.
+            tracing::info!(node = id, "promoting node {id} to voter");
+            self.raft.promote(id).await?;
+        }
+        Ok(())
+    }
+
+    fn is_member(&self) -> bool {
+        let m = self.raft.members();
+        let wanted = if self.voter {
+            // Settled: a voter in a joint configuration asks again, which finishes the change.
+            m.voters.contains(&self.id) && m.settled
+        } else {
+            m.voters.contains(&self.id) || m.learners.contains(&self.id)
+        };
+        wanted && m.nodes.get(&self.id) == Some(&self.me)
+    }
+
+    /// Asks peers (and then the leader they name) to admit this node until it is a member.
+    pub async fn join(&self, shutdown: &CancellationToken) {
+        let mut attempt = 0u32;
+        while !self.is_member() {
+            let mut targets: Vec<(Option<u64>, SocketAddr)> =
+                self.peers.iter().map(|a| (None, *a)).collect();
+            if let Some((id, node)) = self.raft.leader()
+                && let Ok(addr) = node.addr.parse()
+            {
+                targets.insert(0, (Some(id), addr));
+            }
+            let req = ControlRequest::Join {
+                node: self.me.clone(),
+                voter: self.voter,
+            };
+            for (expect, addr) in targets {
+                match self
+                    .wan
+                    .request::<_, ControlReply>(addr, expect, Channel::Control, &req)
+                    .await
+                {
+                    Ok(ControlReply::Joined) => {
+                        tracing::info!("admitted to the cluster via {addr}");
+                        break;
+                    }
+                    Ok(ControlReply::NotLeader(NotLeader {
+                        leader: Some((id, node)),
+                    })) => {
+                        if let Ok(leader) = node.addr.parse() {
+                            match self
+                                .wan
+                                .request::<_, ControlReply>(
+                                    leader,
+                                    Some(id),
+                                    Channel::Control,
+                                    &req,
+                                )
+                                .await
+                            {
+                                Ok(ControlReply::Joined) => {
+                                    tracing::info!("admitted to the cluster by leader {id}");
+                                    break;
+                                }
+                                other => tracing::debug!("join via leader {id}: {other:?}"),
+                            }
+                        }
+                    }
+                    other => tracing::debug!("join via {addr}: {other:?}"),
+                }
+            }
+            attempt += 1;
+            if attempt.is_multiple_of(20) {
+                tracing::warn!("still not a cluster member after {attempt} attempts");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            // Membership reaches us through replication; give it a moment.
+            if self.is_member() {
+                break;
+            }
+        }
+    }
+}
+
+impl Fabric for Cluster {
+    fn read<R, F>(&self, f: F) -> impl Future<Output = Result<R, FabricError>> + Send
+    where
+        F: FnOnce(&FabricState) -> R + Send,
+        R: Send,
+    {
+        Cluster::read(self, f)
+    }
+
+    fn propose(
+        &self,
+        actor: String,
+        command: Command,
+    ) -> impl Future<Output = Result<Applied, FabricError>> + Send {
+        Cluster::propose(self, actor, command)
+    }
+}
+
+/// Turns the result of a local leader action into the reply a remote leader would have sent.
+trait IntoLocalReply {
+    fn into_reply(self) -> ControlReply;
+}
+
+impl IntoLocalReply for consensus::state::CommandResult {
+    fn into_reply(self) -> ControlReply {
+        ControlReply::Proposed(self)
+    }
+}
+
+impl IntoLocalReply for () {
+    fn into_reply(self) -> ControlReply {
+        ControlReply::Pong
+    }
+}
+
+/// Dispatches incoming WAN streams.
+pub struct WanHandler {
+    pub cluster: Arc<Cluster>,
+}
+
+impl Handler for WanHandler {
+    fn handle(
+        &self,
+        peer: Identity,
+        channel: Channel,
+        request: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<Vec<u8>>> + Send + '_>> {
+        Box::pin(async move {
+            match channel {
+                Channel::Raft => {
+                    let rpc: RaftRpc = frame::decode(&request)?;
+                    metrics::counter!("fabric_wan_requests_total", "channel" => "raft")
+                        .increment(1);
+                    let reply = serve_rpc(self.cluster.raft().raft(), rpc).await;
+                    Ok(frame::encode(&reply)?)
+                }
+                Channel::Control => {
+                    let req: ControlRequest = frame::decode(&request)?;
+                    metrics::counter!("fabric_wan_requests_total", "channel" => "control")
+                        .increment(1);
+                    let reply = self.control(&peer, req).await;
+                    Ok(frame::encode(&reply)?)
+                }
+                Channel::Bulk => anyhow::bail!("this agent serves no bulk transfers"),
+            }
+        })
+    }
+}
+
+impl WanHandler {
+    async fn control(&self, peer: &Identity, req: ControlRequest) -> ControlReply {
+        let raft = self.cluster.raft();
+        match req {
+            ControlRequest::Propose(p) => {
+                if let Err(refusal) = authorize(peer, &p) {
+                    tracing::warn!("refused a proposal from {peer}: {refusal}");
+                    return ControlReply::Failed(refusal);
+                }
+                match raft.propose(p).await {
+                    Ok(result) => ControlReply::Proposed(result),
+                    Err(e) => e.into(),
+                }
+            }
+            ControlRequest::ReadIndex => match raft.read_index().await {
+                Ok(index) => ControlReply::ReadIndex(index),
+                Err(e) => e.into(),
+            },
+            ControlRequest::Join { node, voter } => {
+                let Some(id) = peer.node_id() else {
+                    return ControlReply::Failed(format!("{peer} cannot join: not an agent"));
+                };
+                if node.site != peer.site {
+                    return ControlReply::Failed(format!(
+                        "node {id} asked to join in site {} but its certificate says {}",
+                        node.site, peer.site
+                    ));
+                }
+                match self.cluster.admit(id, node, voter).await {
+                    Ok(()) => ControlReply::Joined,
+                    Err(e) => e.into(),
+                }
+            }
+            ControlRequest::Ping => ControlReply::Pong,
+        }
+    }
+}

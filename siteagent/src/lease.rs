@@ -1,0 +1,163 @@
+//! This agent's ownership lease as the rest of the agent sees it: the [`LeaseHolder`] the keeper
+//! confirms, the state revision its latest confirmation read, and the services this host holds
+//! under it.
+//!
+//! Owns: the rule for answering DNS ([`LeaseHandle::vouch`]): vouch only while the lease is valid
+//! and the zone being served was built from a state at least as new as the one the latest
+//! confirmation read. It lives here and nowhere else.
+//!
+//! Invariant: the deadline is `sent + lease − margin` of the newest successful confirmation; a
+//! late reply to an older confirmation never moves it (the holder keeps the maximum), and the
+//! confirmed revision never goes backwards.
+//!
+//! Does not: send confirmations (the keeper does), nor read any clock: every question takes `now`.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use failover::lease::{LeaseConfig, LeaseHolder};
+
+/// A cheap, cloneable handle on this agent's lease.
+#[derive(Clone)]
+pub struct LeaseHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: LeaseConfig,
+    holder: Mutex<LeaseHolder>,
+    /// State revision seen by the latest successful confirmation.
+    confirmed_revision: AtomicU64,
+    /// Services this host runs under the lease, as of the latest confirmed read.
+    held: Mutex<BTreeSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain values: a panic elsewhere cannot leave them half-updated.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl LeaseHandle {
+    pub fn new(config: LeaseConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                holder: Mutex::new(LeaseHolder::new(config)),
+                confirmed_revision: AtomicU64::new(0),
+                held: Mutex::new(BTreeSet::new()),
+            }),
+        }
+    }
+
+    /// This agent's own lease terms.
+    pub fn config(&self) -> LeaseConfig {
+        self.inner.config
+    }
+
+    /// The lease terms the fabric runs on: the agreed ones, or this agent's before any agreement.
+    pub fn fabric_terms(&self, s: &consensus::state::FabricState) -> LeaseConfig {
+        s.lease_terms.map_or(self.inner.config, Into::into)
+    }
+
+    /// Records a successful confirmation sent at `sent` that read state `revision`.
+    pub fn confirmed(&self, sent: Instant, revision: u64) {
+        let mut holder = lock(&self.inner.holder);
+        let before = holder.valid_until();
+        holder.confirmed(sent);
+        debug_assert!(
+            before.is_none_or(|b| holder.valid_until() >= Some(b)),
+            "a confirmation moved the lease deadline backwards"
+        );
+        self.inner
+            .confirmed_revision
+            .fetch_max(revision, Ordering::SeqCst);
+    }
+
+    /// True while this agent may act on its lease.
+    pub fn is_valid(&self, now: Instant) -> bool {
+        lock(&self.inner.holder).is_valid(now)
+    }
+
+    /// Time left on the lease, if any.
+    pub fn remaining(&self, now: Instant) -> Option<Duration> {
+        lock(&self.inner.holder).remaining(now)
+    }
+
+    /// The state revision the latest successful confirmation read.
+    pub fn confirmed_revision(&self) -> u64 {
+        self.inner.confirmed_revision.load(Ordering::SeqCst)
+    }
+
+    /// Whether a DNS server that publishes a zone built from state `published_revision` may
+    /// vouch for it at `now`.
+    pub fn vouch(&self, now: Instant, published_revision: u64) -> bool {
+        self.is_valid(now) && published_revision >= self.confirmed_revision()
+    }
+
+    /// Notes which services this host holds under the lease (from a confirmed read).
+    pub fn set_held(&self, services: BTreeSet<String>) {
+        *lock(&self.inner.held) = services;
+    }
+
+    /// The services this host holds under the lease, as of the latest confirmed read.
+    pub fn held(&self) -> BTreeSet<String> {
+        lock(&self.inner.held).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn handle() -> LeaseHandle {
+        LeaseHandle::new(LeaseConfig {
+            lease: 6 * S,
+            margin: S,
+        })
+    }
+
+    #[test]
+    fn the_deadline_is_the_send_time_plus_lease_minus_margin() {
+        let t0 = Instant::now();
+        let lease = handle();
+        assert!(!lease.is_valid(t0), "valid before any confirmation");
+        // Sent at t0, the reply arrived at t0 + 2 s: the deadline is still t0 + 5 s.
+        lease.confirmed(t0, 1);
+        let reply = t0 + 2 * S;
+        assert_eq!(lease.remaining(reply), Some(3 * S));
+        assert!(lease.is_valid(t0 + 5 * S - Duration::from_millis(1)));
+        assert!(!lease.is_valid(t0 + 5 * S));
+        assert_eq!(lease.remaining(t0 + 5 * S), None);
+    }
+
+    #[test]
+    fn a_late_reply_to_an_older_confirmation_never_moves_the_deadline() {
+        let t0 = Instant::now();
+        let lease = handle();
+        lease.confirmed(t0 + 2 * S, 7);
+        // The reply to a confirmation sent earlier arrives now.
+        lease.confirmed(t0, 5);
+        assert_eq!(lease.remaining(t0 + 2 * S), Some(5 * S));
+        assert_eq!(lease.confirmed_revision(), 7, "the revision went backwards");
+        assert!(!lease.is_valid(t0 + 7 * S));
+    }
+
+    #[test]
+    fn dns_vouches_only_with_a_valid_lease_and_a_zone_as_new_as_the_confirmation() {
+        let t0 = Instant::now();
+        let lease = handle();
+        assert!(!lease.vouch(t0, 10), "no lease yet");
+        lease.confirmed(t0, 10);
+        assert!(lease.vouch(t0 + S, 10));
+        assert!(lease.vouch(t0 + S, 11));
+        assert!(
+            !lease.vouch(t0 + S, 9),
+            "zone older than the confirmed state"
+        );
+        assert!(!lease.vouch(t0 + 5 * S, 11), "lease expired");
+    }
+}
