@@ -2,6 +2,7 @@
 # One-time setup on a fresh Debian machine with only Rust installed: everything the main job and
 # the tests need beyond the toolchain. Safe to run again; it installs only what is missing.
 #   - dig (bind9-dnsutils): the DNS tests and drills query the fabric's DNS servers with real dig
+#   - curl: the e2e tests read an agent's /metrics with the operator certificate
 #   - cargo-nextest: the test runner (README "Run the tests")
 set -euo pipefail
 
@@ -13,6 +14,7 @@ fi
 
 need=()
 command -v dig >/dev/null || need+=(bind9-dnsutils)
+command -v curl >/dev/null || need+=(curl ca-certificates)
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}"
   "${sudo[@]}" apt-get update -qq
