@@ -119,6 +119,8 @@ pub fn verdicts(state: &FabricState, members: &Members) -> Verdicts {
 mod tests {
     use super::*;
     use consensus::state::{Capacity, Command, Proposal};
+    use proptest::prelude::*;
+    use proptest::sample::Index;
 
     fn apply(state: &mut FabricState, command: Command) {
         state
@@ -130,11 +132,16 @@ mod tests {
             .expect("apply");
     }
 
-    /// Sites s1..s3 with two agents each: node 10s+1 and 10s+2.
+    /// Sites s1..sN with two agents each: node 10s+1 and 10s+2.
     fn fabric(sites: u64) -> (FabricState, Members) {
+        fabric_of(&vec![2; sites as usize])
+    }
+
+    /// Sites s1..sN with `agents[s - 1]` agents each: nodes 10s+1, 10s+2, ...
+    fn fabric_of(agents: &[u64]) -> (FabricState, Members) {
         let mut state = FabricState::default();
         let mut members = Members::new();
-        for s in 1..=sites {
+        for (s, count) in (1u64..).zip(agents) {
             let site = format!("s{s}");
             apply(
                 &mut state,
@@ -143,7 +150,7 @@ mod tests {
                     priority: s as u32,
                 },
             );
-            for h in 1..=2 {
+            for h in 1..=*count {
                 let id = 10 * s + h;
                 apply(
                     &mut state,
@@ -295,5 +302,85 @@ mod tests {
         );
         observe(&mut state, 13, 12, false);
         assert_eq!(verdicts(&state, &members).hosts[&12], Health::Down);
+    }
+
+    // Properties over random fabrics (3-5 sites of 1-3 agents) and random observations:
+    // one site's agents alone never fail a site (a broken link or a confused site is one
+    // vote), and a site every other site sees dark is down whatever its own agents say.
+
+    fn site_of(members: &Members, id: NodeId) -> &str {
+        members.get(&id).map(String::as_str).unwrap_or_default()
+    }
+
+    /// Records a report unless it is an agent about itself (which the state refuses).
+    fn report(state: &mut FabricState, observer: NodeId, subject: NodeId, up: bool) {
+        if observer != subject {
+            observe(state, observer, subject, up);
+        }
+    }
+
+    /// Up to `max` reports: (observer, subject, up), the agents picked by index from a list.
+    fn reports(max: usize) -> impl Strategy<Value = Vec<(Index, Index, bool)>> {
+        prop::collection::vec((any::<Index>(), any::<Index>(), any::<bool>()), 0..max)
+    }
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 128,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn the_agents_of_one_site_alone_never_fail_a_site(
+            agents in prop::collection::vec(1..=3u64, 3..=5),
+            vantage in 0..5usize,
+            reports in reports(40),
+        ) {
+            let (mut state, members) = fabric_of(&agents);
+            let ids: Vec<u64> = members.keys().copied().collect();
+            let vantage = format!("s{}", vantage % agents.len() + 1);
+            let observers: Vec<u64> =
+                ids.iter().copied().filter(|id| site_of(&members, *id) == vantage).collect();
+            for (observer, subject, up) in reports {
+                report(&mut state, *observer.get(&observers), *subject.get(&ids), up);
+            }
+            let v = verdicts(&state, &members);
+            prop_assert_eq!(v.sites.len(), agents.len());
+            for (site, health) in &v.sites {
+                prop_assert_eq!(*health, Health::Up, "{} failed by {} alone", site, vantage);
+            }
+        }
+
+        #[test]
+        fn a_site_every_other_site_sees_dark_is_down(
+            agents in prop::collection::vec(1..=3u64, 2..=5),
+            dark in 0..5usize,
+            own_reports in reports(20),
+        ) {
+            let (mut state, members) = fabric_of(&agents);
+            let ids: Vec<u64> = members.keys().copied().collect();
+            let dark = format!("s{}", dark % agents.len() + 1);
+            let (inside, outside): (Vec<u64>, Vec<u64>) =
+                ids.iter().copied().partition(|id| site_of(&members, *id) == dark);
+            for observer in &outside {
+                for subject in &inside {
+                    report(&mut state, *observer, *subject, false);
+                }
+            }
+            // Whatever the dark site's own agents report, they are not a vantage on themselves.
+            for (observer, subject, up) in own_reports {
+                report(&mut state, *observer.get(&inside), *subject.get(&ids), up);
+            }
+            let v = verdicts(&state, &members);
+            prop_assert_eq!(v.sites.get(&dark), Some(&Health::Down));
+            for id in &inside {
+                prop_assert_eq!(v.hosts.get(id), Some(&Health::Down), "host {} is dark", id);
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use siteagent::api::ApiError;
+use siteagent::api::{ApiError, MemberView, Status};
 use wan::FabricTls;
 
 use crate::context::Context;
@@ -79,6 +79,20 @@ impl Client {
     /// A client that talks to one endpoint only.
     pub fn pinned(&self, endpoint: SocketAddr) -> Self {
         self.with_endpoints(vec![endpoint])
+    }
+
+    /// A client pinned to the Raft leader's admin API (writes that must run there): the
+    /// leader's id from `/v1/status`, its admin address from `/v1/members`.
+    pub async fn leader(&self) -> anyhow::Result<Self> {
+        let status: Status = self.get("/v1/status").await?;
+        let leader = status.leader.context("the fabric has no leader")?;
+        let members: Vec<MemberView> = self.get("/v1/members").await?;
+        let admin = members
+            .iter()
+            .find(|m| m.node == leader)
+            .and_then(|m| m.admin_address.parse().ok())
+            .with_context(|| format!("leader {leader} has no admin address"))?;
+        Ok(self.pinned(admin))
     }
 
     async fn send<T: DeserializeOwned>(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use siteagent::api::{EventNote, Status, WriteResult};
+use siteagent::api::{EventNote, WriteResult};
 
 use crate::client::Client;
 
@@ -34,17 +34,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 /// Runs `clients` concurrent writers for `duration` against the current leader.
 pub async fn raft(client: &Client, clients: usize, duration: Duration) -> anyhow::Result<BenchRun> {
-    let status: Status = client.get("/v1/status").await?;
-    let leader = status
-        .leader
-        .ok_or_else(|| anyhow::anyhow!("the fabric has no leader"))?;
-    let members: Vec<siteagent::api::MemberView> = client.get("/v1/members").await?;
-    let admin = members
-        .iter()
-        .find(|m| m.node == leader)
-        .and_then(|m| m.admin_address.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("leader {leader} has no admin address"))?;
-    let target = Arc::new(client.pinned(admin));
+    let target = Arc::new(client.leader().await?);
     // Warm the connections.
     for _ in 0..clients.min(8) {
         let _: WriteResult = target

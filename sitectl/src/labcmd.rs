@@ -9,7 +9,7 @@ use clap::Subcommand;
 use crate::lab::{self, Lab, UpOptions};
 use crate::ops::{self, ServiceCmd};
 use crate::out;
-use crate::output::{Output, print};
+use crate::output::{Output, print, views};
 use scenarios::client::Client;
 
 #[derive(Subcommand)]
@@ -141,27 +141,7 @@ pub enum LinkCmd {
 
 /// Every agent of a lab with pid, address, roles and liveness.
 fn print_processes(out: Output, lab: &Lab) -> anyhow::Result<()> {
-    let procs = lab.processes();
-    print(
-        out,
-        &procs,
-        &["node", "site", "pid", "address", "roles", "alive"],
-        || {
-            procs
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.node.to_string(),
-                        p.site.clone(),
-                        p.pid.map(|p| p.to_string()).unwrap_or_default(),
-                        p.address.clone(),
-                        format!("{:?}", p.roles).to_lowercase(),
-                        p.alive.to_string(),
-                    ]
-                })
-                .collect()
-        },
-    )
+    print(out, lab.processes().as_slice(), views::lab_processes)
 }
 
 pub async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
@@ -294,53 +274,7 @@ async fn link_command(cmd: LinkCmd, out: Output) -> anyhow::Result<()> {
         }
         LinkCmd::Status { .. } => {
             let status = lab.link_status().await?;
-            print(
-                out,
-                &status,
-                &[
-                    "link",
-                    "direction",
-                    "delay",
-                    "jitter",
-                    "loss",
-                    "rate",
-                    "state",
-                    "delivered",
-                    "dropped",
-                ],
-                || {
-                    let mut rows = Vec::new();
-                    for l in &status.links {
-                        for (dir, d) in [
-                            (format!("{}→{}", l.a, l.b), &l.a_to_b),
-                            (format!("{}→{}", l.b, l.a), &l.b_to_a),
-                        ] {
-                            rows.push(vec![
-                                format!("{}-{}", l.a, l.b),
-                                dir,
-                                format!("{} ms", d.params.delay_ms),
-                                format!("{} ms", d.params.jitter_ms),
-                                format!("{}%", d.params.loss * 100.0),
-                                d.params
-                                    .rate_bps
-                                    .map(|r| format!("{r} bit/s"))
-                                    .unwrap_or_else(|| "unlimited".into()),
-                                if d.params.partitioned == Some(true) {
-                                    "partitioned".into()
-                                } else {
-                                    "up".into()
-                                },
-                                d.stats.delivered.to_string(),
-                                (d.stats.dropped_loss
-                                    + d.stats.dropped_partition
-                                    + d.stats.dropped_queue)
-                                    .to_string(),
-                            ]);
-                        }
-                    }
-                    rows
-                },
-            )?;
+            print(out, &status, views::links)?;
         }
     }
     Ok(())

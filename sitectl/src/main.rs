@@ -12,7 +12,7 @@ use sitectl::context::{self, Context};
 use sitectl::lab::Lab;
 use sitectl::ops::{self, HostCmd, MaintenanceCmd, ServiceCmd};
 use sitectl::out;
-use sitectl::output::{Output, ago, lower, print};
+use sitectl::output::{Output, now_ms, print, views};
 use wan::pki::{self, Validity};
 use wan::{Identity, Role};
 
@@ -289,110 +289,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Status => {
             let s: Status = client(cli.context, cli.endpoint)?.get("/v1/status").await?;
-            print(out, &s, &["host", "site", "state"], || {
-                out!(
-                    "node {} ({}), leader {}, term {}, voters {:?}, learners {:?}, applied {}, revision {}, {}",
-                    s.node,
-                    s.raft_state,
-                    s.leader.map(|l| l.to_string()).unwrap_or("none".into()),
-                    s.term,
-                    s.voters,
-                    s.learners,
-                    s.applied_index,
-                    s.revision,
-                    if s.lease_valid {
-                        format!("lease confirmed ({} ms left)", s.lease_remaining_ms)
-                    } else {
-                        "FENCED: lease not confirmed by the majority".into()
-                    }
-                );
-                s.hosts
-                    .iter()
-                    .map(|h| vec![h.id.to_string(), h.site.clone(), lower(&h.state)])
-                    .collect()
-            })?;
+            print(out, &s, views::status)?;
         }
         Cmd::Sites { local } => {
             let sites: Vec<SiteView> = client(cli.context, cli.endpoint)?
                 .get(&read_path(local, "/v1/sites"))
                 .await?;
-            print(
-                out,
-                &sites,
-                &[
-                    "site", "priority", "state", "health", "since", "hosts up", "voters",
-                    "services",
-                ],
-                || {
-                    sites
-                        .iter()
-                        .map(|s| {
-                            vec![
-                                s.name.clone(),
-                                s.priority.to_string(),
-                                lower(&s.state),
-                                lower(&s.health),
-                                ago(s.health_since_ms.max(s.admin_since_ms)),
-                                format!("{}/{}", s.hosts_up, s.hosts),
-                                format!("{:?}", s.voters),
-                                s.services.join(", "),
-                            ]
-                        })
-                        .collect()
-                },
-            )?;
+            print(out, sites.as_slice(), |s| views::sites(s, now_ms()))?;
         }
         Cmd::Hosts { local } => {
             let hosts: Vec<HostView> = client(cli.context, cli.endpoint)?
                 .get(&read_path(local, "/v1/hosts"))
                 .await?;
-            print(
-                out,
-                &hosts,
-                &[
-                    "host",
-                    "site",
-                    "state",
-                    "health since",
-                    "raft",
-                    "address",
-                    "instances",
-                ],
-                || {
-                    hosts
-                        .iter()
-                        .map(|h| {
-                            vec![
-                                h.id.to_string(),
-                                h.site.clone(),
-                                lower(&h.state),
-                                ago(h.health_since_ms),
-                                h.raft.clone(),
-                                h.address.clone(),
-                                h.instances.join(", "),
-                            ]
-                        })
-                        .collect()
-                },
-            )?;
+            print(out, hosts.as_slice(), |h| views::hosts(h, now_ms()))?;
         }
         Cmd::Events { local } => {
             let events: Vec<EventView> = client(cli.context, cli.endpoint)?
                 .get(&read_path(local, "/v1/events"))
                 .await?;
-            print(out, &events, &["rev", "when", "actor", "event"], || {
-                events
-                    .iter()
-                    .map(|e| {
-                        vec![
-                            e.revision.to_string(),
-                            ago(e.at_ms),
-                            e.actor.clone(),
-                            e.message.clone(),
-                        ]
-                    })
-                    .collect()
-            })?;
+            print(out, events.as_slice(), |e| views::events(e, now_ms()))?;
         }
         Cmd::State { local } => {
             let state: serde_json::Value = client(cli.context, cli.endpoint)?
@@ -401,18 +316,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out!("{}", serde_json::to_string_pretty(&state)?);
         }
         Cmd::Site(SiteCmd::Set { name, priority }) => {
+            let site = SiteUpsert { name, priority };
             let r: WriteResult = client(cli.context, cli.endpoint)?
-                .post(
-                    "/v1/sites",
-                    &SiteUpsert {
-                        name: name.clone(),
-                        priority,
-                    },
-                )
+                .post("/v1/sites", &site)
                 .await?;
-            print(out, &r, &["site", "priority", "revision"], || {
-                vec![vec![name, priority.to_string(), r.revision.to_string()]]
-            })?;
+            print(out, &r, |r| views::site_set(&site, r))?;
         }
         Cmd::Site(SiteCmd::Maintenance(cmd)) => {
             ops::maintenance(&client(cli.context, cli.endpoint)?, out, cmd).await?;
@@ -451,9 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r: WriteResult = client(cli.context, cli.endpoint)?
                 .post("/v1/events", &EventNote { message })
                 .await?;
-            print(out, &r, &["revision"], || {
-                vec![vec![r.revision.to_string()]]
-            })?;
+            print(out, &r, views::revision)?;
         }
         Cmd::Members(cmd) => {
             let c = client(cli.context, cli.endpoint)?;
@@ -463,32 +369,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 MembersCmd::Remove { node } => Some(format!("/v1/members/{node}/remove")),
             };
             if let Some(path) = path {
-                let c = leader_client(&c).await?;
+                let c = c.leader().await?;
                 let r: WriteResult = c.post(&path, &serde_json::json!({})).await?;
-                print(out, &r, &["revision"], || {
-                    vec![vec![r.revision.to_string()]]
-                })?;
+                print(out, &r, views::revision)?;
             } else {
                 let members: Vec<MemberView> = c.get("/v1/members").await?;
-                print(
-                    out,
-                    &members,
-                    &["node", "site", "role", "address", "admin"],
-                    || {
-                        members
-                            .iter()
-                            .map(|m| {
-                                vec![
-                                    m.node.to_string(),
-                                    m.site.clone(),
-                                    m.role.clone(),
-                                    m.address.clone(),
-                                    m.admin_address.clone(),
-                                ]
-                            })
-                            .collect()
-                    },
-                )?;
+                print(out, members.as_slice(), views::members)?;
             }
         }
         Cmd::Lab(cmd) => sitectl::labcmd::lab_command(cmd, out).await?,
@@ -555,24 +441,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!(
                     "drill {} failed: {}",
                     scenario.name,
-                    outcome
-                        .report
-                        .expectations
-                        .iter()
-                        .filter(|e| !e.pass)
-                        .map(|e| format!(
-                            "{} (expected {}, measured {}{})",
-                            e.name,
-                            e.expected,
-                            e.measured,
-                            if e.detail.is_empty() {
-                                String::new()
-                            } else {
-                                format!("; {}", e.detail)
-                            }
-                        ))
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    views::failed_expectations(&outcome.report)
                 );
             }
         }
@@ -593,42 +462,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("bench raft: {n} client(s) for {duration:?}...");
                 runs.push(sitectl::bench::raft(&c, n, duration).await?);
             }
-            print(
-                out,
-                &runs,
-                &[
-                    "clients", "writes", "errors", "writes/s", "p50 ms", "p99 ms", "max ms",
-                ],
-                || {
-                    runs.iter()
-                        .map(|r| {
-                            vec![
-                                r.clients.to_string(),
-                                r.writes.to_string(),
-                                r.errors.to_string(),
-                                format!("{:.0}", r.writes_per_sec),
-                                format!("{:.2}", r.p50_ms),
-                                format!("{:.2}", r.p99_ms),
-                                format!("{:.2}", r.max_ms),
-                            ]
-                        })
-                        .collect()
-                },
-            )?;
+            print(out, runs.as_slice(), views::bench)?;
         }
     }
     Ok(())
-}
-
-/// A client pinned to the leader's admin API (membership changes must run there).
-async fn leader_client(c: &Client) -> anyhow::Result<Client> {
-    let s: Status = c.get("/v1/status").await?;
-    let leader = s.leader.context("the fabric has no leader")?;
-    let members: Vec<MemberView> = c.get("/v1/members").await?;
-    let admin = members
-        .iter()
-        .find(|m| m.node == leader)
-        .and_then(|m| m.admin_address.parse().ok())
-        .with_context(|| format!("leader {leader} has no admin address"))?;
-    Ok(c.pinned(admin))
 }

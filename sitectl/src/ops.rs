@@ -10,8 +10,7 @@ use clap::Subcommand;
 use siteagent::api::{OperationRequest, OperationResult, ServiceView};
 
 use crate::client::Client;
-use crate::out;
-use crate::output::{Output, ago, lower, print};
+use crate::output::{Output, now_ms, print, views};
 
 #[derive(Subcommand)]
 pub enum ServiceCmd {
@@ -71,21 +70,7 @@ pub use scenarios::lab::read_spec;
 
 /// Prints an operation's result: the change, then the plan.
 pub fn print_operation(out: Output, r: &OperationResult) -> anyhow::Result<()> {
-    if out == Output::Table {
-        let head = if r.dry_run { "dry run: would" } else { "done:" };
-        out!("{head} {}", r.change);
-        if r.plan.is_empty() {
-            out!("plan: nothing moves");
-            return Ok(());
-        }
-    }
-    print(out, r, &["step", "plan"], || {
-        r.plan
-            .iter()
-            .enumerate()
-            .map(|(i, s)| vec![(i + 1).to_string(), s.description.clone()])
-            .collect()
-    })
+    print(out, r, views::operation)
 }
 
 pub async fn operation(
@@ -126,35 +111,7 @@ pub async fn service(c: &Client, out: Output, cmd: ServiceCmd) -> anyhow::Result
                 "/v1/services"
             };
             let services: Vec<ServiceView> = c.get(path).await?;
-            print(
-                out,
-                &services,
-                &["service", "owner", "epoch", "since", "dns", "instances"],
-                || {
-                    services
-                        .iter()
-                        .map(|s| {
-                            let instances: Vec<String> = s
-                                .instances
-                                .iter()
-                                .map(|i| format!("host {} {}", i.host, lower(&i.state)))
-                                .collect();
-                            vec![
-                                s.name.clone(),
-                                match (&s.owner, &s.target) {
-                                    (Some(o), Some(t)) => format!("{o} -> {t}"),
-                                    (Some(o), None) => o.clone(),
-                                    (None, _) => "-".into(),
-                                },
-                                s.epoch.to_string(),
-                                ago(s.owner_since_ms),
-                                s.dns_name.clone().unwrap_or_default(),
-                                instances.join(", "),
-                            ]
-                        })
-                        .collect()
-                },
-            )
+            print(out, services.as_slice(), |s| views::services(s, now_ms()))
         }
     }
 }

@@ -412,7 +412,7 @@ pub fn dig(server: &str, name: &str, qtype: &str) -> Dig {
 }
 
 /// `GET /whoami` from the demo service at `addr` (ip:port), parsed.
-pub fn whoami(addr: &str) -> anyhow::Result<serde_json::Value> {
+pub fn whoami(addr: &str) -> anyhow::Result<demo::Whoami> {
     use std::io::{Read, Write};
     let sock: std::net::SocketAddr = addr.parse().context("address")?;
     let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))?;

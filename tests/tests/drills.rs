@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use fabric_tests::{kill_everything_under, sitectl};
-use serde_json::Value;
+use scenarios::report::{ExpectationResult, Report};
 
 /// A drill's lab and report directories, and a clean-up of everything left in them.
 struct DrillDirs {
@@ -59,7 +59,7 @@ fn min_scale(path: &Path) -> String {
 }
 
 /// Runs `sitectl drill run` and returns (exit success, report, stderr).
-fn run(path: &Path, extra: &[&str]) -> (bool, Option<Value>, String, DrillDirs) {
+fn run(path: &Path, extra: &[&str]) -> (bool, Option<Report>, String, DrillDirs) {
     let dirs = DrillDirs::new();
     let (lab, reports) = (dirs.lab(), dirs.reports());
     let scale = min_scale(path);
@@ -78,37 +78,32 @@ fn run(path: &Path, extra: &[&str]) -> (bool, Option<Value>, String, DrillDirs) 
     ];
     args.extend_from_slice(extra);
     let out = sitectl(&args);
+    // No report.json is an answer (a drill that never ran); one that does not parse is a bug.
     let report = std::fs::read_to_string(reports.join("report.json"))
         .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+        .map(|t| {
+            serde_json::from_str(&t).unwrap_or_else(|e| panic!("report.json is no Report: {e}"))
+        });
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     (out.status.success(), report, stderr, dirs)
 }
 
 /// Runs a shipped drill and checks it passed, its report is complete and its lab is gone.
-fn passes(name: &str) -> Value {
+fn passes(name: &str) -> Report {
     let (ok, report, stderr, dirs) = run(&drill_file(name), &[]);
     let report = report.unwrap_or_else(|| panic!("{name}: no report.json; stderr:\n{stderr}"));
-    let failed: Vec<&Value> = report["expectations"]
-        .as_array()
-        .expect("expectations")
-        .iter()
-        .filter(|e| e["pass"] != true)
-        .collect();
+    let failed: Vec<&ExpectationResult> = report.expectations.iter().filter(|e| !e.pass).collect();
     assert!(
         ok && failed.is_empty(),
         "{name} failed: {failed:?}\n{stderr}"
     );
-    assert_eq!(report["passed"], true);
+    assert!(report.passed);
     assert!(dirs.reports().join("timeline.svg").exists());
-    assert!(
-        report["probes"].as_array().is_some_and(|p| !p.is_empty()),
-        "{name}: no probes recorded"
-    );
-    for m in report["measures"].as_array().expect("measures") {
+    assert!(!report.probes.is_empty(), "{name}: no probes recorded");
+    for m in &report.measures {
         eprintln!(
-            "MEASURED {name}: {} = {} (bound {})",
-            m["name"], m["value"], m["bound"]
+            "MEASURED {name}: {} = {:?} (bound {:?})",
+            m.name, m.value, m.bound
         );
     }
     assert_no_processes_left(&dirs);
@@ -147,29 +142,30 @@ fn assert_no_processes_left(dirs: &DrillDirs) {
     }
 }
 
-fn expectation<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["expectations"]
-        .as_array()
-        .and_then(|a| a.iter().find(|e| e["name"] == name))
+fn expectation<'a>(report: &'a Report, name: &str) -> &'a ExpectationResult {
+    report
+        .expectations
+        .iter()
+        .find(|e| e.name == name)
         .unwrap_or_else(|| panic!("no expectation {name}"))
 }
 
 #[test]
 fn drill_host_loss_restarts_in_the_same_site_without_losing_writes() {
     let r = passes("host-loss");
-    assert_eq!(expectation(&r, "rpo_max_writes")["pass"], true);
+    assert!(expectation(&r, "rpo_max_writes").pass);
 }
 
 #[test]
 fn drill_site_loss_moves_to_the_next_site() {
     let r = passes("site-loss");
-    assert_eq!(expectation(&r, "final_owner")["measured"], "s2");
+    assert_eq!(expectation(&r, "final_owner").measured, "s2");
 }
 
 #[test]
 fn drill_partition_minority_fences_and_rejoins_without_split_brain() {
     let r = passes("partition-minority");
-    assert_eq!(expectation(&r, "no_split_brain")["pass"], true);
+    assert!(expectation(&r, "no_split_brain").pass);
 }
 
 #[test]
@@ -201,29 +197,23 @@ fn drill_rolling_maintenance_never_takes_the_service_down() {
 fn test_failover_mode_answers_in_the_recovery_site_without_touching_production() {
     let (ok, report, stderr, _dirs) = run(&drill_file("planned-switchover"), &["--test-failover"]);
     let report = report.unwrap_or_else(|| panic!("no report: {stderr}"));
-    assert!(ok, "{stderr}\n{report}");
-    let labels: Vec<&str> = report["markers"]
-        .as_array()
-        .expect("markers")
-        .iter()
-        .filter_map(|m| m["label"].as_str())
-        .collect();
+    assert!(ok, "{stderr}\n{report:?}");
+    let labels: Vec<&str> = report.markers.iter().map(|m| m.label.as_str()).collect();
     assert!(
         labels
             .iter()
             .any(|l| l.contains("test instance answered from site s2")),
         "{labels:?}"
     );
-    assert_eq!(expectation(&report, "max_failed_probes")["measured"], "0");
+    assert_eq!(expectation(&report, "max_failed_probes").measured, "0");
     // Production never moved.
     assert!(
-        report["owners"]
-            .as_array()
-            .expect("owners")
+        report
+            .owners
             .iter()
-            .all(|o| o["site"] == "s1"),
-        "{}",
-        report["owners"]
+            .all(|o| o.site.as_deref() == Some("s1")),
+        "{:?}",
+        report.owners
     );
 }
 
@@ -239,15 +229,10 @@ fn a_drill_that_cannot_pass_fails_and_says_by_how_much() {
     assert!(!ok, "an impossible RTO passed");
     assert!(stderr.contains("rto_max"), "{stderr}");
     let report = report.expect("a report even when failing");
-    assert_eq!(report["passed"], false);
+    assert!(!report.passed);
     let rto = expectation(&report, "rto_max");
-    assert_eq!(rto["pass"], false);
-    assert!(
-        rto["detail"]
-            .as_str()
-            .is_some_and(|d| d.starts_with("over by")),
-        "{rto}"
-    );
+    assert!(!rto.pass);
+    assert!(rto.detail.starts_with("over by"), "{rto:?}");
 }
 
 #[test]

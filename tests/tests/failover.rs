@@ -6,9 +6,11 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use consensus::state::{Health, InstanceState};
 use fabric_tests::{Dig, TestLab, dig, eventually, whoami};
 use nix::sys::signal::Signal;
-use serde_json::Value;
+use siteagent::api::{EventView, OperationResult, ServiceView, SiteView, Status};
 use siteagent::clock::unix_ms;
 
 const ZONE_NAME: &str = "web.fabric.test.";
@@ -30,7 +32,7 @@ fn dns_servers(lab: &TestLab) -> Vec<(u64, String, String)> {
         .collect()
 }
 
-fn deploy_demo(lab: &TestLab, extra: &[&str]) -> Value {
+fn deploy_demo(lab: &TestLab, extra: &[&str]) -> OperationResult {
     let mut args = vec!["lab", "demo", "--dir", lab.dir_str()];
     args.extend_from_slice(extra);
     let ctx = lab.context();
@@ -39,28 +41,27 @@ fn deploy_demo(lab: &TestLab, extra: &[&str]) -> Value {
     fabric_tests::sitectl_json(&all).expect("lab demo")
 }
 
-fn service(lab: &TestLab, name: &str) -> Value {
-    let services: Vec<Value> = lab.ctl(&["service", "list"]).expect("service list");
+fn service(lab: &TestLab, name: &str) -> ServiceView {
+    let services: Vec<ServiceView> = lab.ctl(&["service", "list"]).expect("service list");
     services
         .into_iter()
-        .find(|s| s["name"] == name)
+        .find(|s| s.name == name)
         .unwrap_or_else(|| panic!("no service {name}"))
 }
 
 /// The running instance of `web`: (host, site, endpoint), once exactly one runs.
 fn running(lab: &TestLab) -> anyhow::Result<Option<(u64, String, String)>> {
     let s = service(lab, "web");
-    let live: Vec<&Value> = s["instances"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|i| i["state"] == "running")
+    let live: Vec<_> = s
+        .instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Running)
         .collect();
     Ok(match live.as_slice() {
         [i] => Some((
-            i["host"].as_u64().unwrap_or(0),
-            i["site"].as_str().unwrap_or("").to_string(),
-            i["endpoints"][0].as_str().unwrap_or("").to_string(),
+            i.host,
+            i.site.clone().unwrap_or_default(),
+            i.endpoints.first().cloned().unwrap_or_default(),
         )),
         _ => None,
     })
@@ -82,8 +83,8 @@ fn wait_serving(
             return Ok(None);
         }
         let me = whoami(&endpoint)?;
-        if me["site"] != site || me["host"].as_u64() != Some(host) {
-            anyhow::bail!("whoami says {me}");
+        if me.site != site || me.host != host {
+            anyhow::bail!("whoami says {me:?}");
         }
         let ip = endpoint.rsplit_once(':').expect("ip:port").0.to_string();
         for (node, _, server) in dns_servers(lab) {
@@ -98,15 +99,11 @@ fn wait_serving(
 
 /// Seconds from `t0` until the event log first shows a message containing `needle`.
 fn event_after(lab: &TestLab, t0_ms: u64, needle: &str) -> Option<f64> {
-    let events: Vec<Value> = lab.ctl(&["events"]).ok()?;
+    let events: Vec<EventView> = lab.ctl(&["events"]).ok()?;
     events
         .iter()
-        .find(|e| {
-            e["at_ms"].as_u64().is_some_and(|t| t >= t0_ms)
-                && e["message"].as_str().is_some_and(|m| m.contains(needle))
-        })
-        .and_then(|e| e["at_ms"].as_u64())
-        .map(|t| (t - t0_ms) as f64 / 1000.0)
+        .find(|e| e.at_ms >= t0_ms && e.message.contains(needle))
+        .map(|e| (e.at_ms - t0_ms) as f64 / 1000.0)
 }
 
 /// Polls every DNS server until all answer `ip`; returns seconds since `t0`.
@@ -154,8 +151,8 @@ fn samples<'a>(text: &'a str, name: &str, labels: &[&str]) -> Vec<&'a str> {
 }
 
 fn leader(lab: &TestLab) -> u64 {
-    let status: Value = lab.ctl(&["status"]).expect("status");
-    status["leader"].as_u64().expect("a leader")
+    let status: Status = lab.ctl(&["status"]).expect("status");
+    status.leader.expect("a leader")
 }
 
 /// After a host loss: the leader counted the verdict and the move (and, when it led throughout,
@@ -239,8 +236,8 @@ fn site_loss_moves_the_service_to_the_next_site_and_every_dns_server_agrees() {
     );
     assert!(detect.is_some(), "no event says site s1 is down");
     let svc = service(&lab, "web");
-    assert_eq!(svc["owner"], "s2");
-    assert_eq!(svc["epoch"], 2, "{svc}");
+    assert_eq!(svc.owner.as_deref(), Some("s2"));
+    assert_eq!(svc.epoch, 2, "{svc:?}");
     assert!(host > 2, "host {host} is in s2");
 }
 
@@ -322,13 +319,13 @@ fn a_frozen_site_fences_itself_before_another_site_takes_over() {
 
     // Site 1 rejoins as a healthy non-owner, and its DNS answers with site 2's address.
     eventually(Duration::from_secs(60), "site 1 healthy again", || {
-        let sites: Vec<Value> = lab.ctl(&["sites"])?;
+        let sites: Vec<SiteView> = lab.ctl(&["sites"])?;
         Ok(sites
             .iter()
-            .any(|s| s["name"] == "s1" && s["health"] == "up")
+            .any(|s| s.name == "s1" && s.health == Health::Up)
             .then_some(()))
     });
-    assert_eq!(service(&lab, "web")["owner"], "s2");
+    assert_eq!(service(&lab, "web").owner.as_deref(), Some("s2"));
     eventually(Duration::from_secs(30), "site 1 DNS follows", || {
         Ok(s1_dns
             .iter()
@@ -346,21 +343,23 @@ fn wait_serving_from_majority(lab: &TestLab, site: &str, within: Duration) -> (u
         .map(|p| p.admin)
         .expect("an agent in the site");
     eventually(within, &format!("web serving from {site}"), || {
-        let services: Vec<Value> = lab.ctl_at(&admin, &["service", "list"])?;
-        let Some(web) = services.into_iter().find(|s| s["name"] == "web") else {
+        let services: Vec<ServiceView> = lab.ctl_at(&admin, &["service", "list"])?;
+        let Some(web) = services.into_iter().find(|s| s.name == "web") else {
             return Ok(None);
         };
-        let Some(i) = web["instances"]
-            .as_array()
+        let Some(i) = web
+            .instances
             .into_iter()
-            .flatten()
-            .find(|i| i["state"] == "running" && i["site"] == site)
+            .find(|i| i.state == InstanceState::Running && i.site.as_deref() == Some(site))
         else {
             return Ok(None);
         };
-        let endpoint = i["endpoints"][0].as_str().unwrap_or("").to_string();
-        whoami(&endpoint)?;
+        let endpoint = i
+            .endpoints
+            .first()
+            .context("a running instance without endpoints")?;
+        whoami(endpoint)?;
         let ip = endpoint.rsplit_once(':').expect("ip:port").0.to_string();
-        Ok(Some((i["host"].as_u64().unwrap_or(0), ip)))
+        Ok(Some((i.host, ip)))
     })
 }

@@ -2,45 +2,39 @@
 
 use std::time::Duration;
 
+use consensus::state::{FabricState, HostState};
 use fabric_tests::{ChildGuard, TestLab, eventually, siteagent_bin, sitectl};
-use serde_json::Value;
+use siteagent::api::{HostView, MemberView, SiteView, Status, WriteResult};
 
 /// Every agent's own `/v1/status`, keyed by node.
-fn statuses(lab: &TestLab) -> Vec<(u64, Value)> {
+fn statuses(lab: &TestLab) -> Vec<(u64, Status)> {
     lab.procs()
         .into_iter()
         .filter(|p| p.alive)
         .filter_map(|p| {
-            lab.ctl_at::<Value>(&p.admin, &["status"])
+            lab.ctl_at::<Status>(&p.admin, &["status"])
                 .ok()
                 .map(|s| (p.node, s))
         })
         .collect()
 }
 
-fn leader_of(s: &Value) -> Option<u64> {
-    s["leader"].as_u64()
-}
-
 #[test]
 fn three_site_lab_has_one_leader_and_every_host_registered() {
     let lab = TestLab::up(3, 1);
 
-    let status: Value = lab.ctl(&["status"]).expect("status");
-    let leader = leader_of(&status).expect("a leader");
-    let mut voters: Vec<u64> = serde_json::from_value(status["voters"].clone()).expect("voters");
+    let status: Status = lab.ctl(&["status"]).expect("status");
+    let leader = status.leader.expect("a leader");
+    let mut voters = status.voters.clone();
     voters.sort();
     assert_eq!(voters, vec![1, 2, 3]);
-    assert!(status["term"].as_u64().is_some_and(|t| t >= 1));
-    let hosts = status["hosts"].as_array().expect("hosts");
-    assert_eq!(hosts.len(), 3);
-    for h in hosts {
-        assert!(h["id"].as_u64().is_some(), "{h}");
-        assert!(
-            h["site"].as_str().is_some_and(|s| s.starts_with('s')),
-            "{h}"
-        );
-        assert_eq!(h["state"], "up", "{h}");
+    assert!(status.term >= 1);
+    let mut hosts: Vec<u64> = status.hosts.iter().map(|h| h.id).collect();
+    hosts.sort();
+    assert_eq!(hosts, vec![1, 2, 3]);
+    for h in &status.hosts {
+        assert!(h.site.starts_with('s'), "{h:?}");
+        assert_eq!(h.state, HostState::Up, "{h:?}");
     }
 
     // Exactly one agent thinks it leads, and everyone names the same leader.
@@ -50,29 +44,28 @@ fn three_site_lab_has_one_leader_and_every_host_registered() {
         || {
             let all = statuses(&lab);
             Ok(
-                (all.len() == 3 && all.iter().all(|(_, s)| leader_of(s) == Some(leader)))
+                (all.len() == 3 && all.iter().all(|(_, s)| s.leader == Some(leader)))
                     .then_some(all),
             )
         },
     );
     let leading: Vec<u64> = all
         .iter()
-        .filter(|(_, s)| s["raft_state"] == "leader")
+        .filter(|(_, s)| s.raft_state == "leader")
         .map(|(n, _)| *n)
         .collect();
     assert_eq!(leading, vec![leader]);
 
     // Inventory commands agree with the status.
-    let sites: Vec<Value> = lab.ctl(&["sites"]).expect("sites");
+    let sites: Vec<SiteView> = lab.ctl(&["sites"]).expect("sites");
     assert_eq!(sites.len(), 3);
     assert!(
-        sites
-            .iter()
-            .all(|s| s["hosts"] == 1 && s["voters"].as_array().map(Vec::len) == Some(1))
+        sites.iter().all(|s| s.hosts == 1 && s.voters.len() == 1),
+        "{sites:?}"
     );
-    let hosts: Vec<Value> = lab.ctl(&["hosts"]).expect("hosts");
+    let hosts: Vec<HostView> = lab.ctl(&["hosts"]).expect("hosts");
     assert_eq!(hosts.len(), 3);
-    assert!(hosts.iter().all(|h| h["raft"] == "voter"));
+    assert!(hosts.iter().all(|h| h.raft == "voter"), "{hosts:?}");
 
     // lab status lists every agent with pid, address, roles, alive.
     let procs = lab.procs();
@@ -108,71 +101,70 @@ fn three_site_lab_has_one_leader_and_every_host_registered() {
 #[test]
 fn killed_leader_is_replaced_and_rejoins_with_its_state() {
     let lab = TestLab::up(3, 1);
-    let old: Value = lab.ctl(&["status"]).expect("status");
-    let old_leader = leader_of(&old).expect("leader");
-    lab.ctl::<Value>(&["note", "before the failover"])
+    let old: Status = lab.ctl(&["status"]).expect("status");
+    let old_leader = old.leader.expect("leader");
+    lab.ctl::<WriteResult>(&["note", "before the failover"])
         .expect("write before");
     let old_admin = lab.proc(old_leader).admin;
-    let before: Value = lab
+    let before: FabricState = lab
         .ctl_at(&old_admin, &["state", "--local"])
         .expect("state before kill");
-    let before_rev = before["revision"].as_u64().expect("revision");
+    let before_rev = before.revision;
 
     lab.kill9(old_leader);
 
     let new_leader = eventually(Duration::from_secs(30), "a new leader", || {
         Ok(statuses(&lab)
             .iter()
-            .filter_map(|(_, s)| leader_of(s))
+            .filter_map(|(_, s)| s.leader)
             .find(|l| *l != old_leader))
     });
     assert_ne!(new_leader, old_leader);
     // A write through the admin API succeeds (the context's first endpoint may be the dead one).
-    let w: Value = eventually(Duration::from_secs(30), "a write after failover", || {
-        Ok(lab.ctl::<Value>(&["note", "after the failover"]).ok())
+    let w: WriteResult = eventually(Duration::from_secs(30), "a write after failover", || {
+        Ok(lab.ctl::<WriteResult>(&["note", "after the failover"]).ok())
     });
-    assert!(w["revision"].as_u64().is_some_and(|r| r > before_rev));
+    assert!(w.revision > before_rev);
 
     // Restarted with the same data dir: its state is there before it catches up...
     lab.start(old_leader);
-    let restarted: Value = eventually(Duration::from_secs(30), "restarted agent answers", || {
-        Ok(lab.ctl_at::<Value>(&old_admin, &["state", "--local"]).ok())
-    });
+    let restarted: FabricState =
+        eventually(Duration::from_secs(30), "restarted agent answers", || {
+            Ok(lab
+                .ctl_at::<FabricState>(&old_admin, &["state", "--local"])
+                .ok())
+        });
     assert!(
-        restarted["revision"]
-            .as_u64()
-            .is_some_and(|r| r >= before_rev),
+        restarted.revision >= before_rev,
         "restarted agent lost its state: {} < {before_rev}",
-        restarted["revision"]
+        restarted.revision
     );
     // ...and it catches up to exactly the others' state.
     eventually(Duration::from_secs(60), "replicas converge", || {
-        let states: Vec<Value> = lab
+        let states: Vec<FabricState> = lab
             .procs()
             .iter()
-            .map(|p| lab.ctl_at::<Value>(&p.admin, &["state", "--local"]))
+            .map(|p| lab.ctl_at::<FabricState>(&p.admin, &["state", "--local"]))
             .collect::<anyhow::Result<_>>()?;
-        let notes = states[0]["events"]
-            .as_array()
-            .map(|e| e.iter().any(|e| e["message"] == "after the failover"))
-            .unwrap_or(false);
+        let notes = states[0]
+            .events
+            .iter()
+            .any(|e| e.message == "after the failover");
         Ok((notes && states.iter().all(|s| *s == states[0])).then_some(()))
     });
-    let members: Vec<Value> = lab.ctl(&["members", "list"]).expect("members");
-    assert_eq!(members.iter().filter(|m| m["role"] == "voter").count(), 3);
+    let members: Vec<MemberView> = lab.ctl(&["members", "list"]).expect("members");
+    assert_eq!(members.iter().filter(|m| m.role == "voter").count(), 3);
 }
 
 #[test]
 fn an_agent_on_other_lease_terms_is_refused_and_stops() {
     let lab = TestLab::up(3, 1);
     let terms = eventually(Duration::from_secs(30), "agreed lease terms", || {
-        let state: Value = lab.ctl(&["state"])?;
-        Ok(state["lease_terms"]["lease_ms"]
-            .is_u64()
-            .then(|| state["lease_terms"].clone()))
+        let state: FabricState = lab.ctl(&["state"])?;
+        Ok(state.lease_terms)
     });
-    let status: Value = lab.ctl(&["status"]).expect("status");
-    let leader = leader_of(&status);
+    let status: Status = lab.ctl(&["status"]).expect("status");
+    let leader = status.leader;
     let node = (1..=3u64).find(|n| Some(*n) != leader).expect("a follower");
     lab.kill9(node);
     let config = lab.dir().join(format!("nodes/n{node}/agent.toml"));
@@ -203,8 +195,8 @@ fn an_agent_on_other_lease_terms_is_refused_and_stops() {
         log.contains("lease = 9000ms") && log.contains("every agent must use the same"),
         "{log}"
     );
-    let state: Value = lab.ctl(&["state"]).expect("state after");
-    assert_eq!(state["lease_terms"], terms, "the fabric's terms changed");
+    let state: FabricState = lab.ctl(&["state"]).expect("state after");
+    assert_eq!(state.lease_terms, Some(terms), "the fabric's terms changed");
 }
 
 #[test]
@@ -280,13 +272,13 @@ key = "pki/agent-9.key"
     );
     std::thread::sleep(Duration::from_secs(2));
     drop(intruder);
-    let members: Vec<Value> = lab.ctl(&["members", "list"]).expect("members");
+    let members: Vec<MemberView> = lab.ctl(&["members", "list"]).expect("members");
     assert!(
-        members.iter().all(|m| m["node"] != 9),
+        members.iter().all(|m| m.node != 9),
         "intruder joined: {members:?}"
     );
-    let hosts: Vec<Value> = lab.ctl(&["hosts"]).expect("hosts");
-    assert!(hosts.iter().all(|h| h["id"] != 9));
+    let hosts: Vec<HostView> = lab.ctl(&["hosts"]).expect("hosts");
+    assert!(hosts.iter().all(|h| h.id != 9), "{hosts:?}");
 
     // An operator certificate from the foreign CA cannot read.
     let foreign_ctx = other.path().join("foreign.toml");
@@ -381,11 +373,11 @@ fn bad_frames_on_the_wan_port_do_not_take_the_agent_down() {
         }
     });
     assert!(lab.proc(1).alive, "agent died:\n{}", lab.logs());
-    let s: Value = lab
+    let s: Status = lab
         .ctl_at(&target.admin, &["status"])
         .expect("agent still answers");
-    assert!(leader_of(&s).is_some());
-    lab.ctl::<Value>(&["note", "still serving"])
+    assert!(s.leader.is_some());
+    lab.ctl::<WriteResult>(&["note", "still serving"])
         .expect("write after garbage");
     assert!(lab.log(1).contains("malformed frame") || lab.log(1).contains("exceeds the maximum"));
 }

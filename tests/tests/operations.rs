@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use consensus::state::{Health, InstanceState};
 use fabric_tests::{TestLab, dig, eventually, sitectl, whoami};
-use serde_json::Value;
+use failover::planner::Action;
+use siteagent::api::{EventView, OperationResult, ServiceView, SiteView, Status, WriteResult};
 
 const NAME: &str = "web.fabric.test.";
 
@@ -12,63 +14,59 @@ fn demo(lab: &TestLab, extra: &[&str]) {
     let mut args = vec!["--context", ctx.as_str(), "--output", "json", "lab", "demo"];
     args.extend_from_slice(&["--dir", lab.dir_str()]);
     args.extend_from_slice(extra);
-    let _: Value = fabric_tests::sitectl_json(&args).expect("lab demo");
+    let _: OperationResult = fabric_tests::sitectl_json(&args).expect("lab demo");
 }
 
-fn web(lab: &TestLab) -> Value {
-    let services: Vec<Value> = lab.ctl(&["service", "list"]).expect("services");
+fn web(lab: &TestLab) -> ServiceView {
+    let services: Vec<ServiceView> = lab.ctl(&["service", "list"]).expect("services");
     services
         .into_iter()
-        .find(|s| s["name"] == "web")
+        .find(|s| s.name == "web")
         .expect("web exists")
 }
 
 /// Waits until `web` has exactly the running instances `hosts` and nothing else.
-fn wait_on(lab: &TestLab, hosts: &[u64]) -> Value {
+fn wait_on(lab: &TestLab, hosts: &[u64]) -> ServiceView {
     eventually(
         Duration::from_secs(60),
         &format!("web running on {hosts:?}"),
         || {
             let w = web(lab);
-            let inst = w["instances"].as_array().cloned().unwrap_or_default();
+            let inst = &w.instances;
             let running: Vec<u64> = inst
                 .iter()
-                .filter(|i| i["state"] == "running")
-                .filter_map(|i| i["host"].as_u64())
+                .filter(|i| i.state == InstanceState::Running)
+                .map(|i| i.host)
                 .collect();
             if inst.len() != hosts.len() || running != hosts {
                 return Ok(None);
             }
-            let endpoint = inst[0]["endpoints"][0].as_str().unwrap_or("");
+            let endpoint = inst[0].endpoints.first().map(String::as_str).unwrap_or("");
             let me = whoami(endpoint)?;
-            Ok((me["host"].as_u64() == Some(hosts[0])).then_some(w))
+            Ok((me.host == hosts[0]).then_some(w))
         },
     )
 }
 
 /// A planner step reduced to what can be compared with the event log.
-fn step_key(action: &Value) -> String {
-    let kind = action["action"].as_str().unwrap_or("?");
-    let place = match kind {
-        "assign_owner" => format!("site {}", action["site"].as_str().unwrap_or("?")),
-        _ => format!("host {}", action["host"]),
-    };
-    format!("{kind} {place}")
+fn step_key(action: &Action) -> String {
+    match action {
+        Action::AssignOwner { site, .. } => format!("assign_owner site {site}"),
+        Action::Place { host, .. } => format!("place host {host}"),
+        Action::Revoke { host, .. } => format!("revoke host {host}"),
+        Action::Forget { host, .. } => format!("forget host {host}"),
+    }
 }
 
 /// The planner's events since `revision`, reduced the same way.
 fn planner_steps(lab: &TestLab, revision: u64) -> Vec<String> {
-    let events: Vec<Value> = lab.ctl(&["events"]).expect("events");
+    let events: Vec<EventView> = lab.ctl(&["events"]).expect("events");
     events
         .iter()
-        .filter(|e| e["revision"].as_u64().is_some_and(|r| r > revision))
-        .filter(|e| {
-            e["actor"]
-                .as_str()
-                .is_some_and(|a| a.starts_with("planner"))
-        })
+        .filter(|e| e.revision > revision)
+        .filter(|e| e.actor.starts_with("planner"))
         .filter_map(|e| {
-            let m = e["message"].as_str()?;
+            let m = e.message.as_str();
             let after = |k: &str| {
                 m.split(k)
                     .nth(1)?
@@ -99,17 +97,14 @@ fn planner_steps(lab: &TestLab, revision: u64) -> Vec<String> {
 fn operate(lab: &TestLab, args: &[&str], hosts: &[u64]) {
     let mut dry = args.to_vec();
     dry.push("--dry-run");
-    let plan: Value = lab.ctl(&dry).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(plan["dry_run"], true);
-    let predicted: Vec<String> = plan["plan"]
-        .as_array()
-        .expect("plan")
-        .iter()
-        .map(|s| step_key(&s["action"]))
-        .collect();
+    let plan: OperationResult = lab.ctl(&dry).unwrap_or_else(|e| panic!("{e}"));
+    assert!(plan.dry_run);
+    assert_eq!(plan.revision, None, "{args:?}: a dry run wrote");
+    let predicted: Vec<String> = plan.plan.iter().map(|s| step_key(&s.action)).collect();
     assert!(!predicted.is_empty(), "{args:?}: empty plan");
-    let done: Value = lab.ctl(args).unwrap_or_else(|e| panic!("{e}"));
-    let revision = done["revision"].as_u64().expect("revision");
+    let done: OperationResult = lab.ctl(args).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!done.dry_run);
+    let revision = done.revision.expect("revision");
     wait_on(lab, hosts);
     let steps = eventually(Duration::from_secs(20), "planner events", || {
         let s = planner_steps(lab, revision);
@@ -129,11 +124,11 @@ fn drain_maintenance_switchover_failover_and_failback_follow_their_dry_runs() {
 
     // Drain: the replacement starts on host 2 before host 1 stops.
     operate(&lab, &["host", "drain", "1"], &[2]);
-    let _: Value = lab.ctl(&["host", "undrain", "1"]).expect("undrain");
+    let _: OperationResult = lab.ctl(&["host", "undrain", "1"]).expect("undrain");
 
     // Maintenance evacuates s1 to s2; exit returns the site but the service stays.
     operate(&lab, &["site", "maintenance", "enter", "s1"], &[3]);
-    let _: Value = lab
+    let _: OperationResult = lab
         .ctl(&["site", "maintenance", "exit", "s1"])
         .expect("exit");
 
@@ -143,16 +138,18 @@ fn drain_maintenance_switchover_failover_and_failback_follow_their_dry_runs() {
 
     // Failover of a site the fabric sees alive needs --force.
     let refused = lab
-        .ctl::<Value>(&["failover", "--site", "s1"])
+        .ctl::<OperationResult>(&["failover", "--site", "s1"])
         .expect_err("no force");
     assert!(refused.to_string().contains("--force"), "{refused}");
     operate(&lab, &["failover", "--site", "s1", "--force"], &[3]);
-    assert_eq!(web(&lab)["owner"], "s2");
+    assert_eq!(web(&lab).owner.as_deref(), Some("s2"));
 
     // Failback while s1 is still declared lost is refused; after exit it works.
-    let refused = lab.ctl::<Value>(&["failback", "web"]).expect_err("s1 lost");
+    let refused = lab
+        .ctl::<OperationResult>(&["failback", "web"])
+        .expect_err("s1 lost");
     assert!(refused.to_string().contains("lost"), "{refused}");
-    let _: Value = lab
+    let _: OperationResult = lab
         .ctl(&["site", "maintenance", "exit", "s1"])
         .expect("exit");
     operate(&lab, &["failback", "web"], &[1]);
@@ -161,33 +158,29 @@ fn drain_maintenance_switchover_failover_and_failback_follow_their_dry_runs() {
 #[test]
 fn with_a_witness_two_sites_survive_the_loss_of_either_the_witness_or_a_site() {
     let lab = TestLab::up_with(2, 1, &["--witness"]);
-    let status: Value = lab.ctl(&["status"]).expect("status");
-    assert_eq!(
-        status["voters"].as_array().map(Vec::len),
-        Some(3),
-        "{status}"
-    );
+    let status: Status = lab.ctl(&["status"]).expect("status");
+    assert_eq!(status.voters.len(), 3, "{status:?}");
     demo(&lab, &[]);
     wait_on(&lab, &[1]);
 
     // The witness (node 3) goes: nothing moves, writes still commit.
     lab.kill9(3);
-    let _: Value = lab
+    let _: WriteResult = lab
         .ctl(&["note", "witness gone"])
         .expect("write without the witness");
     std::thread::sleep(Duration::from_secs(3));
     let w = wait_on(&lab, &[1]);
-    assert_eq!(w["epoch"], 1, "{w}");
+    assert_eq!(w.epoch, 1, "{w:?}");
     lab.start(3);
 
     // Site 1 goes: the service comes up in site 2.
     eventually(Duration::from_secs(30), "witness back", || {
-        let sites: Vec<Value> = lab.ctl(&["sites"])?;
-        Ok(sites.iter().all(|s| s["health"] == "up").then_some(()))
+        let sites: Vec<SiteView> = lab.ctl(&["sites"])?;
+        Ok(sites.iter().all(|s| s.health == Health::Up).then_some(()))
     });
     lab.kill9(1);
     let w = wait_on(&lab, &[2]);
-    assert_eq!(w["owner"], "s2");
+    assert_eq!(w.owner.as_deref(), Some("s2"));
 }
 
 #[test]
@@ -221,7 +214,7 @@ fn dns_answers_nxdomain_refused_aaaa_and_bumps_the_serial_on_change() {
             .expect("serial")
     };
     let before = serial(&dig(&server, "fabric.test.", "SOA"));
-    let _: Value = lab
+    let _: OperationResult = lab
         .ctl(&["switchover", "web", "--to", "s2"])
         .expect("switchover");
     wait_on(&lab, &[2]);
@@ -267,7 +260,7 @@ sites = ["s1"]
         ),
     ];
     let ctx = lab.context();
-    let before: Value = lab.ctl(&["services"]).expect("services");
+    let before: Vec<ServiceView> = lab.ctl(&["services"]).expect("services");
     for (name, text, expected) in cases {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, text).expect("write");
@@ -284,7 +277,7 @@ sites = ["s1"]
         assert!(err.contains(expected), "{name}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{name}: one line: {err}");
     }
-    let after: Value = lab.ctl(&["services"]).expect("services");
+    let after: Vec<ServiceView> = lab.ctl(&["services"]).expect("services");
     assert_eq!(before, after);
-    assert_eq!(after.as_array().map(Vec::len), Some(0));
+    assert!(after.is_empty(), "{after:?}");
 }
