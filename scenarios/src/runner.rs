@@ -23,7 +23,7 @@ use crate::client::Client;
 use crate::lab::{Lab, LabTiming, UpOptions};
 use crate::probe::{self, DnsAnswer};
 use crate::report::{DnsChange, Marker, MarkerKind, Measure, OwnerChange, ProbeSample, Report};
-use crate::scenario::{Action, Scenario, Step, Until};
+use crate::scenario::{Action, Scenario, Until};
 
 /// How a drill is run.
 #[derive(Debug, Clone)]
@@ -378,8 +378,8 @@ impl Drill<'_> {
                     _ = self.cancel.cancelled() => bail!("cancelled"),
                 }
             }
-            if let Err(e) = self.step(step).await {
-                let msg = format!("step {} ({:?}): {e:#}", i + 1, step.action);
+            if let Err(e) = self.step(&step.action).await {
+                let msg = format!("step {} ({:?}): {e:#}", i + 1, step.action.kind());
                 self.mark(MarkerKind::Note, format!("FAILED {msg}"));
                 lock(&self.rec).step_failures.push(msg);
             }
@@ -417,16 +417,18 @@ impl Drill<'_> {
             .collect()
     }
 
-    async fn step(&self, step: &Step) -> anyhow::Result<()> {
-        let site = step.site.clone().unwrap_or_default();
-        let peers = match &step.peer {
+    /// The other ends of a link step: `peer`, or every other site.
+    fn peers(&self, site: &str, peer: &Option<String>) -> Vec<String> {
+        match peer {
             Some(p) => vec![p.clone()],
-            None => self.others(&site),
-        };
-        match step.action {
-            Action::KillHost => {
-                let host = step.host.unwrap_or(0);
-                let a = self.lab.agent(host)?;
+            None => self.others(site),
+        }
+    }
+
+    async fn step(&self, action: &Action) -> anyhow::Result<()> {
+        match action {
+            Action::KillHost { host } => {
+                let a = self.lab.agent(*host)?;
                 let pid = self
                     .lab
                     .live_pid(a)
@@ -434,127 +436,122 @@ impl Drill<'_> {
                 self.mark(MarkerKind::Fault, format!("kill -9 host {host}"));
                 kill(Pid::from_raw(pid), Signal::SIGKILL)?;
             }
-            Action::StartHost => {
-                let host = step.host.unwrap_or(0);
+            Action::StartHost { host } => {
                 self.mark(MarkerKind::Heal, format!("start host {host}"));
                 self.lab
-                    .spawn(self.lab.agent(host)?, &self.opts.siteagent)?;
+                    .spawn(self.lab.agent(*host)?, &self.opts.siteagent)?;
             }
-            Action::KillSite => {
+            Action::KillSite { site } => {
                 self.mark(
                     MarkerKind::Fault,
                     format!("kill -9 every agent of site {site}"),
                 );
-                self.impair(&site, true);
-                self.signal_site(&site, Signal::SIGKILL)?;
+                self.impair(site, true);
+                self.signal_site(site, Signal::SIGKILL)?;
             }
-            Action::StartSite => {
+            Action::StartSite { site } => {
                 self.mark(
                     MarkerKind::Heal,
                     format!("start every agent of site {site}"),
                 );
-                for a in self.lab.site_agents(&site) {
+                for a in self.lab.site_agents(site) {
                     if self.lab.live_pid(a).is_none() {
                         self.lab.spawn(a, &self.opts.siteagent)?;
                     }
                 }
-                self.impair(&site, false);
+                self.impair(site, false);
             }
-            Action::FreezeSite => {
+            Action::FreezeSite { site, thaw_after } => {
                 self.mark(
                     MarkerKind::Fault,
                     format!("SIGSTOP every agent of site {site}"),
                 );
-                self.impair(&site, true);
-                self.signal_site(&site, Signal::SIGSTOP)?;
-                if let Some(d) = step.duration {
-                    self.sleep(self.scaled(d)).await?;
-                    self.mark(MarkerKind::Heal, format!("SIGCONT site {site}"));
-                    self.signal_site(&site, Signal::SIGCONT)?;
-                    self.impair(&site, false);
+                self.impair(site, true);
+                self.signal_site(site, Signal::SIGSTOP)?;
+                if let Some(d) = thaw_after {
+                    self.sleep(self.scaled(*d)).await?;
+                    self.thaw(site)?;
                 }
             }
-            Action::ThawSite => {
-                self.mark(MarkerKind::Heal, format!("SIGCONT site {site}"));
-                self.signal_site(&site, Signal::SIGCONT)?;
-                self.impair(&site, false);
-            }
-            Action::Partition => {
+            Action::ThawSite { site } => self.thaw(site)?,
+            Action::Partition { site, peer } => {
+                let peers = self.peers(site, peer);
                 self.mark(
                     MarkerKind::Fault,
                     format!("partition {site} from {}", peers.join(", ")),
                 );
-                self.impair(&site, true);
-                for p in &peers {
-                    self.lab.partition(&site, p, true).await?;
-                }
+                self.impair(site, true);
+                self.cut(site, &peers, true).await?;
             }
-            Action::Heal => {
+            Action::Heal { site, peer } => {
+                let peers = self.peers(site, peer);
                 self.mark(
                     MarkerKind::Heal,
                     format!("heal {site} with {}", peers.join(", ")),
                 );
-                for p in &peers {
-                    self.lab.partition(&site, p, false).await?;
-                }
-                self.impair(&site, false);
+                self.cut(site, &peers, false).await?;
+                self.impair(site, false);
             }
-            Action::DegradeLink => {
+            Action::DegradeLink {
+                site,
+                peer,
+                impairment: i,
+            } => {
+                let peers = self.peers(site, peer);
                 self.mark(
                     MarkerKind::Fault,
                     format!(
                         "degrade {site}↔{}: delay {:?} jitter {:?} loss {} rate {}",
                         peers.join(","),
-                        step.delay.unwrap_or_default(),
-                        step.jitter.unwrap_or_default(),
-                        step.loss.as_deref().unwrap_or("0"),
-                        step.rate.as_deref().unwrap_or("unlimited")
+                        i.delay.unwrap_or_default(),
+                        i.jitter.unwrap_or_default(),
+                        i.loss.as_deref().unwrap_or("0"),
+                        i.rate.as_deref().unwrap_or("unlimited")
                     ),
                 );
                 for p in &peers {
                     self.lab
                         .degrade(
-                            &site,
+                            site,
                             p,
-                            step.delay,
-                            step.jitter,
-                            step.loss.as_deref(),
-                            step.rate.as_deref(),
+                            i.delay,
+                            i.jitter,
+                            i.loss.as_deref(),
+                            i.rate.as_deref(),
                         )
                         .await?;
                 }
             }
-            Action::FlapLink => {
-                let half = self.scaled(step.duration.unwrap_or(Duration::from_secs(2)));
-                for i in 0..step.count.unwrap_or(1) {
+            Action::FlapLink {
+                site,
+                peer,
+                count,
+                half_period,
+            } => {
+                let peers = self.peers(site, peer);
+                let half = self.scaled(*half_period);
+                for i in 0..*count {
                     self.mark(MarkerKind::Fault, format!("flap {}: {site} down", i + 1));
-                    for p in &peers {
-                        self.lab.partition(&site, p, true).await?;
-                    }
+                    self.cut(site, &peers, true).await?;
                     self.sleep(half).await?;
                     self.mark(MarkerKind::Heal, format!("flap {}: {site} up", i + 1));
-                    for p in &peers {
-                        self.lab.partition(&site, p, false).await?;
-                    }
+                    self.cut(site, &peers, false).await?;
                     self.sleep(half).await?;
                 }
             }
-            Action::Switchover => {
-                let svc = step.service.clone().unwrap_or_default();
-                let to = step.to.clone().unwrap_or_default();
+            Action::Switchover { service, to } => {
                 self.operation(
-                    format!("switchover {svc} to {to}"),
-                    &format!("/v1/services/{svc}/switchover"),
+                    format!("switchover {service} to {to}"),
+                    &format!("/v1/services/{service}/switchover"),
                     OperationRequest {
-                        to: Some(to),
+                        to: Some(to.clone()),
                         ..Default::default()
                     },
                 )
                 .await?;
             }
-            Action::Drain | Action::Undrain => {
-                let host = step.host.unwrap_or(0);
-                let verb = if step.action == Action::Drain {
+            Action::Drain { host } | Action::Undrain { host } => {
+                let verb = if matches!(action, Action::Drain { .. }) {
                     "drain"
                 } else {
                     "undrain"
@@ -566,8 +563,8 @@ impl Drill<'_> {
                 )
                 .await?;
             }
-            Action::Maintenance => {
-                let mode = step.mode.clone().unwrap_or_default();
+            Action::Maintenance { site, mode } => {
+                let mode = mode.as_str();
                 self.operation(
                     format!("maintenance {mode} {site}"),
                     &format!("/v1/sites/{site}/maintenance/{mode}"),
@@ -575,35 +572,47 @@ impl Drill<'_> {
                 )
                 .await?;
             }
-            Action::Wait => {
-                let d = self.scaled(step.duration.unwrap_or_default());
+            Action::Wait { duration } => {
+                let d = self.scaled(*duration);
                 self.mark(
                     MarkerKind::Wait,
                     format!("wait {}", humantime::format_duration(d)),
                 );
                 self.sleep(d).await?;
             }
-            Action::WaitUntil => {
-                let text = step.until.clone().unwrap_or_default();
-                let until = Until::parse(&text).map_err(anyhow::Error::msg)?;
-                let limit = step.timeout.unwrap_or(Duration::from_secs(60));
-                self.mark(MarkerKind::Wait, format!("wait until {text}"));
-                let deadline = Instant::now() + limit;
+            Action::WaitUntil { until, timeout } => {
+                self.mark(MarkerKind::Wait, format!("wait until {until}"));
+                let deadline = Instant::now() + *timeout;
                 let since = self.now();
                 loop {
-                    if self.holds(&until, since).await {
-                        self.mark(MarkerKind::Note, format!("{text} holds"));
+                    if self.holds(until, since).await {
+                        self.mark(MarkerKind::Note, format!("{until} holds"));
                         break;
                     }
                     if Instant::now() > deadline {
                         bail!(
-                            "`{text}` did not hold within {}",
-                            humantime::format_duration(limit)
+                            "`{until}` did not hold within {}",
+                            humantime::format_duration(*timeout)
                         );
                     }
                     self.sleep(Duration::from_millis(200)).await?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn thaw(&self, site: &str) -> anyhow::Result<()> {
+        self.mark(MarkerKind::Heal, format!("SIGCONT site {site}"));
+        self.signal_site(site, Signal::SIGCONT)?;
+        self.impair(site, false);
+        Ok(())
+    }
+
+    /// Partitions (`on`) or heals the links between `site` and each of `peers`.
+    async fn cut(&self, site: &str, peers: &[String], on: bool) -> anyhow::Result<()> {
+        for p in peers {
+            self.lab.partition(site, p, on).await?;
         }
         Ok(())
     }
