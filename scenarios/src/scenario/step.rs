@@ -1,4 +1,4 @@
-//! The steps of a drill's timeline: the `[[step]]` tables as written ([`StepFile`], every field
+//! The steps of a drill's timeline: the `[[step]]` tables as written (`StepFile`, every field
 //! optional and spanned) and as the runner plays them ([`Step`], whose [`Action`] variants carry
 //! exactly the fields they use, checked and with their defaults applied).
 //!
