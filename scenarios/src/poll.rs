@@ -8,7 +8,6 @@
 //!
 //! It does not cancel anything: callers that must stop early race it against their shutdown.
 
-use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
@@ -37,7 +36,7 @@ impl<T, E> From<Result<T, E>> for Check<T, E> {
 
 /// Why [`poll_until`] gave up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PollError<E: fmt::Display> {
+pub enum PollError<E> {
     #[error("{what} not within {}: {last}", humantime::format_duration(*.limit))]
     Timeout {
         what: String,
@@ -49,7 +48,7 @@ pub enum PollError<E: fmt::Display> {
     Failed { what: String, reason: E },
 }
 
-impl<E: fmt::Display> PollError<E> {
+impl<E> PollError<E> {
     /// The last reason it was not ready, or why it failed.
     pub fn into_last(self) -> E {
         match self {
@@ -68,7 +67,6 @@ pub async fn poll_until<T, E, F, Fut>(
     mut check: F,
 ) -> Result<T, PollError<E>>
 where
-    E: fmt::Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Check<T, E>>,
 {

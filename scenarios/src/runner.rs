@@ -94,15 +94,15 @@ pub async fn run(
             scenario.drill.min_time_scale
         );
     }
-    let temp;
+    let mut temp = None;
     let dir = match &opts.lab_dir {
         Some(d) => d.clone(),
         None => {
-            temp = tempfile::Builder::new()
+            let t = tempfile::Builder::new()
                 .prefix(&format!("drill-{}-", scenario.name))
                 .tempdir()
                 .context("temporary lab directory")?;
-            temp.path().to_path_buf()
+            temp.insert(t).path().to_path_buf()
         }
     };
     let timing = timing_of(scenario);
@@ -135,9 +135,17 @@ pub async fn run(
     let lab = match lab {
         Ok(lab) => lab,
         Err(e) => {
-            // A half-started lab still has processes to stop.
+            // A half-started lab still has processes to stop; its logs say why it failed, so
+            // a temporary directory is kept for a look.
             if let Ok(lab) = Lab::open(&dir) {
                 lab.down(Duration::from_secs(5)).await;
+            }
+            if let Some(t) = temp.take() {
+                let kept = t.keep();
+                return Err(e.context(format!(
+                    "the lab did not start; its directory {} is kept for a look",
+                    kept.display()
+                )));
             }
             return Err(e);
         }
@@ -235,8 +243,8 @@ impl Drill<'_> {
         for def in &self.scenario.services {
             let spec = self
                 .lab
-                .write_demo_spec(&def.name, &def.sites, def.port, def.instances)?;
-            let spec = crate::lab::read_spec(&spec)?;
+                .demo_spec(&def.name, &def.sites, def.port, def.instances)?;
+            self.lab.write_spec(&spec)?;
             let _: OperationResult = self
                 .client
                 .post("/v1/services?dry_run=false", &spec)

@@ -541,6 +541,42 @@ impl Scenario {
 }
 
 impl Topology {
+    /// Reads a topology file: a whole drill scenario (its `[topology]` is taken) or a bare
+    /// topology table (the fields of `[topology]` at the top level).
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ScenarioError::Read {
+            path: path.display().to_string(),
+            error,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses `text` as a drill scenario, else as a bare topology table; when both fail, the
+    /// error is the drill's if the text has a `[topology]` table, else the bare table's.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ScenarioError> {
+        let as_drill = match Scenario::parse(text, origin) {
+            Ok(s) => return Ok(s.topology),
+            Err(e) => e,
+        };
+        match toml::from_str::<Topology>(text) {
+            Ok(t) => Ok(t),
+            Err(_)
+                if text
+                    .parse::<toml::Table>()
+                    .is_ok_and(|t| t.contains_key("topology")) =>
+            {
+                Err(as_drill)
+            }
+            Err(e) => Err(ScenarioError::Parse {
+                path: origin.to_string(),
+                message: format!(
+                    "neither a drill scenario nor a topology table: {}",
+                    crate::toml_file::describe(&e, text)
+                ),
+            }),
+        }
+    }
+
     /// Host sites `s1` … `sN`.
     pub fn host_sites(&self) -> Vec<String> {
         (1..=self.sites).map(|s| format!("s{s}")).collect()

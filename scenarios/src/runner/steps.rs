@@ -341,10 +341,10 @@ impl Drill<'_> {
             MarkerKind::Operation,
             format!("test failover: {test} in recovery site {recovery}"),
         );
-        let path = self
+        let spec = self
             .lab
-            .write_demo_spec(&test, std::slice::from_ref(&recovery), svc.port, 1)?;
-        let spec = crate::lab::read_spec(&path)?;
+            .demo_spec(&test, std::slice::from_ref(&recovery), svc.port, 1)?;
+        self.lab.write_spec(&spec)?;
         let _: OperationResult = self
             .healthy_client()
             .post("/v1/services?dry_run=false", &spec)

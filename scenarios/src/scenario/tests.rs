@@ -269,3 +269,28 @@ fn the_readme_format_example_parses() {
     assert_eq!(s.name, "site-loss");
     assert_eq!(s.steps[0].action, Action::KillSite { site: "s1".into() });
 }
+
+#[test]
+fn a_topology_comes_from_a_drill_file_or_a_bare_table() {
+    let from_drill = Topology::parse(MINIMAL, "t.toml").expect("a drill file");
+    assert_eq!((from_drill.sites, from_drill.hosts_per_site), (3, 2));
+    let bare = Topology::parse("sites = 2\nwitness = true\n", "t.toml").expect("a bare table");
+    assert_eq!(bare.all_sites(), ["s1", "s2", "w"]);
+}
+
+#[test]
+fn a_bad_topology_file_gets_the_error_of_what_it_looks_like() {
+    // A drill file with a wrong step: the drill's error, not "unknown field `topology`".
+    let drill = MINIMAL.replace("site = \"s1\"", "site = \"s9\"");
+    let err = Topology::parse(&drill, "t.toml")
+        .expect_err("bad drill")
+        .to_string();
+    assert!(err.starts_with("t.toml: line 14"), "{err}");
+    assert!(err.contains("unknown site `s9`"), "{err}");
+    // A bare table with a typo: the table's error.
+    let err = Topology::parse("sites = 2\nwitnes = true\n", "t.toml")
+        .expect_err("bad table")
+        .to_string();
+    assert!(err.starts_with("t.toml:"), "{err}");
+    assert!(err.contains("unknown field `witnes`"), "{err}");
+}
