@@ -6,12 +6,18 @@
 //! Agent of site `s`, host `h` binds `127.<net>.<s>.<h>` (WAN on UDP 7100, admin on TCP 7443);
 //! `<net>` is chosen so that every address is free, which lets labs run side by side.
 //!
+//! Every file it writes for a process is that process's own config type serialised
+//! (`AgentConfig`, `ServiceSpec`, `emu::EmuConfig`), never text put together by hand.
+//!
 //! Invariant: `lab up` never touches a directory that already holds a lab; processes are found
 //! again by pid *and* command line, so a recycled pid is never signalled.
+//!
+//! It does not decide when to inject faults (a drill or the operator does) and keeps no state
+//! outside its directory.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -22,9 +28,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use siteagent::api::Status;
-use siteagent::config::{
-    AgentConfig, AgentRole, DnsConfig, FailoverConfig, HostConfig, LogConfig, RaftConfig, WanTuning,
-};
+use siteagent::config::AgentRole;
 use wan::pki::{self, Validity};
 use wan::{Identity, Role, TlsFiles};
 
@@ -32,7 +36,9 @@ use crate::client::Client;
 use crate::context::Context;
 use crate::poll::{Check, PollError, poll_until};
 
+mod config;
 mod links;
+pub use config::{agent_config, agent_config_text};
 pub use links::{LabLink, find_emu, resolve as resolve_links};
 
 pub const WAN_PORT: u16 = 7100;
@@ -367,80 +373,6 @@ fn pick_net(sites: u32, hosts: u32) -> anyhow::Result<(u8, NetClaim)> {
         }
     }
     bail!("no free 127.N.0.0/16 network for {sites} sites × {hosts} hosts")
-}
-
-/// The config of agent `a` of `lab`; `voters` are the agents that hold a vote.
-pub fn agent_config(lab: &LabFile, a: &LabAgent, voters: &[&LabAgent]) -> AgentConfig {
-    let t = &lab.timing;
-    let mut addresses = vec![a.wan.ip()];
-    if lab.ipv6 {
-        addresses.push(IpAddr::V6(Ipv6Addr::LOCALHOST));
-    }
-    let node = a.node;
-    AgentConfig {
-        node_id: node,
-        site: a.site.clone(),
-        site_priority: a.site.trim_start_matches('s').parse().unwrap_or(100),
-        roles: a.roles.clone(),
-        data_dir: PathBuf::from("data"),
-        wan_listen: a.wan,
-        admin_listen: a.admin,
-        bootstrap: node == 1,
-        peers: voters
-            .iter()
-            .filter(|v| v.node != node)
-            .map(|v| v.wan)
-            .collect(),
-        // Relative to the agent's directory `nodes/n<ID>`.
-        tls: TlsFiles {
-            ca: PathBuf::from("../../pki/ca.crt"),
-            cert: PathBuf::from(format!("../../pki/agent-{node}.crt")),
-            key: PathBuf::from(format!("../../pki/agent-{node}.key")),
-        },
-        raft: RaftConfig {
-            heartbeat_interval: t.raft_heartbeat,
-            election_timeout_min: t.election_timeout_min,
-            election_timeout_max: t.election_timeout_max,
-            ..RaftConfig::default()
-        },
-        host: HostConfig {
-            addresses,
-            ..HostConfig::default()
-        },
-        failover: FailoverConfig {
-            heartbeat_interval: t.heartbeat_interval,
-            failure_threshold: t.failure_threshold,
-            lease: t.lease,
-            lease_margin: t.lease_margin,
-            plan_interval: LAB_PLAN_INTERVAL,
-        },
-        dns: DnsConfig {
-            listen: Some(SocketAddr::new(a.wan.ip(), DNS_PORT)),
-            zone: LAB_ZONE.to_string(),
-            ttl: t.dns_ttl,
-        },
-        // With links, agents of other sites are reached through the link emulator.
-        wan: WanTuning {
-            routes: links::routes(lab, a).into_iter().collect(),
-            ..WanTuning::default()
-        },
-        log: LogConfig::default(),
-    }
-}
-
-/// `agent.toml` of agent `a`: [`agent_config`] as TOML under a line saying who wrote it.
-pub fn agent_config_text(
-    lab: &LabFile,
-    a: &LabAgent,
-    voters: &[&LabAgent],
-) -> anyhow::Result<String> {
-    Ok(format!(
-        "# Written by `sitectl lab up` ({} sites x {} hosts).\n{}",
-        lab.sites,
-        lab.hosts_per_site,
-        toml::to_string(&agent_config(lab, a, voters))
-            .with_context(|| format!("the config of node {}", a.node))?
-    ))
 }
 
 /// The lab's DNS zone and answer TTL (seconds).

@@ -356,11 +356,7 @@ impl From<StepError> for Refusal {
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ScenarioError::Read {
-            path: path.display().to_string(),
-            error,
-        })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse(&read(path)?, &path.display().to_string())
     }
 
     /// Parses and checks `text`; `origin` names it in errors.
@@ -544,11 +540,7 @@ impl Topology {
     /// Reads a topology file: a whole drill scenario (its `[topology]` is taken) or a bare
     /// topology table (the fields of `[topology]` at the top level).
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ScenarioError::Read {
-            path: path.display().to_string(),
-            error,
-        })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse(&read(path)?, &path.display().to_string())
     }
 
     /// Parses `text` as a drill scenario, else as a bare topology table; when both fail, the
@@ -590,6 +582,14 @@ impl Topology {
         }
         sites
     }
+}
+
+/// The text of the file at `path`.
+fn read(path: &Path) -> Result<String, ScenarioError> {
+    std::fs::read_to_string(path).map_err(|error| ScenarioError::Read {
+        path: path.display().to_string(),
+        error,
+    })
 }
 
 fn list(sites: &BTreeSet<String>) -> String {

@@ -1,4 +1,6 @@
 use super::*;
+use siteagent::config::AgentConfig;
+
 use crate::scenario::LinkDef;
 
 fn options(witness: bool, links: Vec<LinkDef>) -> UpOptions {

@@ -252,10 +252,7 @@ impl Drill<'_> {
     }
 
     async fn sleep(&self, d: Duration) -> anyhow::Result<()> {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => Ok(()),
-            _ = self.cancel.cancelled() => bail!("cancelled"),
-        }
+        self.cancellable(tokio::time::sleep(d)).await
     }
 
     async fn operation(

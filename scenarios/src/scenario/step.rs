@@ -16,6 +16,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::list;
+
 /// A `[[step]]` table as written; [`StepFile::check`] turns it into a [`Step`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -322,10 +324,6 @@ fn error(span: Range<usize>, field: &'static str, reason: impl Into<String>) -> 
 fn duration(field: &'static str, v: &Spanned<String>) -> Result<Duration, StepError> {
     humantime::parse_duration(v.get_ref())
         .map_err(|e| error(v.span(), field, format!("`{}`: {e}", v.get_ref())))
-}
-
-fn list(sites: &BTreeSet<String>) -> String {
-    sites.iter().cloned().collect::<Vec<_>>().join(", ")
 }
 
 impl StepFile {
