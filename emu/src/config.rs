@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,7 +41,7 @@ use crate::udp::{FLOW_IDLE, UdpForwarder};
 use crate::{EmuError, Route, control};
 
 /// The daemon's configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmuConfig {
     /// Path of the Unix socket the control protocol listens on.
@@ -50,7 +50,11 @@ pub struct EmuConfig {
     #[serde(default)]
     pub seed: u64,
     /// How long a UDP flow may stay silent both ways before it is forgotten ("60s").
-    #[serde(default = "default_flow_idle", deserialize_with = "de_duration")]
+    #[serde(
+        default = "default_flow_idle",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
     pub udp_flow_idle: Duration,
     /// The links between sites.
     #[serde(default, rename = "link")]
@@ -65,7 +69,7 @@ fn default_flow_idle() -> Duration {
 }
 
 /// One link between two sites, with its initial parameters.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkConfig {
     /// One site.
@@ -73,51 +77,87 @@ pub struct LinkConfig {
     /// The other site.
     pub b: String,
     /// One-way delay of both directions ("40ms").
-    #[serde(default, deserialize_with = "de_opt_duration")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_duration",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub delay: Option<Duration>,
     /// Jitter (±) of both directions ("5ms").
-    #[serde(default, deserialize_with = "de_opt_duration")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_duration",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub jitter: Option<Duration>,
     /// Loss of both directions: "1%" or 0.01.
-    #[serde(default, deserialize_with = "de_opt_loss")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_loss",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub loss: Option<f64>,
     /// Bandwidth cap of both directions: "100mbit", "500kbit" or bits per second.
-    #[serde(default, deserialize_with = "de_opt_rate")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_rate",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub rate: Option<u64>,
     /// Start partitioned (both directions).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitioned: Option<bool>,
     /// Overrides for the `a` → `b` direction.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub a_to_b: Option<DirectionConfig>,
     /// Overrides for the `b` → `a` direction.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub b_to_a: Option<DirectionConfig>,
 }
 
 /// Per-direction overrides of a link's parameters; absent fields take the link's.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectionConfig {
     /// One-way delay ("40ms").
-    #[serde(default, deserialize_with = "de_opt_duration")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_duration",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub delay: Option<Duration>,
     /// Jitter (±) ("5ms").
-    #[serde(default, deserialize_with = "de_opt_duration")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_duration",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub jitter: Option<Duration>,
     /// Loss: "1%" or 0.01.
-    #[serde(default, deserialize_with = "de_opt_loss")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_loss",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub loss: Option<f64>,
     /// Bandwidth cap: "100mbit" or bits per second.
-    #[serde(default, deserialize_with = "de_opt_rate")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_rate",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub rate: Option<u64>,
     /// Start partitioned.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitioned: Option<bool>,
 }
 
 /// One forwarder.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardConfig {
     /// "udp" or "tcp".
@@ -255,6 +295,18 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
+/// Durations are written as [`parse_duration`] reads them ("40ms").
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     de_duration(d).map(Some)
 }
@@ -302,6 +354,16 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("emu.example.toml");
         let config = EmuConfig::load(&path).expect("example parses");
         assert!(!config.links.is_empty() && !config.forwards.is_empty());
+    }
+
+    #[test]
+    fn a_serialised_config_parses_back_the_same() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("emu.example.toml");
+        let mut config = EmuConfig::load(&path).expect("example parses");
+        config.links[0].jitter = Some(Duration::from_micros(1500));
+        config.links[0].loss = Some(0.015);
+        let text = toml::to_string(&config).expect("serialises");
+        assert_eq!(parse(&text).expect("parses back"), config, "{text}");
     }
 
     #[test]

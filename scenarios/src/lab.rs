@@ -6,17 +6,24 @@
 //! Agent of site `s`, host `h` binds `127.<net>.<s>.<h>` (WAN on UDP 7100, admin on TCP 7443);
 //! `<net>` is chosen so that every address is free, which lets labs run side by side.
 //!
+//! Every file it writes for a process is that process's own config type serialised
+//! (`AgentConfig`, `ServiceSpec`, `emu::EmuConfig`), never text put together by hand.
+//!
 //! Invariant: `lab up` never touches a directory that already holds a lab; processes are found
 //! again by pid *and* command line, so a recycled pid is never signalled.
+//!
+//! It does not decide when to inject faults (a drill or the operator does) and keeps no state
+//! outside its directory.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+use consensus::state::{Capacity, Placement, ProcessSpec, ServiceSpec, WorkloadKind};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -27,8 +34,11 @@ use wan::{Identity, Role, TlsFiles};
 
 use crate::client::Client;
 use crate::context::Context;
+use crate::poll::{Check, PollError, poll_until};
 
+mod config;
 mod links;
+pub use config::{agent_config, agent_config_text};
 pub use links::{LabLink, find_emu, resolve as resolve_links};
 
 pub const WAN_PORT: u16 = 7100;
@@ -75,6 +85,77 @@ pub struct LabFile {
     #[serde(default)]
     pub probe_ports: Vec<u16>,
     pub agents: Vec<LabAgent>,
+}
+
+impl LabFile {
+    /// The lab `opts` asks for on network `127.<net>.0.0/16`: its agents (site by site, host by
+    /// host, then the witness) and its links.
+    pub fn plan(opts: &UpOptions, net: u8) -> anyhow::Result<Self> {
+        let mut agents = Vec::new();
+        for s in 1..=opts.sites {
+            for h in 1..=opts.hosts_per_site {
+                let node = u64::from((s - 1) * opts.hosts_per_site + h);
+                let roles = if h == 1 {
+                    vec![AgentRole::Voter, AgentRole::Host, AgentRole::Dns]
+                } else {
+                    vec![AgentRole::Host, AgentRole::Dns]
+                };
+                agents.push(LabAgent {
+                    node,
+                    site: format!("s{s}"),
+                    roles,
+                    wan: addr(net, s, h, WAN_PORT),
+                    admin: addr(net, s, h, ADMIN_PORT),
+                    dir: PathBuf::from(format!("nodes/n{node}")),
+                });
+            }
+        }
+        if opts.witness {
+            let node = u64::from(opts.sites * opts.hosts_per_site + 1);
+            agents.push(LabAgent {
+                node,
+                site: WITNESS_SITE.into(),
+                roles: vec![AgentRole::Witness],
+                wan: addr(net, opts.sites + 1, 1, WAN_PORT),
+                admin: addr(net, opts.sites + 1, 1, ADMIN_PORT),
+                dir: PathBuf::from(format!("nodes/n{node}")),
+            });
+        }
+        let mut file = LabFile {
+            sites: opts.sites,
+            hosts_per_site: opts.hosts_per_site,
+            net,
+            witness: opts.witness,
+            ipv6: opts.ipv6,
+            timing: opts.timing,
+            links: Vec::new(),
+            probe_ports: opts.probe_ports.clone(),
+            agents,
+        };
+        file.links = links::resolve(&file.site_names(), &opts.links)?;
+        Ok(file)
+    }
+
+    /// The sites of the lab's agents, each once, in the order of the agents.
+    pub fn site_names(&self) -> Vec<String> {
+        let mut sites: Vec<String> = Vec::new();
+        for a in &self.agents {
+            if !sites.contains(&a.site) {
+                sites.push(a.site.clone());
+            }
+        }
+        sites
+    }
+
+    /// The agents that hold a vote (voters and the witness).
+    pub fn voters(&self) -> Vec<&LabAgent> {
+        self.agents
+            .iter()
+            .filter(|a| {
+                a.roles.contains(&AgentRole::Voter) || a.roles.contains(&AgentRole::Witness)
+            })
+            .collect()
+    }
 }
 
 /// Fabric timing of a lab: shorter than the agent's defaults so failovers are quick to watch.
@@ -294,99 +375,6 @@ fn pick_net(sites: u32, hosts: u32) -> anyhow::Result<(u8, NetClaim)> {
     bail!("no free 127.N.0.0/16 network for {sites} sites × {hosts} hosts")
 }
 
-fn agent_config(lab: &LabFile, a: &LabAgent, voters: &[&LabAgent]) -> String {
-    let peers: Vec<String> = voters
-        .iter()
-        .filter(|v| v.node != a.node)
-        .map(|v| format!("\"{}\"", v.wan))
-        .collect();
-    let roles: Vec<String> = a
-        .roles
-        .iter()
-        .map(|r| format!("\"{}\"", format!("{r:?}").to_lowercase()))
-        .collect();
-    let site_index: u32 = a.site.trim_start_matches('s').parse().unwrap_or(100);
-    let mut addresses = vec![format!("\"{}\"", a.wan.ip())];
-    if lab.ipv6 {
-        addresses.push("\"::1\"".into());
-    }
-    format!(
-        r#"# Written by `sitectl lab up` ({sites} sites x {hosts} hosts).
-node_id = {node}
-site = "{site}"
-site_priority = {site_index}
-roles = [{roles}]
-data_dir = "data"
-wan_listen = "{wan}"
-admin_listen = "{admin}"
-bootstrap = {bootstrap}
-peers = [{peers}]
-
-[tls]
-ca = "../../pki/ca.crt"
-cert = "../../pki/agent-{node}.crt"
-key = "../../pki/agent-{node}.key"
-
-[host]
-addresses = [{addresses}]
-
-[raft]
-heartbeat_interval = "{raft_hb}"
-election_timeout_min = "{el_min}"
-election_timeout_max = "{el_max}"
-
-[failover]
-heartbeat_interval = "{hb}"
-failure_threshold = {threshold}
-lease = "{lease}"
-lease_margin = "{margin}"
-plan_interval = "{plan}"
-
-[dns]
-listen = "{dns_ip}:{dns_port}"
-zone = "{zone}"
-ttl = {ttl}
-{wan_routes}"#,
-        sites = lab.sites,
-        hosts = lab.hosts_per_site,
-        plan = humantime::format_duration(LAB_PLAN_INTERVAL),
-        node = a.node,
-        site = a.site,
-        roles = roles.join(", "),
-        wan = a.wan,
-        admin = a.admin,
-        bootstrap = a.node == 1,
-        peers = peers.join(", "),
-        addresses = addresses.join(", "),
-        dns_ip = a.wan.ip(),
-        dns_port = DNS_PORT,
-        zone = LAB_ZONE,
-        ttl = lab.timing.dns_ttl,
-        wan_routes = {
-            let routes = links::routes(lab, a);
-            if routes.is_empty() {
-                String::new()
-            } else {
-                let entries: Vec<String> = routes
-                    .iter()
-                    .map(|(peer, via)| format!("\"{peer}\" = \"{via}\""))
-                    .collect();
-                format!(
-                    "\n# Agents of other sites are reached through the link emulator.\n[wan]\nroutes = {{ {} }}\n",
-                    entries.join(", ")
-                )
-            }
-        },
-        raft_hb = humantime::format_duration(lab.timing.raft_heartbeat),
-        el_min = humantime::format_duration(lab.timing.election_timeout_min),
-        el_max = humantime::format_duration(lab.timing.election_timeout_max),
-        hb = humantime::format_duration(lab.timing.heartbeat_interval),
-        threshold = lab.timing.failure_threshold,
-        lease = humantime::format_duration(lab.timing.lease),
-        margin = humantime::format_duration(lab.timing.lease_margin),
-    )
-}
-
 /// The lab's DNS zone and answer TTL (seconds).
 pub const LAB_ZONE: &str = "fabric.test.";
 pub const LAB_DNS_TTL: u32 = 2;
@@ -436,58 +424,7 @@ impl Lab {
             },
             None => pick_net(opts.sites, opts.hosts_per_site)?,
         };
-        let mut agents = Vec::new();
-        for s in 1..=opts.sites {
-            for h in 1..=opts.hosts_per_site {
-                let node = u64::from((s - 1) * opts.hosts_per_site + h);
-                let roles = if h == 1 {
-                    vec![AgentRole::Voter, AgentRole::Host, AgentRole::Dns]
-                } else {
-                    vec![AgentRole::Host, AgentRole::Dns]
-                };
-                agents.push(LabAgent {
-                    node,
-                    site: format!("s{s}"),
-                    roles,
-                    wan: addr(net, s, h, WAN_PORT),
-                    admin: addr(net, s, h, ADMIN_PORT),
-                    dir: PathBuf::from(format!("nodes/n{node}")),
-                });
-            }
-        }
-        if opts.witness {
-            let node = u64::from(opts.sites * opts.hosts_per_site + 1);
-            agents.push(LabAgent {
-                node,
-                site: WITNESS_SITE.into(),
-                roles: vec![AgentRole::Witness],
-                wan: addr(net, opts.sites + 1, 1, WAN_PORT),
-                admin: addr(net, opts.sites + 1, 1, ADMIN_PORT),
-                dir: PathBuf::from(format!("nodes/n{node}")),
-            });
-        }
-        let file = LabFile {
-            sites: opts.sites,
-            hosts_per_site: opts.hosts_per_site,
-            net,
-            witness: opts.witness,
-            ipv6: opts.ipv6,
-            timing: opts.timing,
-            links: Vec::new(),
-            probe_ports: opts.probe_ports.clone(),
-            agents,
-        };
-        let mut file = file;
-        let sites: Vec<String> = {
-            let mut v: Vec<String> = Vec::new();
-            for a in &file.agents {
-                if !v.contains(&a.site) {
-                    v.push(a.site.clone());
-                }
-            }
-            v
-        };
-        file.links = links::resolve(&sites, &opts.links)?;
+        let file = LabFile::plan(opts, net)?;
 
         let pki_dir = dir.join("pki");
         pki::init_ca(&pki_dir, "lab")?;
@@ -500,17 +437,14 @@ impl Lab {
             &Identity::new(OPERATOR, "s1", Role::Operator)?,
             Validity::days(365),
         )?;
-        let voters: Vec<&LabAgent> = file
-            .agents
-            .iter()
-            .filter(|a| {
-                a.roles.contains(&AgentRole::Voter) || a.roles.contains(&AgentRole::Witness)
-            })
-            .collect();
+        let voters = file.voters();
         for a in &file.agents {
             let adir = dir.join(&a.dir);
             fs::create_dir_all(adir.join("data"))?;
-            fs::write(adir.join("agent.toml"), agent_config(&file, a, &voters))?;
+            fs::write(
+                adir.join("agent.toml"),
+                agent_config_text(&file, a, &voters)?,
+            )?;
         }
         fs::write(lab_file(dir), toml::to_string_pretty(&file)?)?;
         Context {
@@ -615,9 +549,8 @@ impl Lab {
         for (_, pid) in &live {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
         }
-        let deadline = Instant::now() + grace;
-        loop {
-            let remaining: Vec<_> = live
+        let stopped = poll_until(grace, Duration::from_millis(100), "agents stopping", || {
+            let remaining: Vec<(u64, i32)> = live
                 .iter()
                 .filter(|(node, _)| {
                     self.agent(*node)
@@ -627,19 +560,21 @@ impl Lab {
                 })
                 .copied()
                 .collect();
-            if remaining.is_empty() {
-                self.stop_emu(grace).await;
-                return Vec::new();
-            }
-            if Instant::now() >= deadline {
-                for (_, pid) in &remaining {
-                    let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            async move {
+                if remaining.is_empty() {
+                    Check::Ready(())
+                } else {
+                    Check::NotYet(remaining)
                 }
-                self.stop_emu(grace).await;
-                return remaining.into_iter().map(|(n, _)| n).collect();
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        })
+        .await;
+        let remaining = stopped.err().map(PollError::into_last).unwrap_or_default();
+        for (_, pid) in &remaining {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
+        self.stop_emu(grace).await;
+        remaining.into_iter().map(|(n, _)| n).collect()
     }
 
     pub fn context(&self) -> anyhow::Result<Context> {
@@ -661,15 +596,7 @@ impl Lab {
             .iter()
             .filter(|a| a.roles.contains(&AgentRole::Host))
             .count();
-        let voters: Vec<u64> = self
-            .file
-            .agents
-            .iter()
-            .filter(|a| {
-                a.roles.contains(&AgentRole::Voter) || a.roles.contains(&AgentRole::Witness)
-            })
-            .map(|a| a.node)
-            .collect();
+        let voters: Vec<u64> = self.file.voters().iter().map(|a| a.node).collect();
         let bar = if progress {
             indicatif::ProgressBar::new(expected as u64 + 1)
         } else {
@@ -680,64 +607,135 @@ impl Lab {
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.enable_steady_tick(Duration::from_millis(120));
-        let deadline = Instant::now() + timeout;
-        loop {
-            for (node, child) in children.iter_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    bar.finish_and_clear();
-                    bail!(
-                        "node {node} exited during start-up ({status}); see {}",
-                        self.dir.join(format!("nodes/n{node}/agent.log")).display()
-                    );
+        let ready = poll_until(timeout, Duration::from_millis(200), "lab ready", || {
+            let exited = children
+                .iter_mut()
+                .find_map(|(node, child)| Some((*node, child.try_wait().ok()??)));
+            let (client, bar, voters) = (&client, &bar, &voters);
+            async move {
+                if let Some((node, status)) = exited {
+                    return Check::Failed(self.start_failure(node, status));
                 }
-            }
-            let last = match client.get::<Status>("/v1/status").await {
-                Ok(s) => {
-                    let registered = s.hosts.len();
-                    bar.set_position(registered as u64 + u64::from(s.leader.is_some()));
-                    bar.set_message(match s.leader {
-                        Some(l) => format!("leader {l}, hosts registered"),
-                        None => "electing a leader".into(),
-                    });
-                    // Every voter votes, in a committed single configuration: until then losing
-                    // one agent can leave the rest without a quorum (a change from 1 to 3
-                    // voters passes through a configuration only the first one can carry).
-                    let all_vote =
-                        s.membership_settled && voters.iter().all(|v| s.voters.contains(v));
-                    if s.leader.is_some() && registered >= expected && all_vote {
-                        // Confirm through a linearizable read that the leader agrees.
-                        if let Ok(hosts) = client
-                            .get::<Vec<siteagent::api::HostView>>("/v1/hosts")
-                            .await
-                            && hosts.len() >= expected
-                        {
-                            bar.finish_and_clear();
-                            return Ok(s);
-                        }
+                let s = match client.get::<Status>("/v1/status").await {
+                    Ok(s) => s,
+                    Err(e) => return Check::NotYet(e.to_string()),
+                };
+                let registered = s.hosts.len();
+                bar.set_position(registered as u64 + u64::from(s.leader.is_some()));
+                bar.set_message(match s.leader {
+                    Some(l) => format!("leader {l}, hosts registered"),
+                    None => "electing a leader".into(),
+                });
+                // Every voter votes, in a committed single configuration: until then losing
+                // one agent can leave the rest without a quorum (a change from 1 to 3
+                // voters passes through a configuration only the first one can carry).
+                let all_vote = s.membership_settled && voters.iter().all(|v| s.voters.contains(v));
+                // Confirm through a linearizable read that the leader agrees.
+                if s.leader.is_some()
+                    && registered >= expected
+                    && all_vote
+                    && let Ok(hosts) = client
+                        .get::<Vec<siteagent::api::HostView>>("/v1/hosts")
+                        .await
+                    && hosts.len() >= expected
+                {
+                    return Check::Ready(s);
+                }
+                Check::NotYet(format!(
+                    "leader {:?}, {registered}/{expected} hosts registered, voters {:?} of {voters:?}{}",
+                    s.leader,
+                    s.voters,
+                    if s.membership_settled {
+                        ""
+                    } else {
+                        " (membership changing)"
                     }
-                    format!(
-                        "leader {:?}, {registered}/{expected} hosts registered, voters {:?} of {voters:?}{}",
-                        s.leader,
-                        s.voters,
-                        if s.membership_settled {
-                            ""
-                        } else {
-                            " (membership changing)"
-                        }
-                    )
-                }
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() >= deadline {
-                bar.finish_and_clear();
-                bail!("lab not ready after {timeout:?}: {last}");
+                ))
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        })
+        .await;
+        bar.finish_and_clear();
+        match ready {
+            Ok(s) => Ok(s),
+            Err(PollError::Failed { reason, .. }) => Err(anyhow!(reason)),
+            Err(PollError::Timeout { last, .. }) => {
+                bail!("lab not ready after {timeout:?}: {last}")
+            }
         }
     }
 
-    /// Writes `D/services/<name>.toml`: the demo service (`fabric-demo`, found next to `sitectl`
-    /// or at `$FABRIC_DEMO_BIN`) in `sites` (default: every host site of the lab, in order).
+    /// Why node `node` stopped during start-up: its exit status and the agent's own last
+    /// error from its log (e.g. a config its `--check` refused), and where the log is.
+    fn start_failure(&self, node: u64, status: std::process::ExitStatus) -> String {
+        let log = self.dir.join(format!("nodes/n{node}/agent.log"));
+        let said = fs::read_to_string(&log)
+            .ok()
+            .and_then(|text| last_error(&text))
+            .map(|line| format!(": {line}"))
+            .unwrap_or_default();
+        format!(
+            "node {node} exited during start-up ({status}){said}; see {}",
+            log.display()
+        )
+    }
+
+    /// The demo service (`fabric-demo`, found next to `sitectl` or at `$FABRIC_DEMO_BIN`),
+    /// answering `GET /whoami` with its site, host and lease epoch, in `sites` (default: every
+    /// host site of the lab, in order); checked as the fabric will check it.
+    pub fn demo_spec(
+        &self,
+        name: &str,
+        sites: &[String],
+        port: u16,
+        instances: u32,
+    ) -> anyhow::Result<ServiceSpec> {
+        let demo = siteagent::workload::find_demo()?;
+        let sites: Vec<String> = if sites.is_empty() {
+            (1..=self.file.sites).map(|s| format!("s{s}")).collect()
+        } else {
+            sites.to_vec()
+        };
+        let spec = ServiceSpec {
+            name: name.to_string(),
+            // Records (POST /write) go to a volume every host of a site shares:
+            // <root>/<site>/<service>.
+            kind: WorkloadKind::Process(ProcessSpec {
+                command: demo.display().to_string(),
+                args: vec![
+                    "--volume-root".into(),
+                    self.dir.join("volumes").display().to_string(),
+                ],
+                env: BTreeMap::new(),
+                port,
+            }),
+            placement: Placement {
+                sites,
+                instances,
+                anti_affinity: Vec::new(),
+            },
+            dns_name: Some(name.to_string()),
+            resources: Capacity {
+                cpu_millis: 100,
+                memory_mib: 64,
+            },
+        };
+        spec.validate()
+            .map_err(|e| anyhow!("service {name}: {e}"))?;
+        Ok(spec)
+    }
+
+    /// Writes `spec` to `D/services/<name>.toml`, the file `sitectl service create` takes.
+    pub fn write_spec(&self, spec: &ServiceSpec) -> anyhow::Result<PathBuf> {
+        let dir = self.dir.join("services");
+        fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}.toml", spec.name));
+        let text =
+            toml::to_string(spec).with_context(|| format!("the spec of service {}", spec.name))?;
+        fs::write(&path, format!("# Written by `sitectl lab`.\n{text}"))?;
+        Ok(path)
+    }
+
+    /// Writes `D/services/<name>.toml` for the demo service (see [`Lab::demo_spec`]).
     pub fn write_demo_spec(
         &self,
         name: &str,
@@ -745,41 +743,7 @@ impl Lab {
         port: u16,
         instances: u32,
     ) -> anyhow::Result<PathBuf> {
-        let demo = siteagent::workload::find_demo()?;
-        let sites: Vec<String> = if sites.is_empty() {
-            (1..=self.file.sites).map(|s| format!("s{s}")).collect()
-        } else {
-            sites.to_vec()
-        };
-        let quoted: Vec<String> = sites.iter().map(|s| format!("{s:?}")).collect();
-        let text = format!(
-            r#"# The demo service: answers GET /whoami with its site, host and lease epoch.
-name = "{name}"
-dns_name = "{name}"
-
-[kind.process]
-command = {demo:?}
-# Records (POST /write) go to a volume every host of a site shares: <root>/<site>/<service>.
-args = ["--volume-root", {volumes:?}]
-port = {port}
-
-[placement]
-sites = [{sites}]
-instances = {instances}
-
-[resources]
-cpu_millis = 100
-memory_mib = 64
-"#,
-            demo = demo.display().to_string(),
-            volumes = self.dir.join("volumes").display().to_string(),
-            sites = quoted.join(", "),
-        );
-        let dir = self.dir.join("services");
-        fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{name}.toml"));
-        fs::write(&path, text)?;
-        Ok(path)
+        self.write_spec(&self.demo_spec(name, sites, port, instances)?)
     }
 
     /// The site of the agent whose addresses include `ip`.
@@ -820,9 +784,43 @@ memory_mib = 64
     }
 }
 
+/// The line of an agent's log that says why it stopped: the last `ERROR` line, else the last
+/// line, without terminal colours.
+pub fn last_error(log: &str) -> Option<String> {
+    let lines: Vec<String> = log
+        .lines()
+        .map(strip_colours)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("ERROR"))
+        .or(lines.last())
+        .map(|l| l.trim().to_string())
+}
+
+/// `text` without ANSI escape sequences (`ESC [ … letter`).
+fn strip_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Reads and checks a service spec file; errors name the file, the field and the line.
-pub fn read_spec(path: &Path) -> anyhow::Result<consensus::state::ServiceSpec> {
-    let spec: consensus::state::ServiceSpec = crate::toml_file::read(path)?;
+pub fn read_spec(path: &Path) -> anyhow::Result<ServiceSpec> {
+    let spec: ServiceSpec = crate::toml_file::read(path)?;
     spec.validate()
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok(spec)
@@ -842,3 +840,6 @@ pub(crate) fn running_pid(pid_file: &Path, config: &Path) -> Option<i32> {
         .is_some_and(|s| s.trim_start().starts_with('Z'));
     (ours && !zombie).then_some(pid)
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,8 @@
 //!   between sites through the link emulator when a topology asks for them;
 //! - [`client`], [`context`]: the operator's HTTPS client of the admin API and its context file;
 //! - [`scenario`]: the drill file format; [`runner`]: runs a drill; [`probe`]: the client probes;
-//!   [`checks`]: split brain, RTO, RPO and expectations; [`report`], [`svg`]: the report.
+//!   [`checks`]: split brain, RTO, RPO and expectations; [`report`], [`svg`]: the report;
+//! - [`poll`]: waiting for a condition until a time limit (the lab's and the runner's waits).
 //!
 //! Invariant: a drill observes and injects faults only from outside the agents — signals to
 //! processes, the link emulator, the admin API, DNS queries and the service's own endpoint — and
@@ -17,6 +18,7 @@ pub mod checks;
 pub mod client;
 pub mod context;
 pub mod lab;
+pub mod poll;
 pub mod probe;
 pub mod report;
 pub mod runner;

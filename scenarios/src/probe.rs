@@ -4,7 +4,11 @@
 //! service acknowledges it.
 //!
 //! Invariant: a probe succeeds only when every step did; the first failing step is its error.
-//! It never retries inside one probe — the next probe is the retry.
+//! Every HTTP request opens its own connection (no reuse), so each probe measures what a new
+//! client sees. Within its time limit a probe tries again every 100 ms, like a client with
+//! retries; its outcome is the last attempt's.
+//!
+//! It does not record or judge what it saw: the runner records, `checks` judges.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -12,8 +16,9 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
+
+use crate::poll::{Check, PollError, poll_until};
 
 /// What the DNS server said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,39 +103,62 @@ pub struct Whoami {
     pub epoch: u64,
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+/// One HTTP request on a connection of its own, as a new client would make it (no proxy, no
+/// connection kept or reused), within `timeout` from connect to the whole body (chunked or
+/// not); returns status and body.
 pub async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let attempt = async {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| "no HTTP answer".to_string())?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("bad status line `{}`", head.lines().next().unwrap_or("")))?;
-        Ok((status, body.to_string()))
+    // The demo service speaks plain HTTP; the TLS config only keeps reqwest from looking for a
+    // process-wide crypto provider.
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("HTTP client: {e}"))?
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .no_proxy()
+        .http1_only()
+        .pool_max_idle_per_host(0)
+        .timeout(timeout)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let method = reqwest::Method::from_bytes(method.as_bytes())
+        .map_err(|e| format!("method {method}: {e}"))?;
+    let failed = |e: reqwest::Error| {
+        if e.is_timeout() {
+            format!("{method} {path} at {addr} timed out")
+        } else if e.is_connect() {
+            format!("connect {addr}: {}", source_of(&e))
+        } else {
+            format!("{method} {path} at {addr}: {}", source_of(&e))
+        }
     };
-    tokio::time::timeout(timeout, attempt)
+    let response = client
+        .request(method.clone(), format!("http://{addr}{path}"))
+        .header(reqwest::header::CONNECTION, "close")
+        .body("")
+        .send()
         .await
-        .unwrap_or_else(|_| Err(format!("{method} {path} at {addr} timed out")))
+        .map_err(failed)?;
+    let status = response.status().as_u16();
+    let body = response.text().await.map_err(failed)?;
+    Ok((status, body))
+}
+
+/// The innermost cause of a client error (e.g. `Connection refused (os error 111)`).
+fn source_of(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// The outcome of one probe.
@@ -157,24 +185,22 @@ pub async fn probe(
     timeout: Duration,
     route: impl Fn(SocketAddr) -> SocketAddr,
 ) -> Outcome {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let out = attempt(
-            dns,
-            name,
-            port,
-            write,
-            left.max(Duration::from_millis(100)),
-            &route,
-        )
-        .await;
-        if out.whoami.is_ok() || Instant::now() + Duration::from_millis(100) >= deadline {
-            return out;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let decided = poll_until(timeout, RETRY, name, || async {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let out = attempt(dns, name, port, write, left.max(RETRY), &route).await;
+        if out.whoami.is_ok() {
+            Check::Ready(out)
+        } else {
+            Check::NotYet(out)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    decided.unwrap_or_else(PollError::into_last)
 }
+
+/// How often a probe tries again within its time limit.
+const RETRY: Duration = Duration::from_millis(100);
 
 async fn attempt(
     dns: SocketAddr,
@@ -240,4 +266,75 @@ pub async fn records(addr: SocketAddr, timeout: Duration) -> Result<Vec<u64>, St
 #[derive(Debug, Deserialize)]
 struct Records {
     seqs: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A server that answers every request with `answer` and counts its connections.
+    async fn server(answer: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s.write_all(answer.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_is_read_whole() {
+        let (addr, _) = server(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n7\r\n{\"seqs\"\r\n7\r\n:[1,2]}\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(records(addr, Duration::from_secs(5)).await, Ok(vec![1, 2]));
+    }
+
+    #[tokio::test]
+    async fn every_request_opens_its_own_connection() {
+        let (addr, connections) = server("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        for _ in 0..3 {
+            let answer = http(addr, "POST", "/write?seq=1", Duration::from_secs(5)).await;
+            assert_eq!(answer, Ok((200, "ok".to_string())));
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_error_status_and_a_refused_connection_are_told_apart() {
+        let (addr, _) =
+            server("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 6\r\n\r\nfenced").await;
+        let answer = http(addr, "GET", "/whoami", Duration::from_secs(5)).await;
+        assert_eq!(answer, Ok((503, "fenced".to_string())));
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let gone = closed.local_addr().expect("addr");
+        drop(closed);
+        let err = http(gone, "GET", "/whoami", Duration::from_secs(5))
+            .await
+            .expect_err("refused");
+        assert!(err.starts_with(&format!("connect {gone}:")), "{err}");
+    }
 }

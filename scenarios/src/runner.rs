@@ -4,26 +4,39 @@
 //! Invariant: the lab is always torn down — after the report, on any error, and on
 //! cancellation (Ctrl-C) — because [`run`] owns it and tears it down before returning.
 //!
+//! Its parts: `steps` plays the timeline (I/O), [`Recording`] is what the probers and the
+//! owner watch saw (plain data), and [`measures()`] turns a recording and the end state into
+//! measures and verdicts (pure). This module wires them: the lab, the probers, the end state.
+//!
 //! It injects faults only from outside the agents: signals, the link emulator, the admin API.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use siteagent::api::{OperationRequest, OperationResult, ServiceView, SiteView};
+use consensus::state::InstanceState;
+use siteagent::api::{EventView, OperationResult, ServiceView};
 use tokio_util::sync::CancellationToken;
 
-use crate::checks::{self, Measured};
 use crate::client::Client;
 use crate::lab::{Lab, LabTiming, UpOptions};
+use crate::poll::{Check, PollError, poll_until};
 use crate::probe::{self, DnsAnswer};
-use crate::report::{DnsChange, Marker, MarkerKind, Measure, OwnerChange, ProbeSample, Report};
-use crate::scenario::{Action, Scenario, Step, Until};
+use crate::report::{MarkerKind, Report};
+use crate::scenario::Scenario;
+
+mod measures;
+mod recording;
+mod steps;
+
+pub use measures::{Conclusion, EndState, detection, measures};
+pub use recording::Recording;
+
+/// How often the runner looks again at something it waits for.
+const POLL: Duration = Duration::from_millis(200);
 
 /// How a drill is run.
 #[derive(Debug, Clone)]
@@ -49,19 +62,6 @@ pub struct Outcome {
     pub report: Report,
     pub json: PathBuf,
     pub svg: PathBuf,
-}
-
-/// Shared recording of the drill.
-#[derive(Default)]
-struct Recording {
-    probes: Vec<ProbeSample>,
-    markers: Vec<Marker>,
-    owners: Vec<OwnerChange>,
-    dns: Vec<DnsChange>,
-    acked: BTreeSet<u64>,
-    /// Last DNS answer per vantage, to record only changes.
-    last_dns: BTreeMap<String, Vec<String>>,
-    step_failures: Vec<String>,
 }
 
 struct Drill<'a> {
@@ -94,15 +94,15 @@ pub async fn run(
             scenario.drill.min_time_scale
         );
     }
-    let temp;
+    let mut temp = None;
     let dir = match &opts.lab_dir {
         Some(d) => d.clone(),
         None => {
-            temp = tempfile::Builder::new()
+            let t = tempfile::Builder::new()
                 .prefix(&format!("drill-{}-", scenario.name))
                 .tempdir()
                 .context("temporary lab directory")?;
-            temp.path().to_path_buf()
+            temp.insert(t).path().to_path_buf()
         }
     };
     let timing = timing_of(scenario);
@@ -135,9 +135,17 @@ pub async fn run(
     let lab = match lab {
         Ok(lab) => lab,
         Err(e) => {
-            // A half-started lab still has processes to stop.
+            // A half-started lab still has processes to stop; its logs say why it failed, so
+            // a temporary directory is kept for a look.
             if let Ok(lab) = Lab::open(&dir) {
                 lab.down(Duration::from_secs(5)).await;
+            }
+            if let Some(t) = temp.take() {
+                let kept = t.keep();
+                return Err(e.context(format!(
+                    "the lab did not start; its directory {} is kept for a look",
+                    kept.display()
+                )));
             }
             return Err(e);
         }
@@ -208,11 +216,15 @@ impl Drill<'_> {
 
     fn mark(&self, kind: MarkerKind, label: String) {
         say(self.opts, format!("[{:7.2} s] {label}", self.now()));
-        lock(&self.rec).markers.push(Marker {
-            t: self.now(),
-            kind,
-            label,
-        });
+        lock(&self.rec).mark(self.now(), kind, label);
+    }
+
+    /// `f`, or an error as soon as the drill is cancelled.
+    async fn cancellable<T>(&self, f: impl Future<Output = T>) -> anyhow::Result<T> {
+        tokio::select! {
+            v = f => Ok(v),
+            _ = self.cancel.cancelled() => bail!("cancelled"),
+        }
     }
 
     fn scaled(&self, d: Duration) -> Duration {
@@ -221,16 +233,7 @@ impl Drill<'_> {
 
     /// A client asking only agents of sites that are not impaired.
     fn healthy_client(&self) -> Client {
-        let impaired = lock(&self.impaired).clone();
-        let endpoints: Vec<SocketAddr> = self
-            .lab
-            .file
-            .agents
-            .iter()
-            .filter(|a| !impaired.contains(&a.site) && self.lab.live_pid(a).is_some())
-            .map(|a| a.admin)
-            .collect();
-        self.client.with_endpoints(endpoints)
+        healthy_client(&self.lab, &self.client, &self.impaired)
     }
 
     async fn run(&self) -> anyhow::Result<Report> {
@@ -240,8 +243,8 @@ impl Drill<'_> {
         for def in &self.scenario.services {
             let spec = self
                 .lab
-                .write_demo_spec(&def.name, &def.sites, def.port, def.instances)?;
-            let spec = crate::lab::read_spec(&spec)?;
+                .demo_spec(&def.name, &def.sites, def.port, def.instances)?;
+            self.lab.write_spec(&spec)?;
             let _: OperationResult = self
                 .client
                 .post("/v1/services?dry_run=false", &spec)
@@ -287,24 +290,14 @@ impl Drill<'_> {
 
     /// Until one probe from the first vantage site succeeds (60 s at most).
     async fn wait_first_answer(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
         let vantage = self.scenario.vantages()[0].clone();
-        loop {
-            let out = self.probe_once(&vantage, None).await;
-            if out.whoami.is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "service {} never answered: {}",
-                    self.scenario.service().name,
-                    out.whoami.err().unwrap_or_default()
-                );
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                _ = self.cancel.cancelled() => bail!("cancelled"),
-            }
+        let name = &self.scenario.service().name;
+        let answer = poll_until(Duration::from_secs(60), POLL, name, || async {
+            Check::from(self.probe_once(&vantage, None).await.whoami)
+        });
+        match self.cancellable(answer).await? {
+            Ok(_) => Ok(()),
+            Err(e) => bail!("service {name} never answered: {}", e.into_last()),
         }
     }
 
@@ -337,29 +330,12 @@ impl Drill<'_> {
         let lab = self.lab.clone();
         let client = self.client.clone();
         async move {
-            let mut last: Option<(Option<String>, u64)> = None;
             loop {
-                let avoid = lock(&impaired).clone();
-                let endpoints: Vec<SocketAddr> = lab
-                    .file
-                    .agents
-                    .iter()
-                    .filter(|a| !avoid.contains(&a.site) && lab.live_pid(a).is_some())
-                    .map(|a| a.admin)
-                    .collect();
-                let c = client.with_endpoints(endpoints);
+                let c = healthy_client(&lab, &client, &impaired);
                 if let Ok(services) = c.get::<Vec<ServiceView>>("/v1/services").await
                     && let Some(s) = services.iter().find(|s| s.name == name)
                 {
-                    let now = (s.owner.clone(), s.epoch);
-                    if last.as_ref() != Some(&now) {
-                        lock(&rec).owners.push(OwnerChange {
-                            t: t0.elapsed().as_secs_f64(),
-                            site: now.0.clone(),
-                            epoch: now.1,
-                        });
-                        last = Some(now);
-                    }
+                    lock(&rec).owner(t0.elapsed().as_secs_f64(), s.owner.clone(), s.epoch);
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -378,8 +354,8 @@ impl Drill<'_> {
                     _ = self.cancel.cancelled() => bail!("cancelled"),
                 }
             }
-            if let Err(e) = self.step(step).await {
-                let msg = format!("step {} ({:?}): {e:#}", i + 1, step.action);
+            if let Err(e) = self.step(&step.action).await {
+                let msg = format!("step {} ({:?}): {e:#}", i + 1, step.action.kind());
                 self.mark(MarkerKind::Note, format!("FAILED {msg}"));
                 lock(&self.rec).step_failures.push(msg);
             }
@@ -388,382 +364,6 @@ impl Drill<'_> {
             }
         }
         Ok(())
-    }
-
-    fn impair(&self, site: &str, on: bool) {
-        let mut set = lock(&self.impaired);
-        if on {
-            set.insert(site.to_string());
-        } else {
-            set.remove(site);
-        }
-    }
-
-    fn signal_site(&self, site: &str, signal: Signal) -> anyhow::Result<()> {
-        for a in self.lab.site_agents(site) {
-            if let Some(pid) = self.lab.live_pid(a) {
-                kill(Pid::from_raw(pid), signal)
-                    .with_context(|| format!("{signal} to node {}", a.node))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn others(&self, site: &str) -> Vec<String> {
-        self.scenario
-            .all_sites()
-            .into_iter()
-            .filter(|s| s != site)
-            .collect()
-    }
-
-    async fn step(&self, step: &Step) -> anyhow::Result<()> {
-        let site = step.site.clone().unwrap_or_default();
-        let peers = match &step.peer {
-            Some(p) => vec![p.clone()],
-            None => self.others(&site),
-        };
-        match step.action {
-            Action::KillHost => {
-                let host = step.host.unwrap_or(0);
-                let a = self.lab.agent(host)?;
-                let pid = self
-                    .lab
-                    .live_pid(a)
-                    .with_context(|| format!("host {host} is not running"))?;
-                self.mark(MarkerKind::Fault, format!("kill -9 host {host}"));
-                kill(Pid::from_raw(pid), Signal::SIGKILL)?;
-            }
-            Action::StartHost => {
-                let host = step.host.unwrap_or(0);
-                self.mark(MarkerKind::Heal, format!("start host {host}"));
-                self.lab
-                    .spawn(self.lab.agent(host)?, &self.opts.siteagent)?;
-            }
-            Action::KillSite => {
-                self.mark(
-                    MarkerKind::Fault,
-                    format!("kill -9 every agent of site {site}"),
-                );
-                self.impair(&site, true);
-                self.signal_site(&site, Signal::SIGKILL)?;
-            }
-            Action::StartSite => {
-                self.mark(
-                    MarkerKind::Heal,
-                    format!("start every agent of site {site}"),
-                );
-                for a in self.lab.site_agents(&site) {
-                    if self.lab.live_pid(a).is_none() {
-                        self.lab.spawn(a, &self.opts.siteagent)?;
-                    }
-                }
-                self.impair(&site, false);
-            }
-            Action::FreezeSite => {
-                self.mark(
-                    MarkerKind::Fault,
-                    format!("SIGSTOP every agent of site {site}"),
-                );
-                self.impair(&site, true);
-                self.signal_site(&site, Signal::SIGSTOP)?;
-                if let Some(d) = step.duration {
-                    self.sleep(self.scaled(d)).await?;
-                    self.mark(MarkerKind::Heal, format!("SIGCONT site {site}"));
-                    self.signal_site(&site, Signal::SIGCONT)?;
-                    self.impair(&site, false);
-                }
-            }
-            Action::ThawSite => {
-                self.mark(MarkerKind::Heal, format!("SIGCONT site {site}"));
-                self.signal_site(&site, Signal::SIGCONT)?;
-                self.impair(&site, false);
-            }
-            Action::Partition => {
-                self.mark(
-                    MarkerKind::Fault,
-                    format!("partition {site} from {}", peers.join(", ")),
-                );
-                self.impair(&site, true);
-                for p in &peers {
-                    self.lab.partition(&site, p, true).await?;
-                }
-            }
-            Action::Heal => {
-                self.mark(
-                    MarkerKind::Heal,
-                    format!("heal {site} with {}", peers.join(", ")),
-                );
-                for p in &peers {
-                    self.lab.partition(&site, p, false).await?;
-                }
-                self.impair(&site, false);
-            }
-            Action::DegradeLink => {
-                self.mark(
-                    MarkerKind::Fault,
-                    format!(
-                        "degrade {site}↔{}: delay {:?} jitter {:?} loss {} rate {}",
-                        peers.join(","),
-                        step.delay.unwrap_or_default(),
-                        step.jitter.unwrap_or_default(),
-                        step.loss.as_deref().unwrap_or("0"),
-                        step.rate.as_deref().unwrap_or("unlimited")
-                    ),
-                );
-                for p in &peers {
-                    self.lab
-                        .degrade(
-                            &site,
-                            p,
-                            step.delay,
-                            step.jitter,
-                            step.loss.as_deref(),
-                            step.rate.as_deref(),
-                        )
-                        .await?;
-                }
-            }
-            Action::FlapLink => {
-                let half = self.scaled(step.duration.unwrap_or(Duration::from_secs(2)));
-                for i in 0..step.count.unwrap_or(1) {
-                    self.mark(MarkerKind::Fault, format!("flap {}: {site} down", i + 1));
-                    for p in &peers {
-                        self.lab.partition(&site, p, true).await?;
-                    }
-                    self.sleep(half).await?;
-                    self.mark(MarkerKind::Heal, format!("flap {}: {site} up", i + 1));
-                    for p in &peers {
-                        self.lab.partition(&site, p, false).await?;
-                    }
-                    self.sleep(half).await?;
-                }
-            }
-            Action::Switchover => {
-                let svc = step.service.clone().unwrap_or_default();
-                let to = step.to.clone().unwrap_or_default();
-                self.operation(
-                    format!("switchover {svc} to {to}"),
-                    &format!("/v1/services/{svc}/switchover"),
-                    OperationRequest {
-                        to: Some(to),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            }
-            Action::Drain | Action::Undrain => {
-                let host = step.host.unwrap_or(0);
-                let verb = if step.action == Action::Drain {
-                    "drain"
-                } else {
-                    "undrain"
-                };
-                self.operation(
-                    format!("{verb} host {host}"),
-                    &format!("/v1/hosts/{host}/{verb}"),
-                    OperationRequest::default(),
-                )
-                .await?;
-            }
-            Action::Maintenance => {
-                let mode = step.mode.clone().unwrap_or_default();
-                self.operation(
-                    format!("maintenance {mode} {site}"),
-                    &format!("/v1/sites/{site}/maintenance/{mode}"),
-                    OperationRequest::default(),
-                )
-                .await?;
-            }
-            Action::Wait => {
-                let d = self.scaled(step.duration.unwrap_or_default());
-                self.mark(
-                    MarkerKind::Wait,
-                    format!("wait {}", humantime::format_duration(d)),
-                );
-                self.sleep(d).await?;
-            }
-            Action::WaitUntil => {
-                let text = step.until.clone().unwrap_or_default();
-                let until = Until::parse(&text).map_err(anyhow::Error::msg)?;
-                let limit = step.timeout.unwrap_or(Duration::from_secs(60));
-                self.mark(MarkerKind::Wait, format!("wait until {text}"));
-                let deadline = Instant::now() + limit;
-                let since = self.now();
-                loop {
-                    if self.holds(&until, since).await {
-                        self.mark(MarkerKind::Note, format!("{text} holds"));
-                        break;
-                    }
-                    if Instant::now() > deadline {
-                        bail!(
-                            "`{text}` did not hold within {}",
-                            humantime::format_duration(limit)
-                        );
-                    }
-                    self.sleep(Duration::from_millis(200)).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn sleep(&self, d: Duration) -> anyhow::Result<()> {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => Ok(()),
-            _ = self.cancel.cancelled() => bail!("cancelled"),
-        }
-    }
-
-    async fn operation(
-        &self,
-        label: String,
-        path: &str,
-        req: OperationRequest,
-    ) -> anyhow::Result<()> {
-        self.mark(MarkerKind::Operation, label.clone());
-        let r: OperationResult = self
-            .healthy_client()
-            .post(path, &req)
-            .await
-            .with_context(|| label.clone())?;
-        for step in &r.plan {
-            say(self.opts, format!("           plan: {}", step.description));
-        }
-        Ok(())
-    }
-
-    /// Whether `until` holds; probe conditions count only probes started at or after `since`.
-    async fn holds(&self, until: &Until, since: f64) -> bool {
-        let c = self.healthy_client();
-        match until {
-            Until::Owner(site) => {
-                let name = &self.scenario.service().name;
-                c.get::<Vec<ServiceView>>("/v1/services")
-                    .await
-                    .ok()
-                    .and_then(|v| v.into_iter().find(|s| &s.name == name))
-                    .is_some_and(|s| s.owner.as_ref() == Some(site))
-            }
-            Until::SiteUp(site) | Until::SiteDown(site) => {
-                let want = if matches!(until, Until::SiteUp(_)) {
-                    "up"
-                } else {
-                    "down"
-                };
-                c.get::<Vec<SiteView>>("/v1/sites")
-                    .await
-                    .ok()
-                    .and_then(|v| v.into_iter().find(|s| &s.name == site))
-                    .is_some_and(|s| format!("{:?}", s.health).to_lowercase() == want)
-            }
-            Until::Serving(site) => {
-                self.latest_probes(since, |p| p.served_by.as_ref() == Some(site))
-            }
-            Until::AllProbesOk => self.latest_probes(since, |p| p.ok),
-        }
-    }
-
-    /// The latest probe of every vantage site, started at or after `since`, satisfies `f`.
-    /// Sites whose agents are dead, frozen or cut off are left out: their clients share their
-    /// fate.
-    fn latest_probes(&self, since: f64, f: impl Fn(&ProbeSample) -> bool) -> bool {
-        let impaired = lock(&self.impaired).clone();
-        let rec = lock(&self.rec);
-        let vantages: Vec<String> = self
-            .scenario
-            .vantages()
-            .into_iter()
-            .filter(|v| !impaired.contains(v))
-            .collect();
-        !vantages.is_empty()
-            && vantages.iter().all(|v| {
-                rec.probes
-                    .iter()
-                    .rev()
-                    .find(|p| &p.vantage == v)
-                    .is_some_and(|p| p.t >= since && f(p))
-            })
-    }
-
-    /// `--test-failover`: the service comes up in its recovery site under a test name, answers,
-    /// and goes away again, while production keeps being probed.
-    async fn test_failover(&self) -> anyhow::Result<()> {
-        let svc = self.scenario.service();
-        let owner = self.current_owner().await;
-        let sites = if svc.sites.is_empty() {
-            self.scenario.host_sites()
-        } else {
-            svc.sites.clone()
-        };
-        let recovery = sites
-            .iter()
-            .find(|s| Some(*s) != owner.as_ref())
-            .cloned()
-            .context("the service has no recovery site")?;
-        let test = format!("{}-test", svc.name);
-        self.mark(
-            MarkerKind::Operation,
-            format!("test failover: {test} in recovery site {recovery}"),
-        );
-        let path = self
-            .lab
-            .write_demo_spec(&test, std::slice::from_ref(&recovery), svc.port, 1)?;
-        let spec = crate::lab::read_spec(&path)?;
-        let _: OperationResult = self
-            .healthy_client()
-            .post("/v1/services?dry_run=false", &spec)
-            .await
-            .context("declaring the test service")?;
-        let name = format!("{test}.{}", crate::lab::LAB_ZONE);
-        let (_, dns) = self
-            .lab
-            .dns_servers(&recovery)
-            .into_iter()
-            .next()
-            .context("no DNS server in the recovery site")?;
-        let started = Instant::now();
-        let answered = loop {
-            let out = probe::probe(dns, &name, svc.port, None, Duration::from_secs(1), |t| t).await;
-            match out.whoami {
-                Ok(me) if me.service == test && me.site == recovery => break me,
-                _ if started.elapsed() > Duration::from_secs(60) => {
-                    bail!("the test instance never answered in {recovery}")
-                }
-                _ => self.sleep(Duration::from_millis(200)).await?,
-            }
-        };
-        self.mark(
-            MarkerKind::Note,
-            format!(
-                "test instance answered from site {} host {} after {:.2} s",
-                answered.site,
-                answered.host,
-                started.elapsed().as_secs_f64()
-            ),
-        );
-        let _: OperationResult = self
-            .healthy_client()
-            .delete(&format!("/v1/services/{test}?dry_run=false"))
-            .await
-            .context("deleting the test service")?;
-        self.mark(
-            MarkerKind::Operation,
-            format!("test failover: {test} deleted"),
-        );
-        Ok(())
-    }
-
-    /// Seconds from the fault at `fault` (drill time) to the first down verdict after it.
-    async fn detection(&self, started_unix_ms: u64, fault: Option<f64>) -> Option<f64> {
-        let fault = fault?;
-        let fault_ms = started_unix_ms + (fault * 1000.0) as u64;
-        let events: Vec<siteagent::api::EventView> =
-            self.healthy_client().get("/v1/events").await.ok()?;
-        events
-            .iter()
-            .find(|e| e.at_ms >= fault_ms && e.message.contains(" is down"))
-            .map(|e| (e.at_ms - fault_ms) as f64 / 1000.0)
     }
 
     async fn current_owner(&self) -> Option<String> {
@@ -777,8 +377,41 @@ impl Drill<'_> {
             .owner
     }
 
-    /// Final observations, measures and expectations.
+    /// Final observations, then measures and expectations.
     async fn conclude(&self, started_unix_ms: u64) -> anyhow::Result<Report> {
+        let end = self.end_state(started_unix_ms).await;
+        let rec = lock(&self.rec).clone();
+        let Conclusion {
+            measures,
+            expectations,
+            passed,
+        } = measures(
+            &rec,
+            &end,
+            &timing_of(self.scenario),
+            self.scenario,
+            self.opts.test_failover,
+        );
+        Ok(Report {
+            scenario: self.scenario.name.clone(),
+            description: self.scenario.description.clone(),
+            seed: self.opts.seed,
+            started_unix_ms,
+            duration_s: self.now(),
+            sites: self.scenario.all_sites(),
+            service: self.scenario.service().name.clone(),
+            probes: rec.probes,
+            markers: rec.markers,
+            owners: rec.owners,
+            dns: rec.dns,
+            measures,
+            expectations,
+            passed,
+        })
+    }
+
+    /// What the fabric looks like at the end: owner, records held, DNS answers, event log.
+    async fn end_state(&self, started_unix_ms: u64) -> EndState {
         let svc = self.scenario.service();
         let services: Vec<ServiceView> = self
             .healthy_client()
@@ -786,13 +419,12 @@ impl Drill<'_> {
             .await
             .unwrap_or_default();
         let current = services.iter().find(|s| s.name == svc.name);
-        let final_owner = current.and_then(|s| s.owner.clone());
         // Records held by a running instance of the final owner.
         let mut held = None;
         if let Some(inst) = current.and_then(|s| {
             s.instances
                 .iter()
-                .find(|i| format!("{:?}", i.state) == "Running")
+                .find(|i| i.state == InstanceState::Running)
         }) && let Some(ep) = inst
             .endpoints
             .first()
@@ -801,10 +433,32 @@ impl Drill<'_> {
         {
             held = Some(seqs.into_iter().collect::<BTreeSet<u64>>());
         }
-        // Every live DNS server's final answer.
-        let mut dns_final = Vec::new();
-        let name = format!("{}.{}", svc.name, crate::lab::LAB_ZONE);
+        let dns_final = self.final_dns_answers().await;
+        // The event log matters only for the detection time of a fault.
+        let faulted = !lock(&self.rec).times_of(MarkerKind::Fault).is_empty();
+        let events: Vec<EventView> = if faulted {
+            self.healthy_client()
+                .get("/v1/events")
+                .await
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        EndState {
+            started_unix_ms,
+            final_owner: current.and_then(|s| s.owner.clone()),
+            held,
+            dns_final,
+            events,
+        }
+    }
+
+    /// Every live DNS server's final answer, as the site it points at.
+    async fn final_dns_answers(&self) -> Vec<(String, Option<String>)> {
+        let name = format!("{}.{}", self.scenario.service().name, crate::lab::LAB_ZONE);
         let impaired = lock(&self.impaired).clone();
+        let expected = self.scenario.expect.dns_answers.as_deref();
+        let mut answers = Vec::new();
         for site in self.scenario.host_sites() {
             if impaired.contains(&site) {
                 continue;
@@ -819,143 +473,63 @@ impl Drill<'_> {
                 }
                 // A server that was cut off answers SERVFAIL until its agent re-confirms its
                 // lease after the heal: give every server a settling window to converge.
-                let expected = self.scenario.expect.dns_answers.as_deref();
-                let settle = Instant::now() + DNS_SETTLE;
-                let answered_site = loop {
+                let converged = poll_until(DNS_SETTLE, DNS_POLL, &name, || async {
                     let answer = probe::resolve(server, &name, Duration::from_secs(1)).await;
-                    let site = match &answer {
-                        DnsAnswer::Addresses(a) if !a.is_empty() => {
-                            let sites: BTreeSet<Option<&str>> =
-                                a.iter().map(|ip| self.lab.site_of(*ip)).collect();
-                            match sites.into_iter().collect::<Vec<_>>().as_slice() {
-                                [Some(s)] => Some(s.to_string()),
-                                _ => None,
-                            }
-                        }
-                        _ => None,
-                    };
-                    let converged = match expected {
+                    let site = self.answered_site(&answer);
+                    let ok = match expected {
                         Some(e) => site.as_deref() == Some(e),
                         None => site.is_some(),
                     };
-                    if converged || Instant::now() >= settle {
-                        break site;
+                    if ok {
+                        Check::Ready(site)
+                    } else {
+                        Check::NotYet(Unsettled(site))
                     }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                };
-                dns_final.push((format!("node {node} ({site})"), answered_site));
+                })
+                .await;
+                let answered = converged.unwrap_or_else(|e: PollError<Unsettled>| e.into_last().0);
+                answers.push((format!("node {node} ({site})"), answered));
             }
         }
-        // The causes RTO is measured from: the faults, or the operations when nothing failed.
-        let times_of = |rec: &Recording, kind: MarkerKind| -> Vec<f64> {
-            rec.markers
-                .iter()
-                .filter(|m| m.kind == kind)
-                .map(|m| m.t)
-                .collect()
-        };
-        let faults = times_of(&lock(&self.rec), MarkerKind::Fault);
-        let detection = self
-            .detection(started_unix_ms, faults.first().copied())
-            .await;
-        let rec = lock(&self.rec);
-        let faults = if faults.is_empty() {
-            times_of(&rec, MarkerKind::Operation)
-        } else {
-            faults
-        };
-        let served = checks::served(&rec.probes);
-        let failures: Vec<f64> = rec.probes.iter().filter(|p| !p.ok).map(|p| p.t).collect();
-        let rto = checks::rto(&served, &faults, &failures);
-        let lost = held.as_ref().map(|h| checks::lost_writes(&rec.acked, h));
-        let failed = rec.probes.iter().filter(|p| !p.ok).count() as u64;
-        let measured = Measured {
-            rto,
-            lost_writes: lost,
-            split_brain: checks::split_brain(&served),
-            final_owner: final_owner.clone(),
-            dns_final,
-            failed_probes: failed,
-            owner_changes: rec
-                .owners
-                .windows(2)
-                .filter(|w| w[0].site != w[1].site)
-                .count() as u64,
-            step_failures: rec.step_failures.clone(),
-        };
-        let timing = timing_of(self.scenario);
-        // A test failover changes nothing in production: what must hold is that production
-        // clients saw no failure and no split brain (the test instance answering is a step).
-        let expect = if self.opts.test_failover {
-            crate::scenario::Expect {
-                max_failed_probes: Some(0),
-                ..Default::default()
-            }
-        } else {
-            self.scenario.expect.clone()
-        };
-        let expectations = checks::evaluate(&expect, &measured);
-        let passed = expectations.iter().all(|e| e.pass);
-        let measures = vec![
-            Measure {
-                name: "rto".into(),
-                value: rto,
-                unit: "s".into(),
-                bound: Some(
-                    (timing.failover_bound()
-                        + self.scenario.probes.interval
-                        + timing.election_timeout_max * 2)
-                        .as_secs_f64(),
-                ),
-                how: "the fault that caused the outage (or the operation) to the first successful probe served by another instance; bound = heartbeat × threshold + lease + margin + DNS TTL + probe interval + 2 × election timeout (a leader lost with the fault is replaced first)".into(),
-            },
-            Measure {
-                name: "rpo_writes".into(),
-                value: lost.map(|l| l as f64),
-                unit: "writes".into(),
-                bound: None,
-                how: format!(
-                    "acknowledged writes ({}) missing from the final owner's records; volumes are shared within a site, not replicated across sites",
-                    rec.acked.len()
-                ),
-            },
-            Measure {
-                name: "failed_probes".into(),
-                value: Some(failed as f64),
-                unit: "probes".into(),
-                bound: None,
-                how: format!(
-                    "of {} probes every {} from {}",
-                    rec.probes.len(),
-                    humantime::format_duration(self.scenario.probes.interval),
-                    self.scenario.vantages().join(", ")
-                ),
-            },
-            Measure {
-                name: "detection".into(),
-                value: detection,
-                unit: "s".into(),
-                bound: Some(timing.verdict_bound().as_secs_f64()),
-                how: "first fault to the first `… is down` verdict in the event log; bound = heartbeat interval × (failure threshold + 1) + planner interval + 2 × election timeout (a leader lost with the fault is replaced first)".into(),
-            },
-        ];
-        Ok(Report {
-            scenario: self.scenario.name.clone(),
-            description: self.scenario.description.clone(),
-            seed: self.opts.seed,
-            started_unix_ms,
-            duration_s: self.now(),
-            sites: self.scenario.all_sites(),
-            service: svc.name.clone(),
-            probes: rec.probes.clone(),
-            markers: rec.markers.clone(),
-            owners: rec.owners.clone(),
-            dns: rec.dns.clone(),
-            measures,
-            expectations,
-            passed,
-        })
+        answers
     }
+
+    /// The one site whose agents own every answered address, if there is one.
+    fn answered_site(&self, answer: &DnsAnswer) -> Option<String> {
+        let DnsAnswer::Addresses(a) = answer else {
+            return None;
+        };
+        let sites: BTreeSet<Option<&str>> = a.iter().map(|ip| self.lab.site_of(*ip)).collect();
+        match sites.into_iter().collect::<Vec<_>>().as_slice() {
+            [Some(s)] => Some(s.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// A DNS answer that has not (yet) settled on the expected site: the site it points at.
+struct Unsettled(Option<String>);
+
+impl std::fmt::Display for Unsettled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(site) => write!(f, "answers with site {site}"),
+            None => f.write_str("answers with no single site"),
+        }
+    }
+}
+
+/// A client asking only live agents of sites that are not impaired.
+fn healthy_client(lab: &Lab, client: &Client, impaired: &Mutex<BTreeSet<String>>) -> Client {
+    let avoid = lock(impaired).clone();
+    let endpoints: Vec<SocketAddr> = lab
+        .file
+        .agents
+        .iter()
+        .filter(|a| !avoid.contains(&a.site) && lab.live_pid(a).is_some())
+        .map(|a| a.admin)
+        .collect();
+    client.with_endpoints(endpoints)
 }
 
 /// What a prober task needs, owned.
@@ -996,10 +570,10 @@ async fn probe_from(
     .await
 }
 
-/// How long, at the end of a drill, each DNS server gets to converge on its final answer.
+/// How long, at the end of a drill, each DNS server gets to converge on its final answer, and
+/// how often it is asked meanwhile.
 const DNS_SETTLE: Duration = Duration::from_secs(10);
-
-static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+const DNS_POLL: Duration = Duration::from_millis(250);
 
 impl ProbeCtx {
     async fn run(self, vantage: String, stop: CancellationToken) {
@@ -1014,44 +588,11 @@ impl ProbeCtx {
                 .scenario
                 .probes
                 .writes
-                .then(|| SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+                .then(|| lock(&self.rec).next_seq());
             let out = probe_from(&self.lab, &self.scenario, &vantage, write).await;
             // The sample is dated by the attempt that decided it (for the split-brain check).
             let t = out.started.saturating_duration_since(self.t0).as_secs_f64();
-            let mut rec = lock(&self.rec);
-            let label = out.dns.label();
-            if rec.last_dns.get(&vantage) != Some(&label) {
-                rec.last_dns.insert(vantage.clone(), label.clone());
-                rec.dns.push(DnsChange {
-                    t,
-                    vantage: vantage.clone(),
-                    answer: label,
-                });
-            }
-            if let Some(seq) = out.acked_write {
-                rec.acked.insert(seq);
-            }
-            let (ok, served_by, host, epoch, error) = match &out.whoami {
-                Ok(me) => (
-                    true,
-                    Some(me.site.clone()),
-                    Some(me.host),
-                    Some(me.epoch),
-                    None,
-                ),
-                Err(e) => (false, None, None, None, Some(e.clone())),
-            };
-            rec.probes.push(ProbeSample {
-                t,
-                vantage: vantage.clone(),
-                ok,
-                served_by,
-                host,
-                epoch,
-                write_seq: out.acked_write,
-                latency_ms: Some(out.latency.as_secs_f64() * 1000.0),
-                error,
-            });
+            lock(&self.rec).probe(&vantage, t, &out);
         }
     }
 }

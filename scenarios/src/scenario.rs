@@ -2,35 +2,124 @@
 //!
 //! A scenario is parsed and checked completely before anything starts: unknown fields, unknown
 //! step actions, a step naming a site, host or service the topology does not have, or steps out
-//! of time order are errors that name the line and the field — and no lab is started.
+//! of time order are errors that name the line, column and field of the offending value (its
+//! exact position, from the parser's spans) — and no lab is started. Steps become typed
+//! [`Step`]s whose actions carry exactly their fields ([`step`]).
 //!
 //! It does not run anything; [`crate::runner`] does.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+pub mod step;
+
+pub use step::{
+    Action, ActionKind, DEFAULT_UNTIL_TIMEOUT, Impairment, MaintenanceMode, Step, Until,
+};
+use step::{Names, StepError, StepFile};
 
 /// A parsed and checked scenario.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
     pub name: String,
-    #[serde(default)]
     pub description: String,
     pub topology: Topology,
     /// Services to declare; the first is the one probed.
-    #[serde(rename = "service")]
     pub services: Vec<ServiceDef>,
-    #[serde(default)]
     pub probes: Probes,
-    #[serde(rename = "step", default)]
     pub steps: Vec<Step>,
-    #[serde(default)]
     pub expect: Expect,
-    #[serde(default)]
     pub drill: DrillOptions,
+}
+
+/// The file as written; [`Scenario::parse`] checks it into a [`Scenario`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    topology: Topology,
+    #[serde(rename = "service")]
+    services: Vec<ServiceDef>,
+    #[serde(default)]
+    probes: Probes,
+    #[serde(rename = "step", default)]
+    steps: Vec<StepFile>,
+    #[serde(default)]
+    expect: Expect,
+    #[serde(default)]
+    drill: DrillOptions,
+}
+
+/// Where the checked values outside the steps are in the file (the same text read again for
+/// spans only; the values come from [`ScenarioFile`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Spans {
+    topology: TopologySpans,
+    #[serde(rename = "service")]
+    services: Option<Spanned<Vec<ServiceSpans>>>,
+    probes: ProbesSpans,
+    drill: DrillSpans,
+    expect: ExpectSpans,
+}
+
+type At = Option<Spanned<IgnoredAny>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct TopologySpans {
+    sites: At,
+    hosts_per_site: At,
+    #[serde(rename = "link")]
+    links: Vec<LinkSpans>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct LinkSpans {
+    a: At,
+    b: At,
+    loss: At,
+    rate: At,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ServiceSpans {
+    name: At,
+    sites: At,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ProbesSpans {
+    from: At,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct DrillSpans {
+    min_time_scale: At,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ExpectSpans {
+    final_owner: At,
+    dns_answers: At,
+}
+
+/// The span of a value, or the start of the file when it was not written.
+fn span(at: &At) -> Range<usize> {
+    at.as_ref().map_or(0..0, |s| s.span())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,129 +316,6 @@ impl Default for DrillOptions {
     }
 }
 
-/// One step of the timeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Step {
-    /// Not before this time since the drill started (steps otherwise run one after another).
-    #[serde(default, with = "humantime_serde")]
-    pub at: Option<Duration>,
-    pub action: Action,
-    #[serde(default)]
-    pub site: Option<String>,
-    #[serde(default)]
-    pub host: Option<u64>,
-    /// The other end of a link (`partition`, `heal`, `degrade_link`); without it, `site` is cut
-    /// from (or healed with) every other site.
-    #[serde(default)]
-    pub peer: Option<String>,
-    #[serde(default)]
-    pub service: Option<String>,
-    /// Target site of a `switchover`.
-    #[serde(default)]
-    pub to: Option<String>,
-    /// `wait` length; `freeze_site` thaws after it when given.
-    #[serde(default, with = "humantime_serde")]
-    pub duration: Option<Duration>,
-    /// `wait_until` condition: `owner:SITE`, `serving:SITE`, `site_up:SITE`, `site_down:SITE`,
-    /// `all_probes_ok`.
-    #[serde(default)]
-    pub until: Option<String>,
-    #[serde(default, with = "humantime_serde")]
-    pub timeout: Option<Duration>,
-    /// `maintenance`: `enter` or `exit`.
-    #[serde(default)]
-    pub mode: Option<String>,
-    #[serde(default, with = "humantime_serde")]
-    pub delay: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub jitter: Option<Duration>,
-    #[serde(default)]
-    pub loss: Option<String>,
-    #[serde(default)]
-    pub rate: Option<String>,
-    /// Repeat `partition`/`heal` pairs: the link flaps `count` times, `duration` down and
-    /// `duration` up (`flap_link`).
-    #[serde(default)]
-    pub count: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    KillHost,
-    StartHost,
-    KillSite,
-    StartSite,
-    FreezeSite,
-    ThawSite,
-    Partition,
-    Heal,
-    DegradeLink,
-    FlapLink,
-    Switchover,
-    Drain,
-    Undrain,
-    Maintenance,
-    Wait,
-    WaitUntil,
-}
-
-impl Action {
-    /// Faults start the RTO clock; operations too when there is no fault.
-    pub fn is_fault(self) -> bool {
-        matches!(
-            self,
-            Action::KillHost
-                | Action::KillSite
-                | Action::FreezeSite
-                | Action::Partition
-                | Action::FlapLink
-                | Action::DegradeLink
-        )
-    }
-
-    pub fn is_operation(self) -> bool {
-        matches!(
-            self,
-            Action::Switchover | Action::Drain | Action::Undrain | Action::Maintenance
-        )
-    }
-}
-
-/// A `wait_until` condition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Until {
-    Owner(String),
-    Serving(String),
-    SiteUp(String),
-    SiteDown(String),
-    AllProbesOk,
-}
-
-impl Until {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (kind, arg) = text.split_once(':').unwrap_or((text, ""));
-        let site = || {
-            if arg.is_empty() {
-                Err(format!("`{text}` needs a site, e.g. `{kind}:s2`"))
-            } else {
-                Ok(arg.to_string())
-            }
-        };
-        match kind {
-            "owner" => Ok(Until::Owner(site()?)),
-            "serving" => Ok(Until::Serving(site()?)),
-            "site_up" => Ok(Until::SiteUp(site()?)),
-            "site_down" => Ok(Until::SiteDown(site()?)),
-            "all_probes_ok" if arg.is_empty() => Ok(Until::AllProbesOk),
-            _ => Err(format!(
-                "unknown condition `{text}`; use owner:SITE, serving:SITE, site_up:SITE, site_down:SITE or all_probes_ok"
-            )),
-        }
-    }
-}
-
 /// Why a scenario file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -357,45 +323,70 @@ pub enum ScenarioError {
     Read { path: String, error: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
-    #[error("{path}: line {line}: {field}: {reason}")]
+    #[error("{path}: line {line}, column {column}: {field}: {reason}")]
     Invalid {
         path: String,
         line: usize,
+        column: usize,
         field: String,
         reason: String,
     },
 }
 
+/// A checked value that is wrong: where it is, which field, why.
+struct Refusal {
+    span: Range<usize>,
+    field: &'static str,
+    reason: String,
+}
+
+fn refuse(span: Range<usize>, field: &'static str, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        span,
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl From<StepError> for Refusal {
+    fn from(e: StepError) -> Self {
+        refuse(e.span, e.field, e.reason)
+    }
+}
+
 impl Scenario {
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ScenarioError::Read {
-            path: path.display().to_string(),
-            error,
-        })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse(&read(path)?, &path.display().to_string())
     }
 
     /// Parses and checks `text`; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ScenarioError> {
-        let scenario: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+        let parse_error = |e: toml::de::Error| ScenarioError::Parse {
             path: origin.to_string(),
             message: crate::toml_file::describe(&e, text),
-        })?;
-        scenario.check(text, origin)?;
-        Ok(scenario)
+        };
+        let file: ScenarioFile = toml::from_str(text).map_err(parse_error)?;
+        // The same text parsed, so this only fails where the first parse would have.
+        let spans: Spans = toml::from_str(text).map_err(parse_error)?;
+        Self::check(file, &spans).map_err(|r| {
+            let (line, column) = crate::toml_file::position(text, r.span.start);
+            ScenarioError::Invalid {
+                path: origin.to_string(),
+                line,
+                column,
+                field: r.field.to_string(),
+                reason: r.reason,
+            }
+        })
     }
 
     /// Every site of the topology (host sites, then `w` with a witness).
     pub fn all_sites(&self) -> Vec<String> {
-        let mut sites = self.host_sites();
-        if self.topology.witness {
-            sites.push("w".into());
-        }
-        sites
+        self.topology.all_sites()
     }
 
     pub fn host_sites(&self) -> Vec<String> {
-        (1..=self.topology.sites).map(|s| format!("s{s}")).collect()
+        self.topology.host_sites()
     }
 
     /// The probed service.
@@ -412,82 +403,97 @@ impl Scenario {
         }
     }
 
-    fn check(&self, text: &str, origin: &str) -> Result<(), ScenarioError> {
-        let err = |needle: &str, nth: usize, field: &str, reason: String| ScenarioError::Invalid {
-            path: origin.to_string(),
-            line: line_of(text, needle, nth),
-            field: field.to_string(),
-            reason,
-        };
-        let t = &self.topology;
+    fn check(file: ScenarioFile, spans: &Spans) -> Result<Self, Refusal> {
+        let t = &file.topology;
         if !(1..=9).contains(&t.sites) || !(1..=20).contains(&t.hosts_per_site) {
-            return Err(err(
-                "sites",
-                0,
+            let at = if (1..=9).contains(&t.sites) {
+                &spans.topology.hosts_per_site
+            } else {
+                &spans.topology.sites
+            };
+            return Err(refuse(
+                span(at),
                 "topology.sites",
-                "a drill has 1 to 9 sites and 1 to 20 hosts per site".into(),
+                "a drill has 1 to 9 sites and 1 to 20 hosts per site",
             ));
         }
-        let sites: BTreeSet<String> = self.all_sites().into_iter().collect();
+        let host_sites = t.host_sites();
+        let sites: BTreeSet<String> = t.all_sites().into_iter().collect();
         let known = |s: &str| s == "*" || sites.contains(s);
         for (i, l) in t.links.iter().enumerate() {
-            for end in [&l.a, &l.b] {
+            let at = spans.topology.links.get(i);
+            let at = |f: fn(&LinkSpans) -> &At| at.map_or(0..0, |l| span(f(l)));
+            for (end, place) in [(&l.a, at(|l| &l.a)), (&l.b, at(|l| &l.b))] {
                 if !known(end) {
-                    return Err(err(
-                        "[[topology.link]]",
-                        i,
+                    return Err(refuse(
+                        place,
                         "topology.link",
                         format!("unknown site `{end}` (sites: {})", list(&sites)),
                     ));
                 }
             }
-            check_link_params(l.loss.as_deref(), l.rate.as_deref())
-                .map_err(|r| err("[[topology.link]]", i, "topology.link", r))?;
+            if let Some(loss) = &l.loss {
+                emu::params::parse_loss(loss)
+                    .map_err(|e| refuse(at(|l| &l.loss), "topology.link", e.to_string()))?;
+            }
+            if let Some(rate) = &l.rate {
+                emu::params::parse_rate(rate)
+                    .map_err(|e| refuse(at(|l| &l.rate), "topology.link", e.to_string()))?;
+            }
         }
-        if self.services.is_empty() {
-            return Err(err(
-                "name",
-                0,
+        let services = spans.services.as_ref();
+        if file.services.is_empty() {
+            return Err(refuse(
+                services.map_or(0..0, |s| s.span()),
                 "service",
-                "declare at least one [[service]]".into(),
+                "declare at least one [[service]]",
             ));
         }
-        let hosts = u64::from(t.sites * t.hosts_per_site);
-        for (i, s) in self.services.iter().enumerate() {
+        for (i, s) in file.services.iter().enumerate() {
+            let at = services.and_then(|v| v.get_ref().get(i));
+            let at = |f: fn(&ServiceSpans) -> &At| at.map_or(0..0, |s| span(f(s)));
             if let Err(e) = consensus::state::validate_name("service name", &s.name) {
-                return Err(err("[[service]]", i, "service.name", e.to_string()));
+                return Err(refuse(at(|s| &s.name), "service.name", e.to_string()));
             }
-            if let Some(bad) = s.sites.iter().find(|x| !self.host_sites().contains(x)) {
-                return Err(err(
-                    "[[service]]",
-                    i,
+            if let Some(bad) = s.sites.iter().find(|x| !host_sites.contains(x)) {
+                return Err(refuse(
+                    at(|s| &s.sites),
                     "service.sites",
                     format!(
                         "unknown site `{bad}` (host sites: {})",
-                        self.host_sites().join(", ")
+                        host_sites.join(", ")
                     ),
                 ));
             }
         }
-        for v in &self.probes.from {
-            if !self.host_sites().contains(v) {
-                return Err(err("from", 0, "probes.from", format!("unknown site `{v}`")));
-            }
-        }
-        if !(0.01..=1.0).contains(&self.drill.min_time_scale) {
-            return Err(err(
-                "min_time_scale",
-                0,
-                "drill.min_time_scale",
-                "must be between 0.01 and 1".into(),
+        if let Some(v) = file.probes.from.iter().find(|v| !host_sites.contains(v)) {
+            return Err(refuse(
+                span(&spans.probes.from),
+                "probes.from",
+                format!("unknown site `{v}`"),
             ));
         }
+        if !(0.01..=1.0).contains(&file.drill.min_time_scale) {
+            return Err(refuse(
+                span(&spans.drill.min_time_scale),
+                "drill.min_time_scale",
+                "must be between 0.01 and 1",
+            ));
+        }
+        let names = Names {
+            sites: &sites,
+            host_sites: &host_sites,
+            hosts: u64::from(t.sites * t.hosts_per_site),
+            witness: t.witness,
+            services: file.services.iter().map(|s| s.name.as_str()).collect(),
+        };
+        let mut steps = Vec::with_capacity(file.steps.len());
         let mut last_at = Duration::ZERO;
-        for (i, step) in self.steps.iter().enumerate() {
-            let bad = |field: &str, reason: String| err("[[step]]", i, field, reason);
-            if let Some(at) = step.at {
+        for step in &file.steps {
+            if let Some((at, place)) = step.at()? {
                 if at < last_at {
-                    return Err(bad(
+                    return Err(refuse(
+                        place,
                         "step.at",
                         format!(
                             "{at:?} is before the previous step's {last_at:?}; keep steps in time order"
@@ -496,189 +502,98 @@ impl Scenario {
                 }
                 last_at = at;
             }
-            self.check_step(step, &sites, hosts)
-                .map_err(|(f, r)| bad(f, r))?;
+            steps.push(step.check(&names)?);
         }
-        let e = &self.expect;
-        for (field, site) in [
-            ("expect.final_owner", &e.final_owner),
-            ("expect.dns_answers", &e.dns_answers),
+        let e = &file.expect;
+        for (field, site, at) in [
+            (
+                "expect.final_owner",
+                &e.final_owner,
+                &spans.expect.final_owner,
+            ),
+            (
+                "expect.dns_answers",
+                &e.dns_answers,
+                &spans.expect.dns_answers,
+            ),
         ] {
             if let Some(s) = site
-                && !self.host_sites().contains(s)
+                && !host_sites.contains(s)
             {
-                return Err(err("[expect]", 0, field, format!("unknown site `{s}`")));
+                return Err(refuse(span(at), field, format!("unknown site `{s}`")));
             }
         }
-        Ok(())
+        Ok(Scenario {
+            name: file.name,
+            description: file.description,
+            topology: file.topology,
+            services: file.services,
+            probes: file.probes,
+            steps,
+            expect: file.expect,
+            drill: file.drill,
+        })
+    }
+}
+
+impl Topology {
+    /// Reads a topology file: a whole drill scenario (its `[topology]` is taken) or a bare
+    /// topology table (the fields of `[topology]` at the top level).
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        Self::parse(&read(path)?, &path.display().to_string())
     }
 
-    /// Checks the fields one step needs and names the first missing or wrong one.
-    fn check_step(
-        &self,
-        s: &Step,
-        sites: &BTreeSet<String>,
-        hosts: u64,
-    ) -> Result<(), (&'static str, String)> {
-        let action = format!("{:?}", s.action);
-        let need_site = || -> Result<&String, (&'static str, String)> {
-            let site = s
-                .site
-                .as_ref()
-                .ok_or(("step.site", format!("{action} needs `site`")))?;
-            if sites.contains(site) {
-                Ok(site)
-            } else {
-                Err((
-                    "step.site",
-                    format!("unknown site `{site}` (sites: {})", list(sites)),
-                ))
-            }
+    /// Parses `text` as a drill scenario, else as a bare topology table; when both fail, the
+    /// error is the drill's if the text has a `[topology]` table, else the bare table's.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ScenarioError> {
+        let as_drill = match Scenario::parse(text, origin) {
+            Ok(s) => return Ok(s.topology),
+            Err(e) => e,
         };
-        let need_host = || -> Result<u64, (&'static str, String)> {
-            let h = s
-                .host
-                .ok_or(("step.host", format!("{action} needs `host`")))?;
-            if (1..=hosts).contains(&h) {
-                Ok(h)
-            } else {
-                Err((
-                    "step.host",
-                    format!("unknown host {h} (hosts 1 to {hosts})"),
-                ))
+        match toml::from_str::<Topology>(text) {
+            Ok(t) => Ok(t),
+            Err(_)
+                if text
+                    .parse::<toml::Table>()
+                    .is_ok_and(|t| t.contains_key("topology")) =>
+            {
+                Err(as_drill)
             }
-        };
-        let peer_ok = || -> Result<(), (&'static str, String)> {
-            match &s.peer {
-                Some(p) if !sites.contains(p) => Err((
-                    "step.peer",
-                    format!("unknown site `{p}` (sites: {})", list(sites)),
-                )),
-                Some(p) if Some(p) == s.site.as_ref() => {
-                    Err(("step.peer", "a link joins two different sites".into()))
-                }
-                _ => Ok(()),
-            }
-        };
-        let need_service = || -> Result<(), (&'static str, String)> {
-            let name = s
-                .service
-                .as_ref()
-                .ok_or(("step.service", format!("{action} needs `service`")))?;
-            if self.services.iter().any(|d| &d.name == name) {
-                Ok(())
-            } else {
-                Err(("step.service", format!("unknown service `{name}`")))
-            }
-        };
-        match s.action {
-            Action::KillHost | Action::StartHost => {
-                // Any agent: a witness is the node after the hosts.
-                let witness = u64::from(self.topology.witness);
-                let h = s
-                    .host
-                    .ok_or(("step.host", format!("{action} needs `host`")))?;
-                if !(1..=hosts + witness).contains(&h) {
-                    return Err((
-                        "step.host",
-                        format!("unknown node {h} (nodes 1 to {})", hosts + witness),
-                    ));
-                }
-            }
-            Action::Drain | Action::Undrain => {
-                need_host()?;
-            }
-            Action::KillSite | Action::StartSite | Action::ThawSite | Action::FreezeSite => {
-                need_site()?;
-            }
-            Action::Partition | Action::Heal => {
-                need_site()?;
-                peer_ok()?;
-            }
-            Action::FlapLink => {
-                need_site()?;
-                peer_ok()?;
-                if s.duration.is_none() || s.count.is_none_or(|c| c == 0) {
-                    return Err((
-                        "step.count",
-                        "flap_link needs `count` (> 0) and `duration` (each half-period)".into(),
-                    ));
-                }
-            }
-            Action::DegradeLink => {
-                need_site()?;
-                peer_ok()?;
-                check_link_params(s.loss.as_deref(), s.rate.as_deref())
-                    .map_err(|r| ("step.loss", r))?;
-            }
-            Action::Switchover => {
-                need_service()?;
-                let to =
-                    s.to.as_ref()
-                        .ok_or(("step.to", "switchover needs `to`".to_string()))?;
-                if !self.host_sites().contains(to) {
-                    return Err(("step.to", format!("unknown site `{to}`")));
-                }
-            }
-            Action::Maintenance => {
-                need_site()?;
-                match s.mode.as_deref() {
-                    Some("enter" | "exit") => {}
-                    _ => {
-                        return Err((
-                            "step.mode",
-                            "maintenance needs mode = \"enter\" or \"exit\"".into(),
-                        ));
-                    }
-                }
-            }
-            Action::Wait => {
-                if s.duration.is_none() {
-                    return Err(("step.duration", "wait needs `duration`".into()));
-                }
-            }
-            Action::WaitUntil => {
-                let until = s
-                    .until
-                    .as_ref()
-                    .ok_or(("step.until", "wait_until needs `until`".to_string()))?;
-                match Until::parse(until).map_err(|e| ("step.until", e))? {
-                    Until::Owner(x) | Until::Serving(x) | Until::SiteUp(x) | Until::SiteDown(x)
-                        if !sites.contains(&x) =>
-                    {
-                        return Err(("step.until", format!("unknown site `{x}`")));
-                    }
-                    _ => {}
-                }
-            }
+            Err(e) => Err(ScenarioError::Parse {
+                path: origin.to_string(),
+                message: format!(
+                    "neither a drill scenario nor a topology table: {}",
+                    crate::toml_file::describe(&e, text)
+                ),
+            }),
         }
-        Ok(())
     }
+
+    /// Host sites `s1` … `sN`.
+    pub fn host_sites(&self) -> Vec<String> {
+        (1..=self.sites).map(|s| format!("s{s}")).collect()
+    }
+
+    /// Every site: host sites, then `w` with a witness.
+    pub fn all_sites(&self) -> Vec<String> {
+        let mut sites = self.host_sites();
+        if self.witness {
+            sites.push("w".into());
+        }
+        sites
+    }
+}
+
+/// The text of the file at `path`.
+fn read(path: &Path) -> Result<String, ScenarioError> {
+    std::fs::read_to_string(path).map_err(|error| ScenarioError::Read {
+        path: path.display().to_string(),
+        error,
+    })
 }
 
 fn list(sites: &BTreeSet<String>) -> String {
     sites.iter().cloned().collect::<Vec<_>>().join(", ")
-}
-
-/// Checks loss and rate strings with the link emulator's own parsers.
-fn check_link_params(loss: Option<&str>, rate: Option<&str>) -> Result<(), String> {
-    if let Some(l) = loss {
-        emu::params::parse_loss(l).map_err(|e| e.to_string())?;
-    }
-    if let Some(r) = rate {
-        emu::params::parse_rate(r).map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-/// Line (1-based) of the `nth` occurrence of `needle` at the start of a line, or 1.
-fn line_of(text: &str, needle: &str, nth: usize) -> usize {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim_start().starts_with(needle))
-        .nth(nth)
-        .map(|(i, _)| i + 1)
-        .unwrap_or(1)
 }
 
 #[cfg(test)]

@@ -17,8 +17,7 @@ pub fn describe(e: &toml::de::Error, text: &str) -> String {
     let start = span.start.min(text.len());
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
-    let line = text[..start].matches('\n').count() + 1;
-    let column = text[line_start..start].chars().count() + 1;
+    let (line, column) = position(text, start);
     let source = text[line_start..line_end].trim();
     if source.is_empty() {
         return format!("line {line}, column {column}: {message}");
@@ -29,6 +28,19 @@ pub fn describe(e: &toml::de::Error, text: &str) -> String {
         source.to_string()
     };
     format!("line {line}, column {column} (`{quoted}`): {message}")
+}
+
+/// Line and column (both 1-based, the column in characters) of byte `offset` of `text`.
+pub fn position(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    (
+        text[..offset].matches('\n').count() + 1,
+        text[line_start..offset].chars().count() + 1,
+    )
 }
 
 /// Reads and parses `path`.

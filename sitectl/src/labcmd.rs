@@ -34,9 +34,9 @@ pub enum LabCmd {
         /// Hosts also advertise ::1 for their workloads (AAAA answers).
         #[arg(long)]
         ipv6: bool,
-        /// A topology file (the `[topology]` table of a drill scenario: sites, hosts, witness,
-        /// timing, links); it replaces --sites, --hosts-per-site, --witness and --ipv6. Links
-        /// put the link emulator between sites.
+        /// A topology file: a drill scenario (its `[topology]` is used) or a bare `[topology]`
+        /// table (sites, hosts, witness, timing, links at the top level); it replaces --sites,
+        /// --hosts-per-site, --witness and --ipv6. Links put the link emulator between sites.
         #[arg(long)]
         topology: Option<PathBuf>,
         /// Service ports to forward between sites when the topology has links.
@@ -233,14 +233,11 @@ pub async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads a topology file: the fields of a scenario's `[topology]` table at the top level.
+/// Reads a topology file (a drill scenario or a bare `[topology]` table) and checks its links.
 fn read_topology(path: &std::path::Path) -> anyhow::Result<scenarios::scenario::Topology> {
-    let t: scenarios::scenario::Topology = scenarios::toml_file::read(path)?;
-    let sites: Vec<String> = (1..=t.sites)
-        .map(|s| format!("s{s}"))
-        .chain(t.witness.then(|| "w".to_string()))
-        .collect();
-    lab::resolve_links(&sites, &t.links).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let t = scenarios::scenario::Topology::load(path)?;
+    lab::resolve_links(&t.all_sites(), &t.links)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(t)
 }
 

@@ -325,3 +325,58 @@ fn an_interrupted_drill_tears_its_lab_down() {
     assert!(rest.contains("interrupted"), "{rest}");
     assert_no_processes_left(&dirs);
 }
+
+#[test]
+fn a_lab_that_fails_to_start_says_why_and_keeps_its_directory() {
+    // A lease of only twice its margin: the scenario format takes it, the agent's own check
+    // refuses it, so every agent exits at start-up.
+    let dir = tempfile::tempdir().expect("dir");
+    let text = std::fs::read_to_string(drill_file("host-loss"))
+        .expect("scenario")
+        .replace(
+            "[[service]]",
+            "[topology.timing]\nlease = \"2s\"\nlease_margin = \"1s\"\n\n[[service]]",
+        );
+    let path = dir.path().join("host-loss.toml");
+    std::fs::write(&path, text).expect("write");
+    let reports = dir.path().join("reports");
+    let out = sitectl(&[
+        "drill",
+        "run",
+        path.to_str().expect("utf-8"),
+        "--report-dir",
+        reports.to_str().expect("utf-8"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "a lab that cannot start passed:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("exited during start-up") && stderr.contains("failover.lease"),
+        "the agent's own error is in the message:\n{stderr}"
+    );
+    let kept = stderr
+        .split("its directory ")
+        .nth(1)
+        .and_then(|rest| rest.split(" is kept").next())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no kept directory named:\n{stderr}"));
+    let log = stderr
+        .split("see ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|l| PathBuf::from(l.trim_end_matches([';', ':', ','])))
+        .unwrap_or_else(|| panic!("no log named:\n{stderr}"));
+    let exists = (kept.is_dir(), log.is_file());
+    kill_everything_under(&kept);
+    let _ = std::fs::remove_dir_all(&kept);
+    assert_eq!(
+        exists,
+        (true, true),
+        "{} and {}",
+        kept.display(),
+        log.display()
+    );
+    assert!(log.starts_with(&kept), "the log is in the kept directory");
+}

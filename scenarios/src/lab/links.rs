@@ -10,18 +10,20 @@
 //! configs only name where to send; partitions and delays are changed in the emulator.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+use emu::config::{EmuConfig, ForwardConfig, LinkConfig};
 use emu::control::{self, Request};
 use emu::params::{ParamsSpec, parse_loss, parse_rate};
-use emu::table::Direction;
+use emu::table::{Direction, ForwardKind};
 use serde::{Deserialize, Serialize};
 
 use super::{AgentRole, LabAgent, LabFile, WAN_PORT};
 use crate::lab::Lab;
+use crate::poll::{Check, PollError, poll_until};
 use crate::scenario::LinkDef;
 
 /// One link of a lab (both directions alike), as `lab.toml` records it.
@@ -107,16 +109,6 @@ fn listener(file: &LabFile, from: &str, a: &LabAgent, port: u16) -> SocketAddr {
     ))
 }
 
-fn sites_of(file: &LabFile) -> Vec<String> {
-    let mut sites: Vec<String> = Vec::new();
-    for a in &file.agents {
-        if !sites.contains(&a.site) {
-            sites.push(a.site.clone());
-        }
-    }
-    sites
-}
-
 /// `[wan] routes` of agent `me`: every agent of another site through the emulator.
 pub fn routes(file: &LabFile, me: &LabAgent) -> Vec<(SocketAddr, SocketAddr)> {
     if file.links.is_empty() {
@@ -133,43 +125,50 @@ fn emu_socket(dir: &std::path::Path) -> PathBuf {
     dir.join("emu.sock")
 }
 
-/// The `fabric-emu` config of a lab.
-pub fn emu_config(file: &LabFile, dir: &std::path::Path, seed: u64) -> String {
-    let mut out = format!(
-        "# Written by `sitectl lab up`: the links between the lab's sites.\ncontrol = {:?}\nseed = {seed}\n",
-        emu_socket(dir).display().to_string()
-    );
-    for l in &file.links {
-        out.push_str(&format!(
-            "\n[[link]]\na = {:?}\nb = {:?}\ndelay = {:?}\njitter = {:?}\nloss = {}\n",
-            l.a,
-            l.b,
-            format!("{}ms", l.delay.as_millis()),
-            format!("{}ms", l.jitter.as_millis()),
-            l.loss
-        ));
-        if let Some(r) = l.rate_bps {
-            out.push_str(&format!("rate = {r}\n"));
-        }
-    }
-    let sites = sites_of(file);
+/// The `fabric-emu` config of a lab in `dir`: its links, and a forwarder for every agent's WAN
+/// port (and every host's service ports) from each other site.
+pub fn emu_config(file: &LabFile, dir: &Path, seed: u64) -> EmuConfig {
+    let links = file
+        .links
+        .iter()
+        .map(|l| LinkConfig {
+            a: l.a.clone(),
+            b: l.b.clone(),
+            delay: Some(l.delay),
+            jitter: Some(l.jitter),
+            loss: Some(l.loss),
+            rate: l.rate_bps,
+            partitioned: None,
+            a_to_b: None,
+            b_to_a: None,
+        })
+        .collect();
+    let sites = file.site_names();
+    let mut forwards = Vec::new();
     for a in &file.agents {
         for from in sites.iter().filter(|s| **s != a.site) {
-            let mut ports = vec![("udp", WAN_PORT)];
+            let mut ports = vec![(ForwardKind::Udp, WAN_PORT)];
             if a.roles.contains(&AgentRole::Host) {
-                ports.extend(file.probe_ports.iter().map(|p| ("tcp", *p)));
+                ports.extend(file.probe_ports.iter().map(|p| (ForwardKind::Tcp, *p)));
             }
             for (kind, port) in ports {
-                let target = SocketAddr::new(a.wan.ip(), port);
-                out.push_str(&format!(
-                    "\n[[forward]]\nkind = {kind:?}\nlisten = \"{}\"\ntarget = \"{target}\"\nfrom = {from:?}\nto = {:?}\n",
-                    listener(file, from, a, port),
-                    a.site
-                ));
+                forwards.push(ForwardConfig {
+                    kind,
+                    listen: listener(file, from, a, port),
+                    target: SocketAddr::new(a.wan.ip(), port),
+                    from: from.clone(),
+                    to: a.site.clone(),
+                });
             }
         }
     }
-    out
+    EmuConfig {
+        control: emu_socket(dir),
+        seed,
+        udp_flow_idle: emu::udp::FLOW_IDLE,
+        links,
+        forwards,
+    }
 }
 
 /// The `fabric-emu` binary: `$FABRIC_EMU_BIN`, else next to `siteagent`.
@@ -201,7 +200,12 @@ impl Lab {
         seed: u64,
     ) -> anyhow::Result<()> {
         let config = self.dir.join("emu.toml");
-        std::fs::write(&config, emu_config(&self.file, &self.dir, seed))?;
+        let text = toml::to_string(&emu_config(&self.file, &self.dir, seed))
+            .context("the link emulator's config")?;
+        std::fs::write(
+            &config,
+            format!("# Written by `sitectl lab up`: the links between the lab's sites.\n{text}"),
+        )?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -218,27 +222,36 @@ impl Lab {
             .spawn()
             .context("cannot start fabric-emu")?;
         std::fs::write(self.dir.join("emu.pid"), child.id().to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!(
-                    "fabric-emu exited during start-up ({status}); see {}",
-                    self.dir.join("emu.log").display()
-                );
+        let socket = emu_socket(&self.dir);
+        let answered = poll_until(
+            Duration::from_secs(15),
+            Duration::from_millis(50),
+            "fabric-emu",
+            || {
+                let exited = child.try_wait().ok().flatten();
+                let socket = &socket;
+                async move {
+                    if let Some(status) = exited {
+                        return Check::Failed(format!(
+                            "exited during start-up ({status}); see {}",
+                            self.dir.join("emu.log").display()
+                        ));
+                    }
+                    Check::from(
+                        control::request(socket, &Request::Status {})
+                            .await
+                            .map_err(|e| e.to_string()),
+                    )
+                }
+            },
+        )
+        .await;
+        match answered {
+            Ok(_) => Ok(()),
+            Err(PollError::Failed { what, reason }) => bail!("{what} {reason}"),
+            Err(PollError::Timeout { .. }) => {
+                bail!("fabric-emu did not answer on {}", socket.display())
             }
-            if control::request(&emu_socket(&self.dir), &Request::Status {})
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "fabric-emu did not answer on {}",
-                    emu_socket(&self.dir).display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -254,11 +267,23 @@ impl Lab {
         };
         let pid = nix::unistd::Pid::from_raw(pid);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while self.emu_pid().is_some() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if self.emu_pid().is_some() {
+        let stopped = poll_until(
+            grace,
+            Duration::from_millis(50),
+            "fabric-emu stopping",
+            || {
+                let running = self.emu_pid().is_some();
+                async move {
+                    if running {
+                        Check::NotYet(())
+                    } else {
+                        Check::Ready(())
+                    }
+                }
+            },
+        )
+        .await;
+        if stopped.is_err() {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }

@@ -79,11 +79,12 @@ fn an_unknown_action_lists_the_known_ones() {
 }
 
 #[test]
-fn an_unknown_site_in_a_step_names_the_step_line() {
+fn an_unknown_site_in_a_step_names_its_line_and_column() {
     let text = MINIMAL.replace("site = \"s1\"", "site = \"s9\"");
     let err = parse(&text).expect_err("unknown site");
     let ScenarioError::Invalid {
         line,
+        column,
         field,
         reason,
         ..
@@ -91,7 +92,8 @@ fn an_unknown_site_in_a_step_names_the_step_line() {
     else {
         panic!("{err}");
     };
-    assert_eq!(*line, 11, "{err}");
+    // `site = "s9"` on line 14: the value starts at column 8.
+    assert_eq!((*line, *column), (14, 8), "{err}");
     assert_eq!(field, "step.site");
     assert!(reason.contains("s9"), "{reason}");
 }
@@ -131,4 +133,164 @@ fn expectations_must_name_known_sites() {
     let text = MINIMAL.replace("final_owner = \"s2\"", "final_owner = \"s7\"");
     let err = parse(&text).expect_err("unknown site").to_string();
     assert!(err.contains("expect.final_owner"), "{err}");
+}
+
+/// Line, column and field of a refused scenario.
+fn position(text: &str) -> (usize, usize, String) {
+    match parse(text).expect_err("refused") {
+        ScenarioError::Invalid {
+            line,
+            column,
+            field,
+            ..
+        } => (line, column, field),
+        other => panic!("not a checked field: {other}"),
+    }
+}
+
+#[test]
+fn a_missing_step_field_points_at_the_action_that_needs_it() {
+    let text = MINIMAL.replace("site = \"s1\"", "");
+    // `action = "kill_site"` on line 13: the value starts at column 10.
+    assert_eq!(position(&text), (13, 10, "step.site".into()));
+}
+
+#[test]
+fn a_wrong_step_value_is_named_at_its_own_line_and_column() {
+    let peer = MINIMAL.replace(
+        "kill_site\"\nsite = \"s1\"",
+        "partition\"\nsite = \"s1\"\n  peer = \"s1\"",
+    );
+    assert_eq!(position(&peer), (15, 10, "step.peer".into()));
+    let until = MINIMAL.replace(
+        "action = \"kill_site\"\nsite = \"s1\"",
+        "action = \"wait_until\"\nuntil = \"serving:s8\"",
+    );
+    assert_eq!(position(&until), (14, 9, "step.until".into()));
+    let wait = MINIMAL.replace(
+        "action = \"kill_site\"\nsite = \"s1\"",
+        "action = \"wait\"\nduration = \"soon\"",
+    );
+    assert_eq!(position(&wait), (14, 12, "step.duration".into()));
+    let at = format!("{MINIMAL}\n[[step]]\nat = \"1s\"\naction = \"heal\"\nsite = \"s1\"\n");
+    assert_eq!(position(&at), (20, 6, "step.at".into()));
+}
+
+#[test]
+fn wrong_values_outside_the_steps_are_named_at_their_line_and_column() {
+    let owner = MINIMAL.replace("final_owner = \"s2\"", "final_owner = \"s7\"");
+    assert_eq!(position(&owner), (17, 15, "expect.final_owner".into()));
+    let loss = MINIMAL.replace(
+        "[[service]]",
+        "[[topology.link]]\na = \"*\"\nb = \"*\"\nloss = \"120%\"\n\n[[service]]",
+    );
+    assert_eq!(position(&loss), (11, 8, "topology.link".into()));
+    let sites = MINIMAL.replace("sites = 3", "sites = 12");
+    assert_eq!(position(&sites), (5, 9, "topology.sites".into()));
+    let service = MINIMAL.replace(
+        "[[service]]\nname = \"web\"",
+        "[[service]]\nname = \"web\"\nsites = [\"s4\"]",
+    );
+    assert_eq!(position(&service), (10, 9, "service.sites".into()));
+}
+
+/// The single step of MINIMAL with its action replaced by `step`.
+fn only_step(step: &str) -> Step {
+    let text = MINIMAL.replace("action = \"kill_site\"\nsite = \"s1\"", step);
+    let mut s = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.steps.len(), 1);
+    s.steps.remove(0)
+}
+
+#[test]
+fn steps_become_actions_with_exactly_their_fields_and_defaults() {
+    assert_eq!(
+        only_step("action = \"kill_site\"\nsite = \"s1\""),
+        Step {
+            at: Some(Duration::from_secs(5)),
+            action: Action::KillSite { site: "s1".into() }
+        }
+    );
+    assert_eq!(
+        only_step("action = \"partition\"\nsite = \"s3\"").action,
+        Action::Partition {
+            site: "s3".into(),
+            peer: None
+        }
+    );
+    assert_eq!(
+        only_step("action = \"maintenance\"\nsite = \"s2\"\nmode = \"exit\"").action,
+        Action::Maintenance {
+            site: "s2".into(),
+            mode: MaintenanceMode::Exit
+        }
+    );
+    assert_eq!(
+        only_step("action = \"wait_until\"\nuntil = \"owner:s2\"").action,
+        Action::WaitUntil {
+            until: Until::Owner("s2".into()),
+            timeout: DEFAULT_UNTIL_TIMEOUT
+        }
+    );
+    assert_eq!(
+        only_step(
+            "action = \"flap_link\"\nsite = \"s1\"\npeer = \"s2\"\ncount = 3\nduration = \"1s\""
+        )
+        .action,
+        Action::FlapLink {
+            site: "s1".into(),
+            peer: Some("s2".into()),
+            count: 3,
+            half_period: Duration::from_secs(1)
+        }
+    );
+}
+
+#[test]
+fn faults_and_operations_are_told_apart_by_the_typed_step() {
+    let kill = only_step("action = \"kill_host\"\nhost = 2").action;
+    assert!(kill.is_fault() && !kill.is_operation());
+    let switchover = only_step("action = \"switchover\"\nservice = \"web\"\nto = \"s2\"").action;
+    assert!(switchover.is_operation() && !switchover.is_fault());
+    let wait = only_step("action = \"wait\"\nduration = \"1s\"").action;
+    assert!(!wait.is_fault() && !wait.is_operation());
+}
+
+#[test]
+fn the_readme_format_example_parses() {
+    let readme = include_str!("../../README.md");
+    let example = readme
+        .split("## Format")
+        .nth(1)
+        .and_then(|rest| rest.split("```toml\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("a ```toml block under ## Format");
+    let s = parse(example).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.name, "site-loss");
+    assert_eq!(s.steps[0].action, Action::KillSite { site: "s1".into() });
+}
+
+#[test]
+fn a_topology_comes_from_a_drill_file_or_a_bare_table() {
+    let from_drill = Topology::parse(MINIMAL, "t.toml").expect("a drill file");
+    assert_eq!((from_drill.sites, from_drill.hosts_per_site), (3, 2));
+    let bare = Topology::parse("sites = 2\nwitness = true\n", "t.toml").expect("a bare table");
+    assert_eq!(bare.all_sites(), ["s1", "s2", "w"]);
+}
+
+#[test]
+fn a_bad_topology_file_gets_the_error_of_what_it_looks_like() {
+    // A drill file with a wrong step: the drill's error, not "unknown field `topology`".
+    let drill = MINIMAL.replace("site = \"s1\"", "site = \"s9\"");
+    let err = Topology::parse(&drill, "t.toml")
+        .expect_err("bad drill")
+        .to_string();
+    assert!(err.starts_with("t.toml: line 14"), "{err}");
+    assert!(err.contains("unknown site `s9`"), "{err}");
+    // A bare table with a typo: the table's error.
+    let err = Topology::parse("sites = 2\nwitnes = true\n", "t.toml")
+        .expect_err("bad table")
+        .to_string();
+    assert!(err.starts_with("t.toml:"), "{err}");
+    assert!(err.contains("unknown field `witnes`"), "{err}");
 }

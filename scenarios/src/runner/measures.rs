@@ -1,0 +1,150 @@
+//! From what a drill recorded and what it saw at the end to its measures (RTO, lost writes,
+//! failed probes, detection) and the verdict of each expectation.
+//!
+//! Invariant: a pure function — the same recording, end state and timing always give the same
+//! measures and verdicts; RTO starts at the faults, or at the operations when nothing failed.
+//!
+//! It does not observe anything: the runner fetches the end state ([`EndState`]) first.
+
+use std::collections::BTreeSet;
+
+use siteagent::api::EventView;
+
+use super::Recording;
+use crate::checks::{self, Measured};
+use crate::lab::LabTiming;
+use crate::report::{ExpectationResult, MarkerKind, Measure};
+use crate::scenario::{Expect, Scenario};
+
+/// What the runner saw at the end of the drill.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndState {
+    /// Wall-clock time (Unix ms) of drill time 0, to place the event log on the drill's clock.
+    pub started_unix_ms: u64,
+    pub final_owner: Option<String>,
+    /// Records held by a running instance of the final owner, when one answered.
+    pub held: Option<BTreeSet<u64>>,
+    /// Each live DNS server and the site its final answer pointed at.
+    pub dns_final: Vec<(String, Option<String>)>,
+    /// The fabric's event log.
+    pub events: Vec<EventView>,
+}
+
+/// The measured part of a report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conclusion {
+    pub measures: Vec<Measure>,
+    pub expectations: Vec<ExpectationResult>,
+    pub passed: bool,
+}
+
+/// Seconds from the fault at `fault` (drill time) to the first `… is down` verdict after it.
+pub fn detection(events: &[EventView], started_unix_ms: u64, fault: Option<f64>) -> Option<f64> {
+    let fault_ms = started_unix_ms + (fault? * 1000.0) as u64;
+    events
+        .iter()
+        .find(|e| e.at_ms >= fault_ms && e.message.contains(" is down"))
+        .map(|e| (e.at_ms - fault_ms) as f64 / 1000.0)
+}
+
+/// The measures and expectations of a drill; with `test_failover` the expectation is that
+/// production clients saw no failure.
+pub fn measures(
+    rec: &Recording,
+    end: &EndState,
+    timing: &LabTiming,
+    scenario: &Scenario,
+    test_failover: bool,
+) -> Conclusion {
+    // The causes RTO is measured from: the faults, or the operations when nothing failed.
+    let faults = rec.times_of(MarkerKind::Fault);
+    let detection = detection(&end.events, end.started_unix_ms, faults.first().copied());
+    let causes = if faults.is_empty() {
+        rec.times_of(MarkerKind::Operation)
+    } else {
+        faults
+    };
+    let served = checks::served(&rec.probes);
+    let failures: Vec<f64> = rec.probes.iter().filter(|p| !p.ok).map(|p| p.t).collect();
+    let rto = checks::rto(&served, &causes, &failures);
+    let lost = end
+        .held
+        .as_ref()
+        .map(|h| checks::lost_writes(&rec.acked, h));
+    let failed = failures.len() as u64;
+    let measured = Measured {
+        rto,
+        lost_writes: lost,
+        split_brain: checks::split_brain(&served),
+        final_owner: end.final_owner.clone(),
+        dns_final: end.dns_final.clone(),
+        failed_probes: failed,
+        owner_changes: rec
+            .owners
+            .windows(2)
+            .filter(|w| w[0].site != w[1].site)
+            .count() as u64,
+        step_failures: rec.step_failures.clone(),
+    };
+    // A test failover changes nothing in production: what must hold is that production
+    // clients saw no failure and no split brain (the test instance answering is a step).
+    let expect = if test_failover {
+        Expect {
+            max_failed_probes: Some(0),
+            ..Default::default()
+        }
+    } else {
+        scenario.expect.clone()
+    };
+    let expectations = checks::evaluate(&expect, &measured);
+    let passed = expectations.iter().all(|e| e.pass);
+    let measures = vec![
+        Measure {
+            name: "rto".into(),
+            value: rto,
+            unit: "s".into(),
+            bound: Some(
+                (timing.failover_bound() + scenario.probes.interval + timing.election_timeout_max * 2)
+                    .as_secs_f64(),
+            ),
+            how: "the fault that caused the outage (or the operation) to the first successful probe served by another instance; bound = heartbeat × threshold + lease + margin + DNS TTL + probe interval + 2 × election timeout (a leader lost with the fault is replaced first)".into(),
+        },
+        Measure {
+            name: "rpo_writes".into(),
+            value: lost.map(|l| l as f64),
+            unit: "writes".into(),
+            bound: None,
+            how: format!(
+                "acknowledged writes ({}) missing from the final owner's records; volumes are shared within a site, not replicated across sites",
+                rec.acked.len()
+            ),
+        },
+        Measure {
+            name: "failed_probes".into(),
+            value: Some(failed as f64),
+            unit: "probes".into(),
+            bound: None,
+            how: format!(
+                "of {} probes every {} from {}",
+                rec.probes.len(),
+                humantime::format_duration(scenario.probes.interval),
+                scenario.vantages().join(", ")
+            ),
+        },
+        Measure {
+            name: "detection".into(),
+            value: detection,
+            unit: "s".into(),
+            bound: Some(timing.verdict_bound().as_secs_f64()),
+            how: "first fault to the first `… is down` verdict in the event log; bound = heartbeat interval × (failure threshold + 1) + planner interval + 2 × election timeout (a leader lost with the fault is replaced first)".into(),
+        },
+    ];
+    Conclusion {
+        measures,
+        expectations,
+        passed,
+    }
+}
+
+#[cfg(test)]
+mod tests;
