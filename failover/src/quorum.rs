@@ -118,19 +118,9 @@ pub fn verdicts(state: &FabricState, members: &Members) -> Verdicts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use consensus::state::{Capacity, Command, Proposal};
+    use consensus::fixture::{apply, host, host_health, site};
     use proptest::prelude::*;
     use proptest::sample::Index;
-
-    fn apply(state: &mut FabricState, command: Command) {
-        state
-            .apply(&Proposal {
-                at_ms: 1,
-                actor: "test".into(),
-                command,
-            })
-            .expect("apply");
-    }
 
     /// Sites s1..sN with two agents each: node 10s+1 and 10s+2.
     fn fabric(sites: u64) -> (FabricState, Members) {
@@ -142,43 +132,19 @@ mod tests {
         let mut state = FabricState::default();
         let mut members = Members::new();
         for (s, count) in (1u64..).zip(agents) {
-            let site = format!("s{s}");
-            apply(
-                &mut state,
-                Command::UpsertSite {
-                    name: site.clone(),
-                    priority: s as u32,
-                },
-            );
+            let name = format!("s{s}");
+            apply(&mut state, site(&name, s as u32));
             for h in 1..=*count {
                 let id = 10 * s + h;
-                apply(
-                    &mut state,
-                    Command::RegisterHost {
-                        id,
-                        site: site.clone(),
-                        address: "127.0.0.1:1".into(),
-                        admin_address: "127.0.0.1:2".into(),
-                        addresses: vec![],
-                        capacity: Capacity::default(),
-                        labels: Default::default(),
-                    },
-                );
-                members.insert(id, site.clone());
+                apply(&mut state, host(id, &name, vec![]));
+                members.insert(id, name.clone());
             }
         }
         (state, members)
     }
 
     fn observe(state: &mut FabricState, observer: NodeId, subject: NodeId, up: bool) {
-        apply(
-            state,
-            Command::Observe {
-                observer,
-                subject,
-                up,
-            },
-        );
+        apply(state, consensus::fixture::observe(observer, subject, up));
     }
 
     #[test]
@@ -279,27 +245,9 @@ mod tests {
         let (mut state, members) = fabric(1);
         let mut members = members;
         members.insert(13, "s1".into());
-        apply(
-            &mut state,
-            Command::RegisterHost {
-                id: 13,
-                site: "s1".into(),
-                address: "127.0.0.1:1".into(),
-                admin_address: "127.0.0.1:2".into(),
-                addresses: vec![],
-                capacity: Capacity::default(),
-                labels: Default::default(),
-            },
-        );
+        apply(&mut state, host(13, "s1", vec![]));
         // Host 11 is down; its stale "12 is up" must not outvote 13's "12 is down".
-        apply(
-            &mut state,
-            Command::SetHostHealth {
-                id: 11,
-                health: Health::Down,
-                reason: "test".into(),
-            },
-        );
+        apply(&mut state, host_health(11, Health::Down));
         observe(&mut state, 13, 12, false);
         assert_eq!(verdicts(&state, &members).hosts[&12], Health::Down);
     }

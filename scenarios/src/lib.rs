@@ -7,13 +7,15 @@
 //!   between sites through the link emulator when a topology asks for them;
 //! - [`client`], [`context`]: the operator's HTTPS client of the admin API and its context file;
 //! - [`scenario`]: the drill file format; [`runner`]: runs a drill; [`probe`]: the client probes;
-//!   [`checks`]: split brain, RTO, RPO and expectations; [`report`], [`svg`]: the report;
+//!   [`checks`]: split brain, RTO, RPO and expectations; [`report`], [`svg`]: the report, and
+//!   [`archive`]: its files (`report.json`, `timeline.svg`);
 //! - [`poll`]: waiting for a condition until a time limit (the lab's and the runner's waits).
 //!
 //! Invariant: a drill observes and injects faults only from outside the agents — signals to
 //! processes, the link emulator, the admin API, DNS queries and the service's own endpoint — and
 //! a report is plain data: the table and the SVG are derived from the `Report` value alone.
 
+pub mod archive;
 pub mod checks;
 pub mod client;
 pub mod context;

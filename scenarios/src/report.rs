@@ -1,8 +1,8 @@
 //! The drill report: what the probes saw, what happened when, what was measured and which
-//! expectations held — as data (`report.json`), as a terminal table and (through [`crate::svg`])
-//! as a timeline picture.
+//! expectations held — as data and as terminal tables. Its files on disk are
+//! [`crate::archive`]'s, its timeline picture [`crate::svg`]'s.
 //!
-//! It owns the report's data model, its files on disk and the small queries the runner derives
+//! It owns the report's data model and the small queries the runner derives
 //! its measures from ([`Report::failure_windows`], [`Report::first_ok_after`]).
 //!
 //! Invariant: all times are seconds since the drill started, and nothing here assumes the
@@ -13,7 +13,6 @@
 //! only shows them.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_BORDERS_ONLY};
 use serde::{Deserialize, Serialize};
@@ -172,89 +171,7 @@ pub struct ExpectationResult {
     pub detail: String,
 }
 
-/// Paths of the files [`Report::write`] wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Written {
-    /// The report as pretty JSON.
-    pub json: PathBuf,
-    /// The timeline picture.
-    pub svg: PathBuf,
-}
-
-/// Why a report could not be written or read.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    #[error("cannot create report directory {path}")]
-    CreateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot encode the report for {path}")]
-    Encode {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("cannot write {path}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is not a drill report")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-}
-
-/// File name of the JSON report inside the report directory.
-pub const REPORT_JSON: &str = "report.json";
-/// File name of the timeline picture inside the report directory.
-pub const TIMELINE_SVG: &str = "timeline.svg";
-
 impl Report {
-    /// Writes `report.json` (pretty) and `timeline.svg` into `dir`, creating it.
-    pub fn write(&self, dir: &Path) -> Result<Written, ReportError> {
-        std::fs::create_dir_all(dir).map_err(|source| ReportError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let json = dir.join(REPORT_JSON);
-        let mut text =
-            serde_json::to_string_pretty(self).map_err(|source| ReportError::Encode {
-                path: json.clone(),
-                source,
-            })?;
-        text.push('\n');
-        std::fs::write(&json, text).map_err(|source| ReportError::Write {
-            path: json.clone(),
-            source,
-        })?;
-        let svg = dir.join(TIMELINE_SVG);
-        std::fs::write(&svg, crate::svg::timeline(self)).map_err(|source| ReportError::Write {
-            path: svg.clone(),
-            source,
-        })?;
-        Ok(Written { json, svg })
-    }
-
-    /// Reads a `report.json` written by [`Report::write`].
-    pub fn load(path: impl AsRef<Path>) -> Result<Report, ReportError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ReportError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|source| ReportError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-
     /// Vantages in display order: the sites first, then any other vantage a probe or a DNS
     /// change names, in the order first seen.
     pub fn vantages(&self) -> Vec<String> {
@@ -596,14 +513,5 @@ mod tests {
         assert_eq!(number(0.1234), "0.123");
         assert_eq!(with_unit(3.5, "s"), "3.5 s");
         assert_eq!(number(f64::INFINITY), "inf");
-    }
-
-    #[test]
-    fn load_names_the_missing_file() {
-        let err = Report::load("/nonexistent/report.json").expect_err("no such file");
-        assert!(
-            err.to_string().contains("/nonexistent/report.json"),
-            "{err}"
-        );
     }
 }

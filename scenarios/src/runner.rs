@@ -173,8 +173,7 @@ pub async fn run(
     say(opts, "drill: stopping the lab".to_string());
     lab.down(Duration::from_secs(5)).await;
     let report = report?;
-    let written = report
-        .write(&opts.report_dir)
+    let written = crate::archive::write(&report, &opts.report_dir)
         .with_context(|| format!("writing the report to {}", opts.report_dir.display()))?;
     Ok(Outcome {
         report,

@@ -3,7 +3,8 @@
 
 mod common;
 
-use scenarios::report::{REPORT_JSON, Report, ReportError, TIMELINE_SVG};
+use scenarios::archive::{self, REPORT_JSON, ReportError, TIMELINE_SVG};
+use scenarios::report::Report;
 
 #[test]
 fn failure_windows_of_the_sample_span_the_outage_for_every_vantage() {
@@ -99,10 +100,10 @@ fn write_then_load_round_trips_and_creates_the_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let target = dir.path().join("runs").join("site-loss");
     let report = common::failover_drill();
-    let written = report.write(&target).expect("write");
+    let written = archive::write(&report, &target).expect("write");
     assert_eq!(written.json, target.join(REPORT_JSON));
     assert_eq!(written.svg, target.join(TIMELINE_SVG));
-    assert_eq!(Report::load(&written.json).expect("load"), report);
+    assert_eq!(archive::load(&written.json).expect("load"), report);
     let svg = std::fs::read_to_string(&written.svg).expect("svg written");
     assert!(svg.contains("<svg"));
 }
@@ -112,7 +113,7 @@ fn load_rejects_a_file_that_is_not_a_report_and_names_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("report.json");
     std::fs::write(&path, "{\"scenario\": 3}").expect("write");
-    let err = Report::load(&path).expect_err("not a report");
+    let err = archive::load(&path).expect_err("not a report");
     assert!(matches!(err, ReportError::Parse { .. }), "{err:?}");
     assert!(
         err.to_string().contains(&path.display().to_string()),
@@ -125,9 +126,7 @@ fn write_into_a_path_that_is_a_file_fails_naming_the_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("taken");
     std::fs::write(&file, "x").expect("write");
-    let err = common::empty_drill()
-        .write(&file)
-        .expect_err("not a directory");
+    let err = archive::write(&common::empty_drill(), &file).expect_err("not a directory");
     assert!(matches!(err, ReportError::CreateDir { .. }), "{err:?}");
     assert!(err.to_string().contains("taken"), "{err}");
 }

@@ -189,14 +189,7 @@ mod tests {
     }
 
     fn observe(state: &mut FabricState, observer: u64, subject: u64, up: bool) {
-        fixture::apply(
-            state,
-            Command::Observe {
-                observer,
-                subject,
-                up,
-            },
-        );
+        fixture::apply(state, fixture::observe(observer, subject, up));
     }
 
     #[test]

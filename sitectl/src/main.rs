@@ -388,7 +388,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Drill(DrillCmd::Report { file, svg }) => {
-            let report = scenarios::report::Report::load(&file)?;
+            let report = scenarios::archive::load(&file)?;
             if let Some(svg) = svg {
                 std::fs::write(&svg, scenarios::svg::timeline(&report))
                     .with_context(|| format!("writing {}", svg.display()))?;

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use consensus::state::{Proposal, ServiceSpec};
+use consensus::state::ServiceSpec;
 
 use super::*;
 
@@ -13,43 +13,15 @@ fn lease() -> LeaseConfig {
     }
 }
 
-fn apply(state: &mut FabricState, command: Command) {
-    state
-        .apply(&Proposal {
-            at_ms: 1,
-            actor: "test".into(),
-            command,
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-}
+use consensus::fixture::{apply, host, site};
 
 /// Sites s1..s3 with hosts 11, 12 (s1), 21, 22 (s2), 31, 32 (s3); service `web` in s1, s2, s3.
 fn fabric() -> FabricState {
     let mut state = FabricState::default();
     for s in 1..=3u64 {
-        apply(
-            &mut state,
-            Command::UpsertSite {
-                name: format!("s{s}"),
-                priority: s as u32,
-            },
-        );
+        apply(&mut state, site(&format!("s{s}"), s as u32));
         for h in 1..=2 {
-            apply(
-                &mut state,
-                Command::RegisterHost {
-                    id: 10 * s + h,
-                    site: format!("s{s}"),
-                    address: "127.0.0.1:1".into(),
-                    admin_address: "127.0.0.1:2".into(),
-                    addresses: vec![],
-                    capacity: Capacity {
-                        cpu_millis: 1000,
-                        memory_mib: 1024,
-                    },
-                    labels: Default::default(),
-                },
-            );
+            apply(&mut state, host(10 * s + h, &format!("s{s}"), vec![]));
         }
     }
     apply(

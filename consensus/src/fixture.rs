@@ -1,0 +1,111 @@
+//! Building fabric states in tests the way the real one is built: through [`Command`]s applied by
+//! the state machine, so every state a unit test feeds the planner, the quorum, the keeper or the
+//! zone is one the state machine accepts.
+//!
+//! Owns: applying a command or panicking with the refusal, and the commands tests need most,
+//! with the fields a test does not care about filled in. Does not: exist outside tests (`cfg(test)`
+//! here, the `fixture` feature for other crates' tests), nor choose a topology: each test suite
+//! builds its own from these pieces.
+
+use std::net::IpAddr;
+
+use crate::NodeId;
+use crate::state::{Capacity, Command, FabricState, Health, Proposal};
+
+/// Applies `command` at time 1 ms as actor `test`, panicking with the state machine's refusal
+/// (a broken fixture, not a behaviour under test).
+pub fn apply(state: &mut FabricState, command: Command) {
+    state
+        .apply(&Proposal {
+            at_ms: 1,
+            actor: "test".into(),
+            command,
+        })
+        .unwrap_or_else(|e| panic!("fixture command refused: {e}"));
+}
+
+/// A site with `priority`.
+pub fn site(name: &str, priority: u32) -> Command {
+    Command::UpsertSite {
+        name: name.into(),
+        priority,
+    }
+}
+
+/// Host `id` in `site`, reachable for workloads at `addresses`, with room for two 500-milli,
+/// 256 MiB instances.
+pub fn host(id: NodeId, site: &str, addresses: Vec<IpAddr>) -> Command {
+    Command::RegisterHost {
+        id,
+        site: site.into(),
+        address: "127.0.0.1:1".into(),
+        admin_address: "127.0.0.1:2".into(),
+        addresses,
+        capacity: Capacity {
+            cpu_millis: 1000,
+            memory_mib: 1024,
+        },
+        labels: Default::default(),
+    }
+}
+
+/// `observer` reports `subject` up or down.
+pub fn observe(observer: NodeId, subject: NodeId, up: bool) -> Command {
+    Command::Observe {
+        observer,
+        subject,
+        up,
+    }
+}
+
+pub fn assign(service: &str, site: &str, epoch: u64) -> Command {
+    Command::AssignOwner {
+        service: service.into(),
+        site: site.into(),
+        epoch,
+        reason: "test".into(),
+    }
+}
+
+pub fn place(service: &str, host: NodeId, epoch: u64) -> Command {
+    Command::PlaceInstance {
+        service: service.into(),
+        host,
+        epoch,
+        reason: "test".into(),
+    }
+}
+
+pub fn running(service: &str, host: NodeId, epoch: u64) -> Command {
+    Command::InstanceRunning {
+        service: service.into(),
+        host,
+        epoch,
+    }
+}
+
+pub fn revoke(service: &str, host: NodeId, epoch: u64) -> Command {
+    Command::RevokeInstance {
+        service: service.into(),
+        host,
+        epoch,
+        planned: false,
+        reason: "test".into(),
+    }
+}
+
+pub fn host_health(id: NodeId, health: Health) -> Command {
+    Command::SetHostHealth {
+        id,
+        health,
+        reason: "test".into(),
+    }
+}
+
+pub fn site_health(name: &str, health: Health) -> Command {
+    Command::SetSiteHealth {
+        name: name.into(),
+        health,
+        reason: "test".into(),
+    }
+}
