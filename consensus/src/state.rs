@@ -226,6 +226,35 @@ pub struct Proposal {
     /// Who asked: `node 3`, `operator alice`, `planner (node 1)`.
     pub actor: String,
     pub command: Command,
+    /// For the leader's plans and verdicts: the Raft term they were computed in. The state
+    /// machine refuses such a proposal carried by a log entry of any other term
+    /// ([`Proposal::check_term`]), so a plan of a deposed leader, forwarded to or re-proposed by
+    /// a later leader, is never applied. `None` for everything else (operators, host reports).
+    #[serde(default)]
+    pub term: Option<u64>,
+}
+
+impl Proposal {
+    /// A proposal valid in any term.
+    pub fn new(at_ms: u64, actor: impl Into<String>, command: Command) -> Self {
+        Self {
+            at_ms,
+            actor: actor.into(),
+            command,
+            term: None,
+        }
+    }
+
+    /// Refuses a proposal planned in another term than the one of the log entry carrying it.
+    pub fn check_term(&self, entry_term: u64) -> Result<(), CommandError> {
+        match self.term {
+            Some(planned) if planned != entry_term => Err(CommandError::PlannedInOtherTerm {
+                planned,
+                entry: entry_term,
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl fmt::Display for Proposal {
@@ -380,6 +409,10 @@ pub enum CommandError {
     },
     #[error("service `{service}`: {reason}")]
     Conflict { service: String, reason: String },
+    #[error(
+        "planned by the leader of term {planned} but committed in term {entry}: that leader was deposed"
+    )]
+    PlannedInOtherTerm { planned: u64, entry: u64 },
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
     #[error(
@@ -702,11 +735,7 @@ mod tests {
     use super::*;
 
     fn prop(command: Command) -> Proposal {
-        Proposal {
-            at_ms: 1_000,
-            actor: "test".into(),
-            command,
-        }
+        Proposal::new(1_000, "test", command)
     }
 
     fn with_site(name: &str) -> FabricState {
