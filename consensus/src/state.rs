@@ -413,6 +413,12 @@ pub enum CommandError {
         "planned by the leader of term {planned} but committed in term {entry}: that leader was deposed"
     )]
     PlannedInOtherTerm { planned: u64, entry: u64 },
+    #[error("service `{service}` already has {count} live instances, its spec allows {limit}")]
+    TooManyInstances {
+        service: String,
+        count: u32,
+        limit: u32,
+    },
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
     #[error(
@@ -995,6 +1001,46 @@ mod tests {
             }))
             .expect_err("wrong site");
         assert!(err.to_string().contains("does not own"), "{err}");
+    }
+
+    #[test]
+    fn placing_beyond_the_spec_instance_count_is_refused_naming_service_count_and_limit() {
+        use crate::fixture::{apply, place, revoke};
+        let mut s = placed();
+        apply(&mut s, register(3, "s1"));
+        apply(&mut s, register(4, "s1"));
+        let before = s.clone();
+        let err = s
+            .apply(&prop(place("web", 3, 1)))
+            .expect_err("over the limit");
+        assert_eq!(
+            err,
+            CommandError::TooManyInstances {
+                service: "web".into(),
+                count: 1,
+                limit: 1,
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("`web` already has 1 live instances"),
+            "{err}"
+        );
+        assert_eq!(s, before, "a refused placement changed the state");
+
+        // A revoked instance is on its way out and does not count; nor does one on a drained
+        // host, whose replacement comes before its stop.
+        apply(&mut s, revoke("web", 1, 1));
+        apply(&mut s, place("web", 3, 1));
+        apply(
+            &mut s,
+            Command::SetHostDrain {
+                id: 3,
+                drained: true,
+            },
+        );
+        apply(&mut s, place("web", 4, 1));
+        assert_eq!(s.services["web"].instances.len(), 3);
     }
 
     #[test]
