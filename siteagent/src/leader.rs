@@ -176,6 +176,9 @@ pub fn verdict_changes(state: &FabricState, members: &Members) -> Vec<Command> {
         {
             let site_down = v.sites.get(&host.site) == Some(&Health::Down);
             let reason = match (health, site_down) {
+                (Health::Down, _) if !members.contains_key(id) => {
+                    format!("node {id} is no longer a member of the cluster")
+                }
                 (Health::Down, true) => format!("its site {} is down", host.site),
                 (Health::Down, false) => format!("its peers in site {} lost it", host.site),
                 (Health::Up, _) => "its peers hear it again".to_string(),
@@ -289,6 +292,43 @@ mod tests {
             fixture::apply(&mut state, c);
         }
         assert!(verdict_changes(&state, &members()).is_empty());
+    }
+
+    #[test]
+    fn a_host_removed_from_the_cluster_is_judged_down_and_its_instance_revoked() {
+        let mut state = fixture::fabric();
+        let mut without_11 = members();
+        without_11.remove(&11);
+        let changes = verdict_changes(&state, &without_11);
+        assert_eq!(
+            changes,
+            vec![Command::SetHostHealth {
+                id: 11,
+                health: Health::Down,
+                reason: "node 11 is no longer a member of the cluster".into(),
+            }]
+        );
+        for c in changes {
+            fixture::apply(&mut state, c);
+        }
+        let now = clock::lease_now();
+        let mut revocations = RevocationClock::default();
+        revocations.observe(&state, now);
+        let terms = failover::lease::LeaseConfig {
+            lease: Duration::from_secs(6),
+            margin: Duration::from_secs(1),
+        };
+        let plan: Vec<Command> = planner::plan(&state, &revocations, now, &terms)
+            .iter()
+            .map(planner::Action::command)
+            .collect();
+        assert!(
+            plan.iter().any(|c| matches!(
+                c,
+                Command::RevokeInstance { service, host: 11, .. } if service == "web"
+            )),
+            "the instance on the removed host was not revoked: {plan:?}"
+        );
     }
 
     #[test]
