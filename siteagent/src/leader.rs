@@ -248,6 +248,14 @@ mod tests {
             .collect()
     }
 
+    fn host_down(id: u64, reason: &str) -> Command {
+        Command::SetHostHealth {
+            id,
+            health: Health::Down,
+            reason: reason.into(),
+        }
+    }
+
     fn observe(state: &mut FabricState, observer: u64, subject: u64, up: bool) {
         fixture::apply(state, fixture::observe(observer, subject, up));
     }
@@ -280,14 +288,7 @@ mod tests {
         assert!(verdict_changes(&state, &members()).is_empty(), "all agree");
         observe(&mut state, 12, 11, false);
         let changes = verdict_changes(&state, &members());
-        assert_eq!(
-            changes,
-            vec![Command::SetHostHealth {
-                id: 11,
-                health: Health::Down,
-                reason: "its peers in site s1 lost it".into(),
-            }]
-        );
+        assert_eq!(changes, vec![host_down(11, "its peers in site s1 lost it")]);
         for c in changes {
             fixture::apply(&mut state, c);
         }
@@ -302,11 +303,10 @@ mod tests {
         let changes = verdict_changes(&state, &without_11);
         assert_eq!(
             changes,
-            vec![Command::SetHostHealth {
-                id: 11,
-                health: Health::Down,
-                reason: "node 11 is no longer a member of the cluster".into(),
-            }]
+            vec![host_down(
+                11,
+                "node 11 is no longer a member of the cluster"
+            )]
         );
         for c in changes {
             fixture::apply(&mut state, c);
