@@ -20,6 +20,7 @@ pub fn apply(state: &mut FabricState, command: Command) {
             at_ms: 1,
             actor: "test".into(),
             command,
+            term: None,
         })
         .unwrap_or_else(|e| panic!("fixture command refused: {e}"));
 }

@@ -226,6 +226,35 @@ pub struct Proposal {
     /// Who asked: `node 3`, `operator alice`, `planner (node 1)`.
     pub actor: String,
     pub command: Command,
+    /// For the leader's plans and verdicts: the Raft term they were computed in. The state
+    /// machine refuses such a proposal carried by a log entry of any other term
+    /// ([`Proposal::check_term`]), so a plan of a deposed leader, forwarded to or re-proposed by
+    /// a later leader, is never applied. `None` for everything else (operators, host reports).
+    #[serde(default)]
+    pub term: Option<u64>,
+}
+
+impl Proposal {
+    /// A proposal valid in any term.
+    pub fn new(at_ms: u64, actor: impl Into<String>, command: Command) -> Self {
+        Self {
+            at_ms,
+            actor: actor.into(),
+            command,
+            term: None,
+        }
+    }
+
+    /// Refuses a proposal planned in another term than the one of the log entry carrying it.
+    pub fn check_term(&self, entry_term: u64) -> Result<(), CommandError> {
+        match self.term {
+            Some(planned) if planned != entry_term => Err(CommandError::PlannedInOtherTerm {
+                planned,
+                entry: entry_term,
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl fmt::Display for Proposal {
@@ -380,6 +409,16 @@ pub enum CommandError {
     },
     #[error("service `{service}`: {reason}")]
     Conflict { service: String, reason: String },
+    #[error(
+        "planned by the leader of term {planned} but committed in term {entry}: that leader was deposed"
+    )]
+    PlannedInOtherTerm { planned: u64, entry: u64 },
+    #[error("service `{service}` already has {count} live instances, its spec allows {limit}")]
+    TooManyInstances {
+        service: String,
+        count: u32,
+        limit: u32,
+    },
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
     #[error(
@@ -702,11 +741,7 @@ mod tests {
     use super::*;
 
     fn prop(command: Command) -> Proposal {
-        Proposal {
-            at_ms: 1_000,
-            actor: "test".into(),
-            command,
-        }
+        Proposal::new(1_000, "test", command)
     }
 
     fn with_site(name: &str) -> FabricState {
@@ -966,6 +1001,46 @@ mod tests {
             }))
             .expect_err("wrong site");
         assert!(err.to_string().contains("does not own"), "{err}");
+    }
+
+    #[test]
+    fn placing_beyond_the_spec_instance_count_is_refused_naming_service_count_and_limit() {
+        use crate::fixture::{apply, place, revoke};
+        let mut s = placed();
+        apply(&mut s, register(3, "s1"));
+        apply(&mut s, register(4, "s1"));
+        let before = s.clone();
+        let err = s
+            .apply(&prop(place("web", 3, 1)))
+            .expect_err("over the limit");
+        assert_eq!(
+            err,
+            CommandError::TooManyInstances {
+                service: "web".into(),
+                count: 1,
+                limit: 1,
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("`web` already has 1 live instances"),
+            "{err}"
+        );
+        assert_eq!(s, before, "a refused placement changed the state");
+
+        // A revoked instance is on its way out and does not count; nor does one on a drained
+        // host, whose replacement comes before its stop.
+        apply(&mut s, revoke("web", 1, 1));
+        apply(&mut s, place("web", 3, 1));
+        apply(
+            &mut s,
+            Command::SetHostDrain {
+                id: 3,
+                drained: true,
+            },
+        );
+        apply(&mut s, place("web", 4, 1));
+        assert_eq!(s.services["web"].instances.len(), 3);
     }
 
     #[test]

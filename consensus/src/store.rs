@@ -292,6 +292,7 @@ mod tests {
             command: Command::RecordEvent {
                 message: message.into(),
             },
+            term: None,
         })
     }
 
@@ -315,6 +316,57 @@ mod tests {
         let handle = sm.state_handle();
         assert_eq!(handle.applied_index(), 2);
         assert_eq!(handle.read(FabricState::clone), before);
+    }
+
+    #[tokio::test]
+    async fn a_proposal_planned_in_one_term_is_refused_in_an_entry_of_another() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (_log, mut sm) = open(&dir.path().join("raft.redb")).expect("open");
+        let planned = |term| {
+            let mut p = Proposal::new(
+                1,
+                "planner (node 1)",
+                Command::RecordEvent {
+                    message: format!("planned in term {term}"),
+                },
+            );
+            p.term = Some(term);
+            EntryPayload::Normal(p)
+        };
+        // Entry terms: `entry` writes term 1. A term-1 plan in a term-1 entry applies; a
+        // term-1 plan that a later leader carried in a term-2 entry is refused.
+        let later = |index, payload| Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(2, 2), index),
+            payload,
+        };
+        let results = sm
+            .apply(vec![
+                entry(1, planned(1)),
+                later(2, planned(1)),
+                later(3, note("any term")),
+            ])
+            .await
+            .expect("apply");
+        assert_eq!(results[0], Ok(crate::state::Applied { revision: 1 }));
+        assert_eq!(
+            results[1],
+            Err(crate::state::CommandError::PlannedInOtherTerm {
+                planned: 1,
+                entry: 2
+            })
+        );
+        assert_eq!(results[2], Ok(crate::state::Applied { revision: 2 }));
+        let state = sm.state_handle().read(FabricState::clone);
+        assert_eq!(
+            state.events.len(),
+            2,
+            "the refused plan left no trace: {state:?}"
+        );
+        assert_eq!(
+            sm.state_handle().applied_index(),
+            3,
+            "its log slot is still applied"
+        );
     }
 
     #[tokio::test]

@@ -47,6 +47,7 @@ fn proposal(command: Command) -> Proposal {
         at_ms: 1_000,
         actor: "test".into(),
         command,
+        term: None,
     }
 }
 

@@ -43,6 +43,7 @@ fn note(text: &str) -> Proposal {
         command: Command::RecordEvent {
             message: text.into(),
         },
+        term: None,
     }
 }
 

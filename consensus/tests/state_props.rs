@@ -254,6 +254,7 @@ fn history() -> impl Strategy<Value = Vec<Proposal>> {
                         at_ms,
                         actor: "prop".into(),
                         command,
+                        term: None,
                     }
                 })
                 .collect()

@@ -496,6 +496,7 @@ pub fn simulate(
             at_ms: 0,
             actor: "dry run".into(),
             command,
+            term: None,
         })
     };
     if let Some(c) = command {

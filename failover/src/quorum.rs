@@ -46,7 +46,8 @@ fn observer_counts(state: &FabricState, id: NodeId) -> bool {
     state.hosts.get(&id).is_none_or(|h| h.health == Health::Up)
 }
 
-/// Computes every verdict from the recorded observations.
+/// Computes every verdict from the recorded observations. A host that is not among `members`
+/// (removed from the cluster) is down.
 pub fn verdicts(state: &FabricState, members: &Members) -> Verdicts {
     let mut by_site: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
     for (id, site) in members {
@@ -105,7 +106,10 @@ pub fn verdicts(state: &FabricState, members: &Members) -> Verdicts {
             .filter(|p| p != id && observer_counts(state, *p))
             .collect();
         let say_down = peers.iter().filter(|p| !sees_up(state, **p, *id)).count();
-        let health = if site_down || majority(say_down, peers.len()) {
+        // A host removed from the cluster runs no agent we hear from: whatever stale
+        // observations say, it must not keep its instances.
+        let removed = !members.contains_key(id);
+        let health = if removed || site_down || majority(say_down, peers.len()) {
             Health::Down
         } else {
             Health::Up

@@ -104,13 +104,33 @@ impl Cluster {
             .collect()
     }
 
+    /// The Raft term this node leads in, if it leads (read together, so a term is never paired
+    /// with another term's leader).
+    pub fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        (m.current_leader == Some(self.id)).then_some(m.current_term)
+    }
+
     /// Proposes `command`, on this node if it leads, else on the leader over the WAN.
     pub async fn propose(&self, actor: String, command: Command) -> Result<Applied, FabricError> {
-        let p = Proposal {
-            at_ms: crate::clock::unix_ms(),
-            actor,
-            command,
-        };
+        self.submit(Proposal::new(crate::clock::unix_ms(), actor, command))
+            .await
+    }
+
+    /// Proposes `command` as planned in `term`: refused by the state machine unless the log
+    /// entry carrying it is of that term, wherever it is forwarded.
+    pub async fn propose_in_term(
+        &self,
+        actor: String,
+        command: Command,
+        term: u64,
+    ) -> Result<Applied, FabricError> {
+        let mut p = Proposal::new(crate::clock::unix_ms(), actor, command);
+        p.term = Some(term);
+        self.submit(p).await
+    }
+
+    async fn submit(&self, p: Proposal) -> Result<Applied, FabricError> {
         let result = self
             .on_leader(ControlRequest::Propose(p.clone()), |raft| {
                 let p = p.clone();
@@ -351,6 +371,15 @@ impl Fabric for Cluster {
         command: Command,
     ) -> impl Future<Output = Result<Applied, FabricError>> + Send {
         Cluster::propose(self, actor, command)
+    }
+
+    fn propose_in_term(
+        &self,
+        actor: String,
+        command: Command,
+        term: u64,
+    ) -> impl Future<Output = Result<Applied, FabricError>> + Send {
+        Cluster::propose_in_term(self, actor, command, term)
     }
 }
 

@@ -79,6 +79,7 @@ mod tests {
             at_ms: 0,
             actor: "node 2".into(),
             command,
+            term: None,
         }
     }
 

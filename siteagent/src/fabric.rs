@@ -12,7 +12,7 @@
 
 use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use consensus::state::{Applied, Command, CommandError, FabricState, Proposal};
@@ -42,6 +42,15 @@ pub trait Fabric: Send + Sync + 'static {
         actor: String,
         command: Command,
     ) -> impl Future<Output = Result<Applied, FabricError>> + Send;
+
+    /// Proposes `command` as planned by the leader of `term`; the state machine refuses it in
+    /// a log entry of any other term ([`consensus::state::Proposal::check_term`]).
+    fn propose_in_term(
+        &self,
+        actor: String,
+        command: Command,
+        term: u64,
+    ) -> impl Future<Output = Result<Applied, FabricError>> + Send;
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -58,6 +67,8 @@ pub struct MemoryFabric {
     proposed: Mutex<Vec<Command>>,
     unreachable: AtomicBool,
     read_delay: Mutex<Duration>,
+    /// The Raft term its log entries are written in.
+    term: AtomicU64,
 }
 
 impl MemoryFabric {
@@ -78,13 +89,20 @@ impl MemoryFabric {
         *lock(&self.read_delay) = delay;
     }
 
+    /// The term later proposals are committed in, as after an election.
+    pub fn set_term(&self, term: u64) {
+        self.term.store(term, Ordering::SeqCst);
+    }
+
     /// Applies `command` directly, as if another node had proposed it.
     pub fn apply(&self, command: Command) -> Result<Applied, CommandError> {
-        lock(&self.state).apply(&Proposal {
-            at_ms: crate::clock::unix_ms(),
-            actor: "test".into(),
-            command,
-        })
+        self.commit(Proposal::new(crate::clock::unix_ms(), "test", command))
+    }
+
+    /// What the state machine does with a log entry of the current term.
+    fn commit(&self, p: Proposal) -> Result<Applied, CommandError> {
+        p.check_term(self.term.load(Ordering::SeqCst))?;
+        lock(&self.state).apply(&p)
     }
 
     /// A copy of the current state.
@@ -126,6 +144,19 @@ impl Fabric for MemoryFabric {
         self.check()?;
         lock(&self.proposed).push(command.clone());
         Ok(self.apply(command)?)
+    }
+
+    async fn propose_in_term(
+        &self,
+        actor: String,
+        command: Command,
+        term: u64,
+    ) -> Result<Applied, FabricError> {
+        self.check()?;
+        lock(&self.proposed).push(command.clone());
+        let mut p = Proposal::new(crate::clock::unix_ms(), actor, command);
+        p.term = Some(term);
+        Ok(self.commit(p)?)
     }
 }
 

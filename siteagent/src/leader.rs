@@ -1,9 +1,13 @@
 //! What the Raft leader does besides replicating: counts the observers' votes into host and
 //! site verdicts, and runs the planner, proposing what they decide.
 //!
-//! Invariant: only the current leader proposes verdicts and plans, and every plan action
-//! carries the epoch it was computed for, so a deposed leader's late proposals are refused by
-//! the state machine rather than applied twice.
+//! Invariant: only the current leader proposes verdicts and plans, and every proposal carries
+//! the Raft term it was computed in (and every plan action the epoch it was computed for). The
+//! state machine refuses a proposal whose term differs from that of the log entry carrying it,
+//! so a round planned under term T and forwarded after an election is never applied by the
+//! leader of T+1. We stamp the term rather than propose only locally because even a local
+//! proposal can be appended in a later term (this node deposed and re-elected mid-round); only
+//! the entry's own term, checked where it is applied, closes the gap.
 //!
 //! It also measures, as `fabric_last_move_rto_seconds`, how long each lost service took to serve
 //! again ([`Recovery`]), and counts the verdicts and moves it proposed.
@@ -51,6 +55,11 @@ pub async fn leader_loop(
             continue;
         }
         for _ in 0..ROUNDS {
+            // The term first, then the state: the plan is stamped with a term in which this
+            // node led and had seen at least that state.
+            let Some(term) = cluster.leader_term() else {
+                break;
+            };
             let state = cluster.raft().local_state();
             // Reassign on the terms the holders agreed to, whatever this node's config says.
             let terms = lease.fabric_terms(&state);
@@ -72,7 +81,7 @@ pub async fn leader_loop(
             if commands.is_empty() {
                 break;
             }
-            if propose_all(cluster.as_ref(), &actor, commands, &state, &recovery)
+            if propose_all(cluster.as_ref(), &actor, term, commands, &state, &recovery)
                 .await
                 .is_err()
                 || shutdown.is_cancelled()
@@ -85,17 +94,22 @@ pub async fn leader_loop(
     }
 }
 
-/// Proposes `commands` in order, stopping at the first failure; counts the verdicts and moves
-/// that were applied. `state` is the state they were computed from.
+/// Proposes `commands` as planned in `term`, in order, stopping at the first failure (a refusal
+/// for another term included: this node no longer leads in `term`); counts the verdicts and
+/// moves that were applied. `state` is the state they were computed from.
 async fn propose_all(
     fabric: &impl Fabric,
     actor: &str,
+    term: u64,
     commands: Vec<Command>,
     state: &FabricState,
     recovery: &Recovery,
 ) -> Result<(), ()> {
     for command in commands {
-        match fabric.propose(actor.to_string(), command.clone()).await {
+        match fabric
+            .propose_in_term(actor.to_string(), command.clone(), term)
+            .await
+        {
             Ok(_) => count(&command, state, recovery),
             Err(e) => {
                 tracing::warn!("planner: {command:?} failed: {e}");
@@ -162,6 +176,9 @@ pub fn verdict_changes(state: &FabricState, members: &Members) -> Vec<Command> {
         {
             let site_down = v.sites.get(&host.site) == Some(&Health::Down);
             let reason = match (health, site_down) {
+                (Health::Down, _) if !members.contains_key(id) => {
+                    format!("node {id} is no longer a member of the cluster")
+                }
                 (Health::Down, true) => format!("its site {} is down", host.site),
                 (Health::Down, false) => format!("its peers in site {} lost it", host.site),
                 (Health::Up, _) => "its peers hear it again".to_string(),
@@ -179,13 +196,64 @@ pub fn verdict_changes(state: &FabricState, members: &Members) -> Vec<Command> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fabric::MemoryFabric;
     use crate::fixture;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_planned_in_an_older_term_is_refused_and_stops_the_round() {
+        let fabric = MemoryFabric::new(fixture::fabric());
+        let state = fabric.state();
+        let commands = vec![
+            fixture::host_health(21, Health::Down),
+            fixture::host_health(12, Health::Down),
+        ];
+        // Planned as leader of term 3; an election made term 4 before the round was proposed.
+        fabric.set_term(4);
+        let r = propose_all(
+            &fabric,
+            "planner",
+            3,
+            commands.clone(),
+            &state,
+            &Recovery::default(),
+        )
+        .await;
+        assert!(r.is_err(), "a deposed leader's round went through");
+        assert_eq!(
+            fabric.proposed().len(),
+            1,
+            "the round went on after a refusal"
+        );
+        assert_eq!(fabric.state(), state, "a stale plan changed the state");
+
+        // The same round planned in the current term applies.
+        let r = propose_all(
+            &fabric,
+            "planner",
+            4,
+            commands,
+            &state,
+            &Recovery::default(),
+        )
+        .await;
+        assert!(r.is_ok());
+        assert_eq!(fabric.state().hosts[&21].health, Health::Down);
+        assert_eq!(fabric.state().hosts[&12].health, Health::Down);
+    }
 
     fn members() -> Members {
         [(11, "s1"), (12, "s1"), (21, "s2")]
             .into_iter()
             .map(|(id, site)| (id, site.to_string()))
             .collect()
+    }
+
+    fn host_down(id: u64, reason: &str) -> Command {
+        Command::SetHostHealth {
+            id,
+            health: Health::Down,
+            reason: reason.into(),
+        }
     }
 
     fn observe(state: &mut FabricState, observer: u64, subject: u64, up: bool) {
@@ -220,18 +288,47 @@ mod tests {
         assert!(verdict_changes(&state, &members()).is_empty(), "all agree");
         observe(&mut state, 12, 11, false);
         let changes = verdict_changes(&state, &members());
-        assert_eq!(
-            changes,
-            vec![Command::SetHostHealth {
-                id: 11,
-                health: Health::Down,
-                reason: "its peers in site s1 lost it".into(),
-            }]
-        );
+        assert_eq!(changes, vec![host_down(11, "its peers in site s1 lost it")]);
         for c in changes {
             fixture::apply(&mut state, c);
         }
         assert!(verdict_changes(&state, &members()).is_empty());
+    }
+
+    #[test]
+    fn a_host_removed_from_the_cluster_is_judged_down_and_its_instance_revoked() {
+        let mut state = fixture::fabric();
+        let mut without_11 = members();
+        without_11.remove(&11);
+        let changes = verdict_changes(&state, &without_11);
+        assert_eq!(
+            changes,
+            vec![host_down(
+                11,
+                "node 11 is no longer a member of the cluster"
+            )]
+        );
+        for c in changes {
+            fixture::apply(&mut state, c);
+        }
+        let now = clock::lease_now();
+        let mut revocations = RevocationClock::default();
+        revocations.observe(&state, now);
+        let terms = failover::lease::LeaseConfig {
+            lease: Duration::from_secs(6),
+            margin: Duration::from_secs(1),
+        };
+        let plan: Vec<Command> = planner::plan(&state, &revocations, now, &terms)
+            .iter()
+            .map(planner::Action::command)
+            .collect();
+        assert!(
+            plan.iter().any(|c| matches!(
+                c,
+                Command::RevokeInstance { service, host: 11, .. } if service == "web"
+            )),
+            "the instance on the removed host was not revoked: {plan:?}"
+        );
     }
 
     #[test]

@@ -3,11 +3,26 @@
 //! Invariant: the epoch is the fencing token. [`Command::AssignOwner`] must name the next epoch
 //! and finds no instance left; every instance command must name the instance's epoch. So two
 //! sites never hold instances of one service in the state at the same time, and a late message
-//! about an old placement cannot change a new one.
+//! about an old placement cannot change a new one. [`Command::PlaceInstance`] never raises the
+//! live instances (not revoked, not on a drained host) above the spec's `placement.instances`.
+
+use std::collections::BTreeMap;
 
 use super::{
-    Command, CommandError, FabricState, Instance, InstanceState, NodeId, Service, invalid,
+    Command, CommandError, FabricState, Host, Instance, InstanceState, NodeId, Service, invalid,
 };
+
+/// Instances of `s` that count against `placement.instances`: not revoked (on its way out), and
+/// not on a drained host (its replacement is placed before it is stopped, make-before-break).
+fn live_instances(s: &Service, hosts: &BTreeMap<NodeId, Host>) -> u32 {
+    let counted = s
+        .instances
+        .values()
+        .filter(|i| i.state != InstanceState::Revoked)
+        .filter(|i| !hosts.get(&i.host).is_some_and(|h| h.drained))
+        .count();
+    u32::try_from(counted).unwrap_or(u32::MAX)
+}
 
 impl FabricState {
     fn service_mut(&mut self, name: &str) -> Result<&mut Service, CommandError> {
@@ -191,6 +206,17 @@ impl FabricState {
                         reason: format!("host {host} already holds an instance"),
                     });
                 }
+                let limit = s.spec.placement.instances;
+                let s = &self.services[service];
+                let count = live_instances(s, &self.hosts);
+                if count >= limit {
+                    return Err(CommandError::TooManyInstances {
+                        service: service.clone(),
+                        count,
+                        limit,
+                    });
+                }
+                let s = self.service_mut(service)?;
                 s.instances.insert(
                     *host,
                     Instance {

@@ -7,6 +7,12 @@
 //! - the stored snapshot never moves backwards: a snapshot built from an older state than the one
 //!   already stored is returned to openraft but not stored.
 //!
+//! - a proposal stamped with the term it was planned in ([`crate::state::Proposal::term`]) is
+//!   applied only from a log entry of that same term; otherwise it is refused and changes
+//!   nothing. This is where, rather than at the proposer, because only here is the term that
+//!   commits the entry known for certain: a proposer may lose leadership between planning and
+//!   appending, and a forwarded proposal is appended by whoever leads by then.
+//!
 //! It does not serve reads with any freshness guarantee: a [`StateHandle`] shows what this node
 //! has applied; linearizable reads go through the Raft node.
 
@@ -151,7 +157,10 @@ impl StateMachineStore {
                 revision: next.state.revision,
             });
             results.push(match entry.payload {
-                EntryPayload::Normal(p) => next.state.apply(&p),
+                // A plan is only good under the leadership that made it.
+                EntryPayload::Normal(p) => p
+                    .check_term(entry.log_id.leader_id.term)
+                    .and_then(|()| next.state.apply(&p)),
                 EntryPayload::Blank => unchanged,
                 EntryPayload::Membership(m) => {
                     next.membership = StoredMembership::new(Some(entry.log_id), m);
