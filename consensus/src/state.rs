@@ -902,15 +902,19 @@ mod tests {
         s
     }
 
-    #[test]
-    fn owner_changes_only_with_the_next_epoch_and_no_instance_left() {
-        let mut s = placed();
-        let assign = |epoch| Command::AssignOwner {
+    /// `web` to site s2 under `epoch`.
+    fn assign(epoch: u64) -> Command {
+        Command::AssignOwner {
             service: "web".into(),
             site: "s2".into(),
             epoch,
             reason: "test".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn owner_changes_only_with_the_next_epoch_and_no_instance_left() {
+        let mut s = placed();
         assert!(matches!(
             s.apply(&prop(assign(2))),
             Err(CommandError::Conflict { .. })
@@ -1024,12 +1028,7 @@ mod tests {
                 .contains("lease has run out")
         );
         for refused in [
-            Command::AssignOwner {
-                service: "web".into(),
-                site: "s2".into(),
-                epoch: 2,
-                reason: "test".into(),
-            },
+            assign(2),
             Command::SetServiceTarget {
                 service: "web".into(),
                 site: Some("s2".into()),
@@ -1071,12 +1070,6 @@ mod tests {
         .expect("create again");
         assert!(!s.tombstones.contains_key("web"), "the service holds it");
         assert_eq!(s.services["web"].epoch, 1);
-        let assign = |epoch| Command::AssignOwner {
-            service: "web".into(),
-            site: "s2".into(),
-            epoch,
-            reason: "test".into(),
-        };
         assert!(matches!(
             s.apply(&prop(assign(1))),
             Err(CommandError::StaleEpoch { current: 1, .. })
