@@ -19,7 +19,7 @@ mod service;
 
 pub use service::{
     Instance, InstanceState, MAX_INSTANCES, Placement, ProcessSpec, Service, ServiceSpec,
-    WorkloadKind,
+    Tombstone, WorkloadKind,
 };
 
 /// Raft node id; every agent has one, and a host's id is its agent's node id.
@@ -216,6 +216,9 @@ pub struct FabricState {
     pub events: VecDeque<Event>,
     /// The lease timing every agent agreed to; `None` until the first agent registers.
     pub lease_terms: Option<LeaseTerms>,
+    /// Deleted service names with their last epoch; a name is here or in `services`, never in
+    /// both.
+    pub tombstones: BTreeMap<String, Tombstone>,
 }
 
 /// A command with the facts the proposer stamped on it.
@@ -320,6 +323,8 @@ pub enum Command {
     CreateService {
         spec: ServiceSpec,
     },
+    /// Operator: revoke every instance, then remove the service once they are stopped or
+    /// their lease has run out.
     DeleteService {
         name: String,
     },
@@ -393,6 +398,10 @@ pub enum CommandError {
     UnknownService(String),
     #[error("service `{0}` already exists")]
     ServiceExists(String),
+    #[error(
+        "service `{name}` is being deleted: wait until its instances on hosts {hosts:?} are stopped or their lease has run out (lease + margin after the revocation), then create it again"
+    )]
+    ServiceDeleting { name: String, hosts: Vec<NodeId> },
     #[error("host {id} is registered in site `{registered}`, not `{requested}`")]
     HostSiteMismatch {
         id: NodeId,
@@ -928,15 +937,19 @@ mod tests {
         s
     }
 
-    #[test]
-    fn owner_changes_only_with_the_next_epoch_and_no_instance_left() {
-        let mut s = placed();
-        let assign = |epoch| Command::AssignOwner {
+    /// `web` to site s2 under `epoch`.
+    fn assign(epoch: u64) -> Command {
+        Command::AssignOwner {
             service: "web".into(),
             site: "s2".into(),
             epoch,
             reason: "test".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn owner_changes_only_with_the_next_epoch_and_no_instance_left() {
+        let mut s = placed();
         assert!(matches!(
             s.apply(&prop(assign(2))),
             Err(CommandError::Conflict { .. })
@@ -1063,6 +1076,98 @@ mod tests {
         .expect("revoke");
         s.apply(&prop(forget)).expect("forget");
         assert!(s.services["web"].instances.is_empty());
+    }
+
+    #[test]
+    fn delete_revokes_and_removes_the_service_only_when_its_last_instance_is_gone() {
+        let mut s = placed();
+        s.apply(&prop(Command::DeleteService { name: "web".into() }))
+            .expect("delete");
+        let web = &s.services["web"];
+        assert_eq!(web.deleting, Some(1_000));
+        assert_eq!(web.instances[&1].state, InstanceState::Revoked);
+        let again = s.apply(&prop(Command::CreateService {
+            spec: spec("web", &["s2"]),
+        }));
+        assert_eq!(
+            again,
+            Err(CommandError::ServiceDeleting {
+                name: "web".into(),
+                hosts: vec![1],
+            })
+        );
+        assert!(
+            again
+                .expect_err("refused")
+                .to_string()
+                .contains("lease has run out")
+        );
+        for refused in [
+            assign(2),
+            Command::SetServiceTarget {
+                service: "web".into(),
+                site: Some("s2".into()),
+            },
+        ] {
+            let err = s.apply(&prop(refused)).expect_err("deleting");
+            assert!(err.to_string().contains("being deleted"), "{err}");
+        }
+        s.apply(&prop(Command::InstanceStopped {
+            service: "web".into(),
+            host: 1,
+            epoch: 1,
+        }))
+        .expect("stopped");
+        assert!(!s.services.contains_key("web"));
+        assert_eq!(s.tombstones["web"].epoch, 1);
+        assert!(
+            s.events
+                .back()
+                .is_some_and(|e| e.message.ends_with("service deleted"))
+        );
+    }
+
+    #[test]
+    fn a_re_created_service_starts_above_every_epoch_its_name_had() {
+        let mut s = placed();
+        s.apply(&prop(Command::DeleteService { name: "web".into() }))
+            .expect("delete");
+        s.apply(&prop(Command::ForgetInstance {
+            service: "web".into(),
+            host: 1,
+            epoch: 1,
+            reason: "lease ran out".into(),
+        }))
+        .expect("forget");
+        s.apply(&prop(Command::CreateService {
+            spec: spec("web", &["s2"]),
+        }))
+        .expect("create again");
+        assert!(!s.tombstones.contains_key("web"), "the service holds it");
+        assert_eq!(s.services["web"].epoch, 1);
+        assert!(matches!(
+            s.apply(&prop(assign(1))),
+            Err(CommandError::StaleEpoch { current: 1, .. })
+        ));
+        s.apply(&prop(assign(2))).expect("next epoch");
+        assert_eq!(s.services["web"].epoch, 2);
+    }
+
+    #[test]
+    fn deleting_a_service_without_instances_removes_it_at_once() {
+        let mut s = with_site("s1");
+        s.apply(&prop(Command::CreateService {
+            spec: spec("web", &["s1"]),
+        }))
+        .expect("create");
+        s.apply(&prop(Command::DeleteService { name: "web".into() }))
+            .expect("delete");
+        assert!(s.services.is_empty());
+        assert_eq!(s.tombstones["web"].epoch, 0);
+        assert_eq!(
+            s.apply(&prop(Command::DeleteService { name: "web".into() })),
+            Err(CommandError::UnknownService("web".into()))
+        );
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //!
 //! - determinism: the same proposals applied to two fresh states give equal states, equal
 //!   answers and equal postcard bytes (what the store persists), so replicas never diverge;
-//! - a refused command changes nothing, revision and event log included.
+//! - a refused command changes nothing, revision and event log included;
+//! - a name's epochs never go backwards, across delete and re-create: a service's epoch is never
+//!   below any epoch its name had, and a new instance never carries an older epoch than one
+//!   the name already had.
 //!
 //! The commands are drawn from small domains (sites s1..s3 plus an unknown and an invalid name,
 //! hosts 1..6, services `web` and `db`, epochs 0..4) so that valid and refused commands both
@@ -347,5 +350,69 @@ fn a_refused_command_changes_nothing() {
     assert!(
         instances_accepted.get() > 0,
         "histories must reach accepted instance commands"
+    );
+}
+
+#[test]
+fn a_names_epochs_never_go_backwards_across_delete_and_create() {
+    let recreated = Cell::new(0usize);
+    runner()
+        .run(&history(), |history| {
+            let mut state = FabricState::default();
+            // Highest epoch each name ever had (service or instance).
+            let mut highest: BTreeMap<String, u64> = BTreeMap::new();
+            for p in &history {
+                let before = state.clone();
+                if state.apply(p).is_err() {
+                    continue;
+                }
+                if matches!(&p.command, Command::CreateService { spec }
+                    if before.tombstones.contains_key(&spec.name))
+                {
+                    recreated.set(recreated.get() + 1);
+                }
+                for (name, svc) in &state.services {
+                    let high = highest.get(name).copied().unwrap_or(0);
+                    prop_assert!(
+                        svc.epoch >= high,
+                        "{} has epoch {} after {}, but had {}",
+                        name,
+                        svc.epoch,
+                        p,
+                        high
+                    );
+                    for (host, inst) in &svc.instances {
+                        let new = before
+                            .services
+                            .get(name)
+                            .is_none_or(|b| b.instances.get(host) != Some(inst));
+                        prop_assert!(
+                            !new || inst.epoch >= high,
+                            "{} on host {} under epoch {} after {}, but had {}",
+                            name,
+                            host,
+                            inst.epoch,
+                            p,
+                            high
+                        );
+                    }
+                    let top = svc
+                        .instances
+                        .values()
+                        .map(|i| i.epoch)
+                        .fold(svc.epoch, u64::max);
+                    highest.insert(name.clone(), high.max(top));
+                }
+                for (name, t) in &state.tombstones {
+                    prop_assert!(!state.services.contains_key(name), "{} in both", name);
+                    prop_assert!(t.epoch >= highest.get(name).copied().unwrap_or(0));
+                }
+            }
+            Ok(())
+        })
+        .expect("epochs only go up per name");
+    assert!(
+        recreated.get() > 0,
+        "histories must re-create a deleted name"
     );
 }

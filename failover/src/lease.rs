@@ -234,6 +234,7 @@ mod tests {
                 },
             )]
             .into(),
+            deleting: None,
         }
     }
 }

@@ -13,6 +13,9 @@
 //!   same wait; an instance on a drained host is replaced first and revoked once the replacement
 //!   runs (make-before-break, still one site).
 //! - hosts are chosen by capacity, anti-affinity and load, deterministically.
+//! - a deleting service is planned like a move to nowhere: its revoked instances are given up
+//!   after the same wait, and it is never assigned or placed (the state removes it once its
+//!   last instance is gone).
 //!
 //! Invariant: pure. The same inputs give the same actions, so a dry run and the real run agree.
 //! It does not apply anything; the leader proposes the actions as commands.
@@ -264,6 +267,20 @@ pub fn plan(
     let mut used = usage(state);
     let mut actions = Vec::new();
     for (name, svc) in &state.services {
+        if svc.deleting.is_some() {
+            plan_move(
+                svc,
+                name,
+                None,
+                "service deleted",
+                state,
+                revocations,
+                now,
+                lease,
+                &mut actions,
+            );
+            continue;
+        }
         let desired = desired_site(state, svc, &used);
         let owner_problem = svc
             .owner

@@ -346,6 +346,7 @@ fn service_view(s: &FabricState, svc: &consensus::state::Service, zone: &str) ->
         epoch: svc.epoch,
         owner_since_ms: svc.owner_since_ms,
         target: svc.target.clone(),
+        deleting_since_ms: svc.deleting,
         dns_name: svc.spec.dns_name.as_ref().map(|n| format!("{n}.{zone}")),
         instances: svc
             .instances

@@ -102,6 +102,9 @@ pub struct ServiceView {
     pub owner_since_ms: u64,
     /// A planned move in progress.
     pub target: Option<String>,
+    /// Unix ms at which it was deleted, while its instances are still being stopped.
+    #[serde(default)]
+    pub deleting_since_ms: Option<u64>,
     /// Fully qualified DNS name, if it has one.
     pub dns_name: Option<String>,
     pub instances: Vec<InstanceView>,

@@ -5,11 +5,18 @@
 //! sites never hold instances of one service in the state at the same time, and a late message
 //! about an old placement cannot change a new one. [`Command::PlaceInstance`] never raises the
 //! live instances (not revoked, not on a drained host) above the spec's `placement.instances`.
+//! A delete revokes every instance and removes the service only when none is left, leaving a
+//! [`Tombstone`] with its epoch; a create of that name starts from the tombstone, so a name's
+//! epochs never go backwards.
+//!
+//! Does not: time the wait for a revoked instance's lease (the planner's `RevocationClock`
+//! does, and proposes [`Command::ForgetInstance`]).
 
 use std::collections::BTreeMap;
 
 use super::{
-    Command, CommandError, FabricState, Host, Instance, InstanceState, NodeId, Service, invalid,
+    Command, CommandError, FabricState, Health, Host, Instance, InstanceState, NodeId, Service,
+    SiteAdmin, Tombstone, invalid,
 };
 
 /// Instances of `s` that count against `placement.instances`: not revoked (on its way out), and
@@ -29,6 +36,101 @@ impl FabricState {
         self.services
             .get_mut(name)
             .ok_or_else(|| CommandError::UnknownService(name.to_string()))
+    }
+
+    /// A service that may still be owned and placed: refused while it is being deleted.
+    fn active_service_mut(&mut self, name: &str) -> Result<&mut Service, CommandError> {
+        let s = self.service_mut(name)?;
+        if s.deleting.is_some() {
+            return Err(CommandError::Conflict {
+                service: name.to_string(),
+                reason: "it is being deleted".into(),
+            });
+        }
+        Ok(s)
+    }
+
+    /// Revokes every live instance of `name` and marks it deleting; removes it at once when it
+    /// has no instance left.
+    fn delete_service(&mut self, now: u64, name: &str) -> Result<Option<String>, CommandError> {
+        let s = self
+            .services
+            .get(name)
+            .ok_or_else(|| CommandError::UnknownService(name.to_string()))?;
+        if s.deleting.is_some() {
+            return Ok(None);
+        }
+        // Planned where the owner can still hear it, as for a move (the planner's rule).
+        let owner_alive = s
+            .owner
+            .as_ref()
+            .and_then(|o| self.sites.get(o))
+            .is_some_and(|site| site.health == Health::Up && site.admin != SiteAdmin::Lost);
+        let mut stops = Vec::new();
+        for inst in s.instances.values().filter(|i| i.live()) {
+            let host_up = self
+                .hosts
+                .get(&inst.host)
+                .is_some_and(|h| h.health == Health::Up);
+            let how = if owner_alive && host_up {
+                "planned stop"
+            } else {
+                "revoked"
+            };
+            stops.push(format!("host {} {how} (epoch {})", inst.host, inst.epoch));
+        }
+        let s = self.service_mut(name)?;
+        s.deleting = Some(now);
+        s.target = None;
+        for inst in s.instances.values_mut().filter(|i| i.live()) {
+            inst.state = InstanceState::Revoked;
+            inst.since_ms = now;
+        }
+        if self.remove_if_deleted(name, now) {
+            return Ok(Some(format!("service {name} deleted")));
+        }
+        let stops = if stops.is_empty() {
+            String::new()
+        } else {
+            format!(": instance on {}", stops.join(", "))
+        };
+        Ok(Some(format!(
+            "service {name} deleting{stops}; removed once every instance is stopped or its lease has run out"
+        )))
+    }
+
+    /// Removes a deleting service with no instance left, leaving its tombstone. True if removed.
+    fn remove_if_deleted(&mut self, name: &str, now: u64) -> bool {
+        let done = self
+            .services
+            .get(name)
+            .is_some_and(|s| s.deleting.is_some() && s.instances.is_empty());
+        if !done {
+            return false;
+        }
+        if let Some(s) = self.services.remove(name) {
+            debug_assert!(
+                self.tombstones.get(name).is_none_or(|t| t.epoch <= s.epoch),
+                "epochs never go backwards for a name"
+            );
+            self.tombstones.insert(
+                name.to_string(),
+                Tombstone {
+                    epoch: s.epoch,
+                    removed_ms: now,
+                },
+            );
+        }
+        true
+    }
+
+    /// Event suffix for an instance removal that finished a delete.
+    fn finish_delete(&mut self, name: &str, now: u64) -> &'static str {
+        if self.remove_if_deleted(name, now) {
+            "; service deleted"
+        } else {
+            ""
+        }
     }
 
     /// The instance of `service` on `host`, if it belongs to `epoch`.
@@ -65,8 +167,14 @@ impl FabricState {
         match cmd {
             Command::CreateService { spec } => {
                 spec.validate()?;
-                if self.services.contains_key(&spec.name) {
-                    return Err(CommandError::ServiceExists(spec.name.clone()));
+                if let Some(old) = self.services.get(&spec.name) {
+                    return Err(match old.deleting {
+                        Some(_) => CommandError::ServiceDeleting {
+                            name: spec.name.clone(),
+                            hosts: old.instances.keys().copied().collect(),
+                        },
+                        None => CommandError::ServiceExists(spec.name.clone()),
+                    });
                 }
                 if let Some(unknown) = spec
                     .placement
@@ -90,28 +198,33 @@ impl FabricState {
                         ),
                     ));
                 }
+                // A re-created name continues from its last epoch: fencing tokens never go back.
+                let epoch = self.tombstones.remove(&spec.name).map_or(0, |t| t.epoch);
                 self.services.insert(
                     spec.name.clone(),
                     Service {
                         spec: spec.clone(),
                         created_ms: now,
-                        epoch: 0,
+                        epoch,
                         owner: None,
                         owner_since_ms: now,
                         target: None,
                         instances: Default::default(),
+                        deleting: None,
                     },
                 );
-                Ok(Some(format!("service {} created", spec.name)))
+                Ok(Some(if epoch > 0 {
+                    format!(
+                        "service {} created again (epochs continue above {epoch})",
+                        spec.name
+                    )
+                } else {
+                    format!("service {} created", spec.name)
+                }))
             }
-            Command::DeleteService { name } => {
-                self.services
-                    .remove(name)
-                    .ok_or_else(|| CommandError::UnknownService(name.clone()))?;
-                Ok(Some(format!("service {name} deleted")))
-            }
+            Command::DeleteService { name } => self.delete_service(now, name),
             Command::SetServiceTarget { service, site } => {
-                let s = self.service_mut(service)?;
+                let s = self.active_service_mut(service)?;
                 if let Some(site) = site
                     && !s.spec.placement.sites.contains(site)
                 {
@@ -141,7 +254,7 @@ impl FabricState {
                 if !self.sites.contains_key(site) {
                     return Err(CommandError::UnknownSite(site.clone()));
                 }
-                let s = self.service_mut(service)?;
+                let s = self.active_service_mut(service)?;
                 if *epoch != s.epoch + 1 {
                     return Err(CommandError::StaleEpoch {
                         service: service.clone(),
@@ -184,7 +297,7 @@ impl FabricState {
                     .get(host)
                     .ok_or(CommandError::UnknownHost(*host))?;
                 let host_site = h.site.clone();
-                let s = self.service_mut(service)?;
+                let s = self.active_service_mut(service)?;
                 if *epoch != s.epoch {
                     return Err(CommandError::StaleEpoch {
                         service: service.clone(),
@@ -278,8 +391,9 @@ impl FabricState {
                 if let Some(s) = self.services.get_mut(service) {
                     s.instances.remove(host);
                 }
+                let done = self.finish_delete(service, now);
                 Ok(Some(format!(
-                    "service {service}: instance on host {host} stopped (epoch {epoch})"
+                    "service {service}: instance on host {host} stopped (epoch {epoch}){done}"
                 )))
             }
             Command::ForgetInstance {
@@ -298,8 +412,9 @@ impl FabricState {
                 if let Some(s) = self.services.get_mut(service) {
                     s.instances.remove(host);
                 }
+                let done = self.finish_delete(service, now);
                 Ok(Some(format!(
-                    "service {service}: instance on host {host} given up (epoch {epoch}): {reason}"
+                    "service {service}: instance on host {host} given up (epoch {epoch}): {reason}{done}"
                 )))
             }
             other => Err(invalid(

@@ -2,7 +2,19 @@
 //! site, epoch, instances).
 //!
 //! Invariants:
-//! - a service's `epoch` only goes up, by one, each time a site is assigned ownership;
+//! - a service's `epoch` only goes up, by one, each time a site is assigned ownership; and it
+//!   never goes backwards for a *name*, also across delete and re-create: a deleted name leaves
+//!   a [`Tombstone`] with its last epoch, and a re-created service starts from there, so its
+//!   first owner gets an epoch above every epoch the name ever had. We keep a per-name tombstone
+//!   rather than one fabric-wide counter so that a service's epochs stay small and dense (the
+//!   first owner of a new name is epoch 1), at the cost of one small entry per name ever
+//!   deleted;
+//! - deleting is a revocation, like a move away: a service with instances stays in the state,
+//!   [`Service::deleting`], with every instance revoked, until each is confirmed stopped or
+//!   given up after its lease ran out; only then is it removed. While it is deleting it cannot
+//!   be owned, placed or re-created (a create is refused with
+//!   [`CommandError::ServiceDeleting`], naming the wait), so an old holder that may still serve
+//!   behind a partition never overlaps a new one;
 //! - an owner is assigned only when the service has no instance left anywhere, so instances of
 //!   two epochs (two sites) never coexist in the state;
 //! - every instance command names the epoch it is about, and a command for another epoch is
@@ -90,6 +102,18 @@ pub struct Service {
     pub target: Option<String>,
     /// Instances by host.
     pub instances: BTreeMap<NodeId, Instance>,
+    /// Unix ms at which an operator deleted it, while its revoked instances still hold their
+    /// slots; the service is removed when the last one is stopped or given up.
+    pub deleting: Option<u64>,
+}
+
+/// What a deleted name leaves behind, so that the name's epochs never go backwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The last epoch the name had; a re-created service continues from it.
+    pub epoch: u64,
+    /// Unix ms of the removal (when its last instance was stopped or given up).
+    pub removed_ms: u64,
 }
 
 /// One instance of a service on one host.

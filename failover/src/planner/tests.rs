@@ -257,6 +257,58 @@ fn a_stop_confirmed_by_the_host_needs_no_lease_wait() {
 }
 
 #[test]
+fn a_deleted_service_behind_a_partition_is_never_placed_before_its_lease_has_run_out() {
+    let (mut state, mut clock, t0) = placed();
+    set_site(&mut state, "s1", Health::Down);
+    apply(&mut state, Command::DeleteService { name: "web".into() });
+    assert_eq!(
+        state.services["web"].instances[&11].state,
+        InstanceState::Revoked
+    );
+    // Not assigned or placed anywhere while s1 may still serve under its lease.
+    assert!(settle(&mut state, &mut clock, t0 + S).is_empty());
+    assert!(settle(&mut state, &mut clock, t0 + 5 * S).is_empty());
+    let later = settle(&mut state, &mut clock, t0 + 6 * S);
+    assert!(
+        matches!(
+            &later[..],
+            [Action::Forget {
+                host: 11,
+                epoch: 1,
+                ..
+            }]
+        ),
+        "{later:?}"
+    );
+    assert!(!state.services.contains_key("web"), "removed once given up");
+    apply(
+        &mut state,
+        Command::CreateService {
+            spec: spec("web", &["s2", "s3"]),
+        },
+    );
+    settle(&mut state, &mut clock, t0 + 7 * S);
+    assert_eq!(where_is(&state, "web"), (Some("s2".into()), 2, vec![21]));
+}
+
+#[test]
+fn a_deleted_service_whose_owner_is_up_is_removed_once_its_host_confirms_the_stop() {
+    let (mut state, mut clock, t0) = placed();
+    apply(&mut state, Command::DeleteService { name: "web".into() });
+    assert!(settle(&mut state, &mut clock, t0 + S).is_empty());
+    apply(
+        &mut state,
+        Command::InstanceStopped {
+            service: "web".into(),
+            host: 11,
+            epoch: 1,
+        },
+    );
+    assert!(!state.services.contains_key("web"));
+    assert_eq!(state.tombstones["web"].epoch, 1);
+}
+
+#[test]
 fn switchover_goes_to_the_target_and_then_stays() {
     let (mut state, mut clock, t0) = placed();
     apply(

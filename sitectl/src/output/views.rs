@@ -91,7 +91,8 @@ pub fn hosts(hosts: &[HostView], now_ms: u64) -> String {
     )
 }
 
-/// `sitectl services` / `service list`: owner (`a -> b` during a planned move), instances.
+/// `sitectl services` / `service list`: owner (`a -> b` during a planned move, `a (deleting)`
+/// while a delete waits for its instances to stop), instances.
 pub fn services(services: &[ServiceView], now_ms: u64) -> String {
     table(
         &["service", "owner", "epoch", "since", "dns", "instances"],
@@ -103,10 +104,12 @@ pub fn services(services: &[ServiceView], now_ms: u64) -> String {
                 .collect();
             vec![
                 s.name.clone(),
-                match (&s.owner, &s.target) {
-                    (Some(o), Some(t)) => format!("{o} -> {t}"),
-                    (Some(o), None) => o.clone(),
-                    (None, _) => "-".into(),
+                match (&s.owner, &s.target, s.deleting_since_ms) {
+                    (Some(o), _, Some(_)) => format!("{o} (deleting)"),
+                    (None, _, Some(_)) => "- (deleting)".into(),
+                    (Some(o), Some(t), None) => format!("{o} -> {t}"),
+                    (Some(o), None, None) => o.clone(),
+                    (None, _, None) => "-".into(),
                 },
                 s.epoch.to_string(),
                 ago(s.owner_since_ms, now_ms),

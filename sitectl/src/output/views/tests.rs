@@ -181,6 +181,7 @@ fn service(owner: Option<&str>, target: Option<&str>) -> ServiceView {
         epoch: 3,
         owner_since_ms: NOW - 180_000,
         target: target.map(String::from),
+        deleting_since_ms: None,
         dns_name: None,
         instances: vec![],
         spec: ServiceSpec::process("web", &["s1", "s2"], "fabric-demo", 8080),
@@ -192,6 +193,14 @@ fn a_service_with_no_owner_shows_a_dash_and_no_dns_name() {
     let text = super::services(&[service(None, Some("s2"))], NOW);
     // No owner wins over a target: a move needs a site to move from.
     assert_eq!(row(&text, "web"), ["web", "-", "3", "3m ago"]);
+}
+
+#[test]
+fn a_deleting_service_says_so_next_to_its_owner() {
+    let mut s = service(Some("s1"), Some("s2"));
+    s.deleting_since_ms = Some(NOW);
+    let text = super::services(&[s], NOW);
+    assert_eq!(row(&text, "web")[..2], ["web", "s1 (deleting)"]);
 }
 
 #[test]

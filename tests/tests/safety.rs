@@ -1,0 +1,141 @@
+//! Ownership safety end to end: never two sites serving one service, and epochs that never go
+//! backwards for a name — through real agents, the link emulator and the demo workload.
+
+use std::time::{Duration, Instant};
+
+use consensus::state::{InstanceState, ServiceSpec};
+use fabric_tests::{TestLab, eventually, whoami};
+use siteagent::api::{OperationResult, ServiceView};
+
+/// Three sites of one host each, every link through the emulator.
+fn lab_with_links() -> (TestLab, tempfile::TempDir) {
+    let topo_dir = tempfile::tempdir().expect("temp dir");
+    let topology = topo_dir.path().join("topology.toml");
+    std::fs::write(
+        &topology,
+        "sites = 3\nhosts_per_site = 1\n\n[[link]]\na = \"*\"\nb = \"*\"\ndelay = \"2ms\"\n",
+    )
+    .expect("write topology");
+    let path = topology.to_str().expect("utf-8 path");
+    (TestLab::up_with(3, 1, &["--topology", path]), topo_dir)
+}
+
+fn admin_of(lab: &TestLab, site: &str) -> String {
+    lab.procs()
+        .into_iter()
+        .find(|p| p.site == site && p.alive)
+        .map(|p| p.admin)
+        .expect("an agent in the site")
+}
+
+/// The running instance of `web` as `admin` sees it: (site, endpoint, epoch).
+fn running_at(lab: &TestLab, admin: &str) -> anyhow::Result<Option<(String, String, u64)>> {
+    let services: Vec<ServiceView> = lab.ctl_at(admin, &["service", "list"])?;
+    Ok(services
+        .into_iter()
+        .find(|s| s.name == "web")
+        .and_then(|s| {
+            s.instances
+                .into_iter()
+                .find(|i| i.state == InstanceState::Running)
+        })
+        .and_then(|i| Some((i.site?, i.endpoints.first()?.clone(), i.epoch))))
+}
+
+fn link(lab: &TestLab, how: &str, a: &str, b: &str) {
+    let out = fabric_tests::sitectl(&["lab", "link", how, "--dir", lab.dir_str(), a, b]);
+    assert!(
+        out.status.success(),
+        "lab link {how} {a} {b}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn delete_and_re_create_across_a_partition_never_serves_from_two_sites() {
+    let (lab, _topology) = lab_with_links();
+    let ctx = lab.context();
+    let _: OperationResult = fabric_tests::sitectl_json(&[
+        "--context",
+        &ctx,
+        "--output",
+        "json",
+        "lab",
+        "demo",
+        "--dir",
+        lab.dir_str(),
+    ])
+    .expect("lab demo");
+    let s1_admin = admin_of(&lab, "s1");
+    let (site, old_endpoint, old_epoch) =
+        eventually(Duration::from_secs(60), "web running in s1", || {
+            let Some(r) = running_at(&lab, &s1_admin)? else {
+                return Ok(None);
+            };
+            whoami(&r.1)?;
+            Ok(Some(r))
+        });
+    assert_eq!(site, "s1");
+
+    // The same service, declared again for the majority's sites only.
+    let text = std::fs::read_to_string(lab.dir().join("services/web.toml")).expect("demo spec");
+    let mut spec: ServiceSpec = toml::from_str(&text).expect("demo spec parses");
+    spec.placement.sites = vec!["s2".into(), "s3".into()];
+    let again = lab.dir().join("services/web-again.toml");
+    std::fs::write(&again, toml::to_string(&spec).expect("spec encodes")).expect("write spec");
+
+    link(&lab, "partition", "s1", "s2");
+    link(&lab, "partition", "s1", "s3");
+    let s2_admin = admin_of(&lab, "s2");
+    let _: OperationResult = eventually(Duration::from_secs(30), "delete through s2", || {
+        Ok(Some(lab.ctl_at(&s2_admin, &["service", "delete", "web"])?))
+    });
+
+    // Keep asking to create it again (refused while the old instance may still serve), and
+    // watch both sites the whole time.
+    let again = again.to_str().expect("utf-8 path");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut created = false;
+    let mut new: Option<(String, String, u64)> = None;
+    let mut old_gone_since: Option<Instant> = None;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "web never served from the majority again (created: {created}, new: {new:?})"
+        );
+        if !created {
+            created = lab
+                .ctl_at::<OperationResult>(&s2_admin, &["service", "create", "--file", again])
+                .is_ok();
+        }
+        if created && new.is_none() {
+            new = running_at(&lab, &s2_admin).ok().flatten();
+        }
+        let old_serves = whoami(&old_endpoint).is_ok();
+        let new_serves = new
+            .as_ref()
+            .and_then(|(_, ep, _)| whoami(ep).ok())
+            .map(|me| (me.site, me.epoch));
+        assert!(
+            !(old_serves && new_serves.is_some()),
+            "two sites serve web: s1 (epoch {old_epoch}) and {new_serves:?}"
+        );
+        if old_serves {
+            old_gone_since = None;
+        } else {
+            old_gone_since.get_or_insert_with(Instant::now);
+        }
+        if let Some((site, epoch)) = new_serves {
+            assert_ne!(site, "s1");
+            assert!(
+                epoch > old_epoch,
+                "the re-created service serves under epoch {epoch}, not above the old {old_epoch}"
+            );
+            // Watch a little longer: the old one must stay dark.
+            if old_gone_since.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
