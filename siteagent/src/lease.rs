@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use failover::lease::{LeaseConfig, LeaseHolder, LeaseInstant};
+use failover::zone::Vouched;
 
 /// A cheap, cloneable handle on this agent's lease.
 #[derive(Clone)]
@@ -98,9 +99,12 @@ impl LeaseHandle {
     }
 
     /// Whether a DNS server that publishes a zone built from state `published_revision` may
-    /// vouch for it at `now`.
-    pub fn vouch(&self, now: LeaseInstant, published_revision: u64) -> bool {
-        self.is_valid(now) && published_revision >= self.confirmed_revision()
+    /// vouch for it at `now`, and for how long: the lease time left, which caps the TTLs.
+    pub fn vouch(&self, now: LeaseInstant, published_revision: u64) -> Vouched {
+        match self.remaining(now) {
+            Some(left) if published_revision >= self.confirmed_revision() => Vouched::For(left),
+            _ => Vouched::No,
+        }
     }
 
     /// Notes which services this host holds under the lease (from a confirmed read).
@@ -157,15 +161,16 @@ mod tests {
     fn dns_vouches_only_with_a_valid_lease_and_a_zone_as_new_as_the_confirmation() {
         let t0 = LeaseInstant::from_millis(1_000);
         let lease = handle();
-        assert!(!lease.vouch(t0, 10), "no lease yet");
+        assert_eq!(lease.vouch(t0, 10), Vouched::No, "no lease yet");
         lease.confirmed(t0, 10);
-        assert!(lease.vouch(t0 + S, 10));
-        assert!(lease.vouch(t0 + S, 11));
-        assert!(
-            !lease.vouch(t0 + S, 9),
+        assert_eq!(lease.vouch(t0 + S, 10), Vouched::For(4 * S));
+        assert_eq!(lease.vouch(t0 + S, 11), Vouched::For(4 * S));
+        assert_eq!(
+            lease.vouch(t0 + S, 9),
+            Vouched::No,
             "zone older than the confirmed state"
         );
-        assert!(!lease.vouch(t0 + 5 * S, 11), "lease expired");
+        assert_eq!(lease.vouch(t0 + 5 * S, 11), Vouched::No, "lease expired");
     }
 
     #[test]
@@ -173,10 +178,10 @@ mod tests {
         let t0 = LeaseInstant::from_millis(1_000);
         let lease = handle();
         lease.confirmed(t0, 3);
-        assert!(lease.vouch(t0 + S, 3));
+        assert_eq!(lease.vouch(t0 + S, 3), Vouched::For(4 * S));
         // Suspended at t0 + 1 s with 4 s left, resumed 60 s later on the boot clock.
         let resumed = t0 + 61 * S;
-        assert!(!lease.vouch(resumed, 3));
+        assert_eq!(lease.vouch(resumed, 3), Vouched::No);
         assert!(!lease.is_valid(resumed));
         assert_eq!(lease.remaining(resumed), None);
     }
