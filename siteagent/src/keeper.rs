@@ -659,13 +659,20 @@ mod tests {
         assert_eq!(rig.running_epoch("web"), Some(1));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_start_after_a_slow_stop_gets_the_confirmed_deadline_not_a_fresh_one() {
-        // Stops take 2 s (a workload slow to honour SIGTERM).
-        let mut rig = rig_with(fixture::placed(), MemoryDriver::new().with_grace(2 * S));
+    /// `web` assigned to host 11 (not running yet) and an instance `old` the state no longer
+    /// assigns, running with a far deadline, whose stop takes `grace`.
+    fn with_a_stale_instance_slow_to_stop(grace: Duration) -> Rig {
+        let rig = rig_with(fixture::placed(), MemoryDriver::new().with_grace(grace));
         let mut stale = crate::workload::conformance::template("old", "fabric-demo", vec![], 0);
         stale.epoch = 7;
         assert!(rig.driver.start(stale, clock::lease_now() + 30 * S).is_ok());
+        rig
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_after_a_slow_stop_gets_the_confirmed_deadline_not_a_fresh_one() {
+        // Stops take 2 s (a workload slow to honour SIGTERM).
+        let mut rig = with_a_stale_instance_slow_to_stop(2 * S);
         let sent = rig.round().await;
         assert_eq!(
             rig.running_epoch("old"),
@@ -683,10 +690,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn nothing_is_started_once_slow_stops_have_used_up_the_lease() {
-        let mut rig = rig_with(fixture::placed(), MemoryDriver::new().with_grace(10 * S));
-        let mut stale = crate::workload::conformance::template("old", "fabric-demo", vec![], 0);
-        stale.epoch = 7;
-        assert!(rig.driver.start(stale, clock::lease_now() + 30 * S).is_ok());
+        let mut rig = with_a_stale_instance_slow_to_stop(10 * S);
         let sent = rig.round().await;
         // The stale instance took its 10 s grace, past the 5 s this round's lease earned.
         assert!(clock::lease_now() >= sent + 5 * S);

@@ -46,10 +46,18 @@ fn finish(mut child: Child) -> std::io::Result<(Output, String, String)> {
     Ok((out, stdout, stderr))
 }
 
-#[test]
-fn stop_escalates_to_sigkill_when_the_workload_ignores_sigterm() -> anyhow::Result<()> {
+/// Runs a workload that ignores SIGTERM, asks for a planned stop after 200 ms and returns the
+/// guard's output and how long the stop took.
+fn stop_a_workload_that_ignores_sigterm(
+    lease_ms: u64,
+    grace_ms: u64,
+) -> anyhow::Result<(Output, String, String, Duration)> {
     // `trap "" TERM` is inherited by the sleeps, so nothing in the group obeys SIGTERM.
-    let mut child = guard(30_000, 300, "trap '' TERM; while :; do sleep 0.05; done")?;
+    let mut child = guard(
+        lease_ms,
+        grace_ms,
+        "trap '' TERM; while :; do sleep 0.05; done",
+    )?;
     let _reap = Reap(child.id());
     std::thread::sleep(Duration::from_millis(200));
     let asked = Instant::now();
@@ -57,11 +65,14 @@ fn stop_escalates_to_sigkill_when_the_workload_ignores_sigterm() -> anyhow::Resu
         stdin.write_all(b"stop\n")?;
     }
     let (out, stdout, stderr) = finish(child)?;
+    Ok((out, stdout, stderr, asked.elapsed()))
+}
+
+#[test]
+fn stop_escalates_to_sigkill_when_the_workload_ignores_sigterm() -> anyhow::Result<()> {
+    let (out, stdout, stderr, took) = stop_a_workload_that_ignores_sigterm(30_000, 300)?;
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(
-        asked.elapsed() >= Duration::from_millis(300),
-        "did not wait the grace"
-    );
+    assert!(took >= Duration::from_millis(300), "did not wait the grace");
     assert!(stdout.lines().any(|l| l == "verdict stopped"), "{stdout}");
     assert!(
         stderr.contains("grace ran out, killed workload pid"),
@@ -72,15 +83,7 @@ fn stop_escalates_to_sigkill_when_the_workload_ignores_sigterm() -> anyhow::Resu
 
 #[test]
 fn a_planned_stop_kills_at_the_lease_deadline_before_its_grace_ends() -> anyhow::Result<()> {
-    let mut child = guard(800, 30_000, "trap '' TERM; while :; do sleep 0.05; done")?;
-    let _reap = Reap(child.id());
-    std::thread::sleep(Duration::from_millis(200));
-    let asked = Instant::now();
-    if let Some(stdin) = child.stdin.as_mut() {
-        stdin.write_all(b"stop\n")?;
-    }
-    let (out, stdout, stderr) = finish(child)?;
-    let took = asked.elapsed();
+    let (out, stdout, stderr, took) = stop_a_workload_that_ignores_sigterm(800, 30_000)?;
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
         took < Duration::from_secs(10),
