@@ -34,11 +34,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::zone::{self, Answer, Zone, ZoneConfig, ZoneError, ZoneSnapshot};
+use crate::zone::{self, Answer, Vouched, Zone, ZoneConfig, ZoneError, ZoneSnapshot};
 
-/// Says, per query, whether this server may still vouch for its zone data (false when its site
-/// is fenced or its lease expired).
-pub type Vouch = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Says, per query, whether this server may still vouch for its zone data ([`Vouched::No`] when
+/// its site is fenced or its lease expired) and for how long (TTLs are capped to it).
+pub type Vouch = Arc<dyn Fn() -> Vouched + Send + Sync>;
 
 /// How long a TCP connection may sit idle before the server closes it.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -157,8 +157,8 @@ impl DnsServer {
     ///
     /// Each query reads the latest value of `zone` (replaced by the agent whenever the state
     /// changes; if the sender goes away the last snapshot keeps being served) and calls `vouch`;
-    /// when `vouch` says false every in-zone query gets SERVFAIL, so resolvers go to another
-    /// site's server.
+    /// when `vouch` says no every in-zone query gets SERVFAIL, so resolvers go to another
+    /// site's server, and otherwise no TTL exceeds the time it may still vouch.
     pub async fn run(
         self,
         zone: watch::Receiver<Arc<ZoneSnapshot>>,

@@ -1,6 +1,11 @@
 //! Ownership leases: the holder's side ([`LeaseHolder`]) and the majority's side
 //! ([`RevocationClock`]), on monotonic time only.
 //!
+//! The holder's deadlines are [`LeaseInstant`]s: points on the machine's boot clock
+//! (CLOCK_BOOTTIME), which keeps counting while the host or VM is suspended, so a holder that was
+//! paused past its deadline sees the lease expired the moment it resumes. This module never reads
+//! a clock; the agent reads the boot clock (`siteagent::clock`) and passes `now` in.
+//!
 //! The holder re-confirms its lease with a linearizable read through the Raft leader (which
 //! itself checks a quorum). A confirmation that was *sent* at `t` keeps the lease valid until
 //! `t + lease − margin`, measured on the holder's own clock, and only if the state it read still
@@ -16,10 +21,72 @@
 //! successful confirmation, and never moves backwards.
 
 use std::collections::BTreeMap;
+use std::ops::{Add, Sub};
 use std::time::{Duration, Instant};
 
 use consensus::NodeId;
 use consensus::state::{FabricState, InstanceState};
+
+/// A point on the machine's boot clock (CLOCK_BOOTTIME, counts through suspend), in nanoseconds
+/// since boot. The same clock in every process of a host, so an absolute deadline can cross a
+/// pipe (the guard's `until <ms>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseInstant {
+    nanos: u64,
+}
+
+impl LeaseInstant {
+    pub const fn from_nanos(nanos: u64) -> Self {
+        Self { nanos }
+    }
+
+    pub const fn from_millis(ms: u64) -> Self {
+        Self {
+            nanos: ms.saturating_mul(1_000_000),
+        }
+    }
+
+    pub const fn as_nanos(self) -> u64 {
+        self.nanos
+    }
+
+    /// Whole milliseconds, rounded down: a deadline sent in milliseconds never moves later.
+    pub const fn as_millis(self) -> u64 {
+        self.nanos / 1_000_000
+    }
+
+    /// `self − earlier`, or `None` when `earlier` is later than `self`.
+    pub fn checked_duration_since(self, earlier: LeaseInstant) -> Option<Duration> {
+        self.nanos
+            .checked_sub(earlier.nanos)
+            .map(Duration::from_nanos)
+    }
+
+    /// `self − earlier`, or zero when `earlier` is later than `self`.
+    pub fn saturating_duration_since(self, earlier: LeaseInstant) -> Duration {
+        self.checked_duration_since(earlier).unwrap_or_default()
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Saturates at the end of the clock (585 years after boot).
+impl Add<Duration> for LeaseInstant {
+    type Output = LeaseInstant;
+    fn add(self, d: Duration) -> LeaseInstant {
+        LeaseInstant::from_nanos(self.nanos.saturating_add(nanos(d)))
+    }
+}
+
+/// Saturates at boot.
+impl Sub<Duration> for LeaseInstant {
+    type Output = LeaseInstant;
+    fn sub(self, d: Duration) -> LeaseInstant {
+        LeaseInstant::from_nanos(self.nanos.saturating_sub(nanos(d)))
+    }
+}
 
 /// Lease timing; must be the same on every agent: the fabric records the first agent's
 /// [`terms`](LeaseConfig::terms) and refuses an agent whose terms differ.
@@ -68,7 +135,7 @@ impl LeaseConfig {
 #[derive(Debug, Clone)]
 pub struct LeaseHolder {
     config: LeaseConfig,
-    valid_until: Option<Instant>,
+    valid_until: Option<LeaseInstant>,
 }
 
 impl LeaseHolder {
@@ -80,7 +147,7 @@ impl LeaseHolder {
     }
 
     /// A confirmation sent at `sent` succeeded.
-    pub fn confirmed(&mut self, sent: Instant) {
+    pub fn confirmed(&mut self, sent: LeaseInstant) {
         let until = sent + self.config.holder_validity();
         if self.valid_until.is_none_or(|v| until > v) {
             self.valid_until = Some(until);
@@ -92,18 +159,18 @@ impl LeaseHolder {
         self.valid_until = None;
     }
 
-    pub fn is_valid(&self, now: Instant) -> bool {
+    pub fn is_valid(&self, now: LeaseInstant) -> bool {
         self.valid_until.is_some_and(|v| now < v)
     }
 
     /// Time left, if any.
-    pub fn remaining(&self, now: Instant) -> Option<Duration> {
+    pub fn remaining(&self, now: LeaseInstant) -> Option<Duration> {
         self.valid_until
             .and_then(|v| v.checked_duration_since(now))
             .filter(|d| !d.is_zero())
     }
 
-    pub fn valid_until(&self) -> Option<Instant> {
+    pub fn valid_until(&self) -> Option<LeaseInstant> {
         self.valid_until
     }
 }
@@ -161,7 +228,7 @@ mod tests {
 
     #[test]
     fn holder_serves_lease_minus_margin_after_sending() {
-        let t0 = Instant::now();
+        let t0 = LeaseInstant::from_millis(1_000);
         let mut h = LeaseHolder::new(config());
         assert!(!h.is_valid(t0));
         h.confirmed(t0);
@@ -172,7 +239,7 @@ mod tests {
 
     #[test]
     fn a_late_answer_to_an_old_confirmation_never_shortens_or_stretches() {
-        let t0 = Instant::now();
+        let t0 = LeaseInstant::from_millis(1_000);
         let mut h = LeaseHolder::new(config());
         h.confirmed(t0 + 2 * S);
         h.confirmed(t0);
@@ -184,16 +251,46 @@ mod tests {
         // Worst case: the holder sent its last confirmation just before the revocation was
         // applied on the leader, which sees it at the same instant.
         let c = config();
-        let t0 = Instant::now();
+        let (t0, boot0) = (Instant::now(), LeaseInstant::from_millis(1_000));
         let mut h = LeaseHolder::new(c);
-        h.confirmed(t0);
+        h.confirmed(boot0);
         let mut clock = RevocationClock::default();
         let mut state = FabricState::default();
         state.services.insert("web".into(), revoked_service());
         clock.observe(&state, t0);
         let reuse = clock.reusable_at(&("web".into(), 1, 1), &c).expect("seen");
-        let expiry = h.valid_until().expect("valid");
+        let expiry = h
+            .valid_until()
+            .expect("valid")
+            .saturating_duration_since(boot0);
+        let reuse = reuse.saturating_duration_since(t0);
         assert!(expiry + c.margin * 2 <= reuse, "{expiry:?} vs {reuse:?}");
+    }
+
+    #[test]
+    fn a_suspend_longer_than_the_time_left_expires_the_holder_on_resume() {
+        let t0 = LeaseInstant::from_millis(1_000);
+        let mut h = LeaseHolder::new(config());
+        h.confirmed(t0);
+        assert_eq!(h.remaining(t0 + S), Some(2 * S));
+        // Suspended at t0 + 1 s with 2 s left; the boot clock counts the 10 s asleep.
+        let resumed = t0 + 11 * S;
+        assert!(!h.is_valid(resumed));
+        assert_eq!(h.remaining(resumed), None);
+    }
+
+    #[test]
+    fn lease_instants_round_milliseconds_down_and_saturate() {
+        let t = LeaseInstant::from_nanos(1_999_999);
+        assert_eq!(t.as_millis(), 1);
+        assert_eq!(LeaseInstant::from_millis(1).as_nanos(), 1_000_000);
+        assert_eq!(t - 3 * S, LeaseInstant::from_nanos(0));
+        assert_eq!(
+            LeaseInstant::from_nanos(u64::MAX - 1) + S,
+            LeaseInstant::from_nanos(u64::MAX)
+        );
+        assert_eq!(t.checked_duration_since(t + S), None);
+        assert_eq!((t + S).saturating_duration_since(t), S);
     }
 
     #[test]

@@ -7,13 +7,16 @@
 //!
 //! Invariant: the answer depends only on its arguments. An in-zone question is answered
 //! authoritatively (AA) from the snapshot when the server may vouch for it, and with SERVFAIL
-//! (never stale data) when it may not; a question outside the zone is always REFUSED.
+//! (never stale data) when it may not; a question outside the zone is always REFUSED. No record
+//! carries a TTL past the time the server may still vouch for it (the lease time left, rounded
+//! down to whole seconds), so no resolver caches an answer past the holder's deadline.
 //!
 //! It does not do I/O, parse or encode packets, hold state between questions, support wildcards,
 //! CNAMEs, delegations or zone transfers, or sign anything (no DNSSEC); `dns` moves the bytes.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use hickory_proto::ProtoError;
 use hickory_proto::op::ResponseCode;
@@ -286,16 +289,50 @@ impl Answer {
     }
 }
 
+/// Whether a server may vouch for its zone data, and for how much longer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vouched {
+    /// It may not (its site is fenced or its lease ran out): SERVFAIL.
+    No,
+    /// It may, for this long (the lease time left); TTLs are capped to it.
+    For(Duration),
+}
+
+impl Vouched {
+    /// The TTL a record may carry: `ttl`, or the whole seconds left if fewer.
+    fn cap(self, ttl: u32) -> u32 {
+        match self {
+            Vouched::No => 0,
+            Vouched::For(left) => ttl.min(u32::try_from(left.as_secs()).unwrap_or(u32::MAX)),
+        }
+    }
+}
+
 /// Computes the reply to the question (`qname`, `qtype`, class IN).
 ///
-/// `vouched` says whether this server may still vouch for its data; when it is false every
-/// in-zone question gets SERVFAIL so that resolvers try another site's server.
+/// `vouched` says whether this server may still vouch for its data; when it may not every
+/// in-zone question gets SERVFAIL so that resolvers try another site's server, and when it may
+/// every record's TTL is capped by the time it may still vouch.
 pub fn answer(
     zone: &Zone,
     snapshot: &ZoneSnapshot,
     qname: &Name,
     qtype: RecordType,
-    vouched: bool,
+    vouched: Vouched,
+) -> Answer {
+    let mut answer = answer_uncapped(zone, snapshot, qname, qtype, vouched);
+    for record in answer.answers.iter_mut().chain(answer.authority.iter_mut()) {
+        record.ttl = vouched.cap(record.ttl);
+    }
+    answer
+}
+
+fn answer_uncapped(
+    zone: &Zone,
+    snapshot: &ZoneSnapshot,
+    qname: &Name,
+    qtype: RecordType,
+    vouched: Vouched,
 ) -> Answer {
     let Some(owner) = zone.locate(qname) else {
         return Answer::error(ResponseCode::Refused);
@@ -304,7 +341,7 @@ pub fn answer(
         // The zone has no secondaries; every site serves its own replicated copy.
         return Answer::error(ResponseCode::Refused);
     }
-    if !vouched {
+    if vouched == Vouched::No {
         return Answer::error(ResponseCode::ServFail);
     }
 
@@ -385,6 +422,9 @@ mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
+    /// Vouched for far longer than any TTL here.
+    const FOR_LONG: Vouched = Vouched::For(Duration::from_secs(3600));
+
     const V4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
     const V4B: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11));
     const V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10));
@@ -409,7 +449,7 @@ mod tests {
     }
 
     fn ask(qname: &str, qtype: RecordType) -> Answer {
-        answer(&zone(), &snapshot(), &name(qname), qtype, true)
+        answer(&zone(), &snapshot(), &name(qname), qtype, FOR_LONG)
     }
 
     fn soa_of(record: &Record) -> &SOA {
@@ -477,7 +517,7 @@ mod tests {
             &snapshot,
             &name("web.fabric.test."),
             RecordType::A,
-            true,
+            FOR_LONG,
         );
         assert_eq!(a.answers.len(), 2);
     }
@@ -562,7 +602,7 @@ mod tests {
             &later,
             &name("fabric.test."),
             RecordType::SOA,
-            true,
+            FOR_LONG,
         );
         assert_eq!(soa_of(&a.answers[0]).serial, 8);
     }
@@ -577,7 +617,7 @@ mod tests {
             &snapshot(),
             &name("fabric.test."),
             RecordType::NS,
-            true,
+            FOR_LONG,
         );
         assert_eq!(a.rcode, ResponseCode::NoError);
         assert!(a.authoritative);
@@ -615,6 +655,47 @@ mod tests {
     }
 
     #[test]
+    fn ttls_are_capped_by_the_lease_time_left_rounded_down() {
+        let zone = zone();
+        assert_eq!(zone.ttl(), 15);
+        let left = Vouched::For(Duration::from_millis(1500));
+        let a = answer(
+            &zone,
+            &snapshot(),
+            &name("web.fabric.test."),
+            RecordType::A,
+            left,
+        );
+        assert_eq!(a.rcode, ResponseCode::NoError);
+        assert!(!a.answers.is_empty());
+        assert!(a.answers.iter().all(|r| r.ttl == 1), "{:?}", a.answers);
+        // Negative answers too: the SOA a resolver caches the NXDOMAIN by.
+        let nx = answer(
+            &zone,
+            &snapshot(),
+            &name("nope.fabric.test."),
+            RecordType::A,
+            left,
+        );
+        assert_eq!(nx.rcode, ResponseCode::NXDomain);
+        assert!(
+            nx.authority.iter().all(|r| r.ttl == 1),
+            "{:?}",
+            nx.authority
+        );
+        // Under a second left: TTL 0, answered but not cacheable.
+        let brief = Vouched::For(Duration::from_millis(999));
+        let a = answer(
+            &zone,
+            &snapshot(),
+            &name("web.fabric.test."),
+            RecordType::A,
+            brief,
+        );
+        assert!(a.answers.iter().all(|r| r.ttl == 0), "{:?}", a.answers);
+    }
+
+    #[test]
     fn unvouched_server_answers_servfail_for_every_in_zone_question() {
         for (qname, qtype) in [
             ("web.fabric.test.", RecordType::A),
@@ -622,7 +703,7 @@ mod tests {
             ("fabric.test.", RecordType::SOA),
             ("fabric.test.", RecordType::NS),
         ] {
-            let a = answer(&zone(), &snapshot(), &name(qname), qtype, false);
+            let a = answer(&zone(), &snapshot(), &name(qname), qtype, Vouched::No);
             assert_eq!(a.rcode, ResponseCode::ServFail, "{qname} {qtype}");
             assert!(!a.authoritative);
             assert!(a.answers.is_empty() && a.authority.is_empty());
@@ -636,7 +717,7 @@ mod tests {
             &snapshot(),
             &name("example.com."),
             RecordType::A,
-            false,
+            Vouched::No,
         );
         assert_eq!(a.rcode, ResponseCode::Refused);
     }
@@ -653,7 +734,7 @@ mod tests {
             &snapshot(),
             &name("web.fabric.test."),
             RecordType::A,
-            true,
+            FOR_LONG,
         );
         assert_eq!(a.answers.len(), 2);
     }

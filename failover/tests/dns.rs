@@ -3,12 +3,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use failover::dns::{DnsError, DnsServer};
-use failover::zone::{ZoneConfig, ZoneSnapshot};
+use failover::zone::{Vouched, ZoneConfig, ZoneSnapshot};
 use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -22,7 +22,8 @@ const WEB_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10);
 struct Harness {
     addr: SocketAddr,
     zone: watch::Sender<Arc<ZoneSnapshot>>,
-    vouched: Arc<AtomicBool>,
+    /// Lease time left in milliseconds; 0 means the server may not vouch.
+    vouched_ms: Arc<AtomicU64>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), DnsError>>,
 }
@@ -34,18 +35,21 @@ impl Harness {
         let server = DnsServer::bind("127.0.0.1:0".parse()?, config).await?;
         let addr = server.local_addr();
         let (zone, rx) = watch::channel(Arc::new(snapshot));
-        let vouched = Arc::new(AtomicBool::new(true));
-        let flag = Arc::clone(&vouched);
+        let vouched_ms = Arc::new(AtomicU64::new(3_600_000));
+        let left = Arc::clone(&vouched_ms);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(
             rx,
-            Arc::new(move || flag.load(Ordering::SeqCst)),
+            Arc::new(move || match left.load(Ordering::SeqCst) {
+                0 => Vouched::No,
+                ms => Vouched::For(Duration::from_millis(ms)),
+            }),
             shutdown.clone(),
         ));
         Ok(Self {
             addr,
             zone,
-            vouched,
+            vouched_ms,
             shutdown,
             task,
         })
@@ -268,7 +272,7 @@ async fn apex_serves_ns_and_soa_whose_serial_follows_the_snapshot() -> Result<()
 async fn servfails_while_unvouched_and_recovers_when_vouched_again() -> Result<()> {
     let h = Harness::start(snapshot(1)).await?;
 
-    h.vouched.store(false, Ordering::SeqCst);
+    h.vouched_ms.store(0, Ordering::SeqCst);
     let fenced = h.dig("web.fabric.test.", "A", &[]).await?;
     assert_eq!(fenced.status, "SERVFAIL");
     assert!(fenced.answers.is_empty());
@@ -277,10 +281,31 @@ async fn servfails_while_unvouched_and_recovers_when_vouched_again() -> Result<(
     let outside = h.dig("example.com.", "A", &[]).await?;
     assert_eq!(outside.status, "REFUSED");
 
-    h.vouched.store(true, Ordering::SeqCst);
+    h.vouched_ms.store(3_600_000, Ordering::SeqCst);
     let back = h.dig("web.fabric.test.", "A", &[]).await?;
     assert_eq!(back.status, "NOERROR");
     assert_eq!(back.answer_data(), vec!["192.0.2.10"]);
+
+    h.stop().await
+}
+
+#[tokio::test]
+async fn ttls_never_outlast_the_lease_time_left() -> Result<()> {
+    let h = Harness::start(snapshot(1)).await?;
+
+    // Configured TTL 20 s, 1.5 s of lease left: TTL 1, rounded down.
+    h.vouched_ms.store(1500, Ordering::SeqCst);
+    let a = h.dig("web.fabric.test.", "A", &[]).await?;
+    assert_eq!(a.status, "NOERROR");
+    assert_eq!(a.answer_data(), vec!["192.0.2.10"]);
+    assert_eq!(a.answers[0].ttl, 1);
+    let nx = h.dig("nope.fabric.test.", "A", &["+tcp"]).await?;
+    assert_eq!(nx.status, "NXDOMAIN");
+    assert!(
+        nx.authority.iter().all(|r| r.ttl <= 1),
+        "{:?}",
+        nx.authority
+    );
 
     h.stop().await
 }

@@ -1,12 +1,18 @@
 //! The watchdog guard: the decisions of `fabric-guard`, the process that stands between a site
 //! agent and the workload it runs, and the small shell that carries them out.
 //!
-//! Owns: the guard's command line, its line protocol on stdin (`feed <ms>`, `stop`), the lease
-//! deadline ([`Watchdog`]), the verdict it reports on stdout ([`Verdict`]) and its exit codes.
+//! Owns: the guard's command line, its line protocol on stdin (`until <boottime ms>`, `stop`),
+//! the lease deadline ([`Watchdog`]), the verdict it reports on stdout ([`Verdict`]) and its exit
+//! codes.
+//!
+//! Deadlines are absolute points on the machine's boot clock (CLOCK_BOOTTIME, the same clock in
+//! the agent and here, and one that keeps counting through a suspend), never "time left": a line
+//! that sat in the pipe, or a guard that was suspended, cannot stretch the lease. The shell never
+//! waits longer than [`MAX_WAIT`] at a time, so after a resume it sees the boot clock within that.
 //!
 //! Invariant: the workload runs only while the guard's deadline lies in the future and the agent's
 //! end of the pipe is open. When the deadline passes or stdin reaches EOF the workload's whole
-//! process group gets SIGKILL at once, and the guard exits only after the workload is reaped, so
+//! process group gets SIGKILL at once — also in the middle of a planned stop's grace period, and the guard exits only after the workload is reaped, so
 //! "the guard has exited" implies "the workload is gone". The workload is started with
 //! `PR_SET_PDEATHSIG=SIGKILL`, so killing the guard with -9 takes the workload down too.
 //!
@@ -21,8 +27,9 @@
 use std::io::{BufRead, Write};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use failover::lease::LeaseInstant;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
@@ -37,16 +44,20 @@ pub const EXIT_LEASE_EXPIRED: u8 = 75;
 /// Exit code when stdin reached EOF (the agent died) and the workload was killed.
 pub const EXIT_AGENT_GONE: u8 = 76;
 
+/// The longest the guard blocks between two reads of the boot clock. Blocking waits run on the
+/// monotonic clock, which stops during a suspend; this bounds how late a resumed guard kills.
+pub const MAX_WAIT: Duration = Duration::from_millis(50);
+
 /// Grace between SIGTERM and SIGKILL on a planned stop when `--grace-ms` is not given.
 pub const DEFAULT_GRACE: Duration = Duration::from_millis(2000);
 
 /// What went wrong in the guard.
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
-    #[error("unknown command {0:?} on stdin (expected `feed <ms>` or `stop`)")]
+    #[error("unknown command {0:?} on stdin (expected `until <boottime ms>` or `stop`)")]
     UnknownCommand(String),
-    #[error("bad feed {0:?}: expected `feed <milliseconds>`")]
-    BadFeed(String),
+    #[error("bad deadline line {0:?}: expected `until <milliseconds on CLOCK_BOOTTIME>`")]
+    BadUntil(String),
     #[error("bad verdict line {0:?}")]
     BadVerdict(String),
     #[error("cannot start workload {command:?}: {source}")]
@@ -56,13 +67,14 @@ pub enum GuardError {
     },
 }
 
-/// `fabric-guard --lease-ms N [--grace-ms G] -- COMMAND ARGS...`
+/// `fabric-guard --until-ms N [--grace-ms G] -- COMMAND ARGS...`
 #[derive(Debug, Clone, PartialEq, Eq, clap::Parser)]
 #[command(name = "fabric-guard", version)]
 pub struct GuardArgs {
-    /// Initial lease in milliseconds; the workload is killed if no feed arrives before it ends.
+    /// Initial lease deadline, in milliseconds on CLOCK_BOOTTIME; the workload is killed then
+    /// unless an `until` line moves it.
     #[arg(long)]
-    pub lease_ms: u64,
+    pub until_ms: u64,
     /// Time between SIGTERM and SIGKILL on a planned stop.
     #[arg(long, default_value_t = DEFAULT_GRACE.as_millis() as u64)]
     pub grace_ms: u64,
@@ -74,9 +86,9 @@ pub struct GuardArgs {
 /// One line the agent writes to the guard's stdin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuardCommand {
-    /// `feed <ms>`: the lease now ends `ms` after the guard reads this line.
-    Feed(Duration),
-    /// `stop`: SIGTERM, grace, SIGKILL, exit 0.
+    /// `until <ms>`: the lease now ends at `ms` milliseconds on CLOCK_BOOTTIME.
+    Until(LeaseInstant),
+    /// `stop`: SIGTERM, grace (cut short by the deadline), SIGKILL, exit 0.
     Stop,
 }
 
@@ -84,11 +96,11 @@ impl GuardCommand {
     pub fn parse(line: &str) -> Result<Self, GuardError> {
         let mut words = line.split_whitespace();
         match (words.next(), words.next(), words.next()) {
-            (Some("feed"), Some(ms), None) => ms
+            (Some("until"), Some(ms), None) => ms
                 .parse::<u64>()
-                .map(|ms| GuardCommand::Feed(Duration::from_millis(ms)))
-                .map_err(|_| GuardError::BadFeed(line.to_owned())),
-            (Some("feed"), _, _) => Err(GuardError::BadFeed(line.to_owned())),
+                .map(|ms| GuardCommand::Until(LeaseInstant::from_millis(ms)))
+                .map_err(|_| GuardError::BadUntil(line.to_owned())),
+            (Some("until"), _, _) => Err(GuardError::BadUntil(line.to_owned())),
             (Some("stop"), None, _) => Ok(GuardCommand::Stop),
             _ => Err(GuardError::UnknownCommand(line.to_owned())),
         }
@@ -97,7 +109,8 @@ impl GuardCommand {
     /// The line as written on the pipe, newline included.
     pub fn to_line(self) -> String {
         match self {
-            GuardCommand::Feed(d) => format!("feed {}\n", d.as_millis()),
+            // Rounded down: the deadline the guard reads is never later than the agent's.
+            GuardCommand::Until(t) => format!("until {}\n", t.as_millis()),
             GuardCommand::Stop => "stop\n".to_owned(),
         }
     }
@@ -165,50 +178,55 @@ pub enum Action {
     Wait,
     /// SIGKILL the workload's group at once and exit with this verdict.
     Kill(Verdict),
-    /// Planned stop: SIGTERM, grace, SIGKILL.
+    /// Planned stop: SIGTERM, then SIGKILL at [`Watchdog::stop_kill_at`].
     Stop,
 }
 
-/// The lease deadline, sans I/O: every input carries the time it happened.
+/// The lease deadline, sans I/O: every input carries the time it happened, on the boot clock.
 #[derive(Debug, Clone)]
 pub struct Watchdog {
-    deadline: Instant,
+    deadline: LeaseInstant,
 }
 
 impl Watchdog {
-    pub fn new(lease: Duration, now: Instant) -> Self {
-        Watchdog {
-            deadline: now + lease,
-        }
+    /// A watchdog whose workload must die at `deadline` unless an `until` line moves it.
+    pub fn new(deadline: LeaseInstant) -> Self {
+        Watchdog { deadline }
     }
 
     /// The instant at which the workload must die unless fed before.
-    pub fn deadline(&self) -> Instant {
+    pub fn deadline(&self) -> LeaseInstant {
         self.deadline
     }
 
-    /// A feed replaces the deadline, so it may shorten it as well as extend it. A feed that
-    /// arrives after the deadline does not revive anything: the shell checks [`tick`](Self::tick)
-    /// before reading input, and a zero feed kills at once.
-    pub fn handle_feed(&mut self, valid_for: Duration, now: Instant) -> Action {
+    /// A new deadline replaces the old one, so it may shorten the lease as well as extend it. One
+    /// that arrives after the deadline does not revive anything, and one already past kills at
+    /// once.
+    pub fn handle_until(&mut self, until: LeaseInstant, now: LeaseInstant) -> Action {
         if now >= self.deadline {
             return Action::Kill(Verdict::LeaseExpired);
         }
-        self.deadline = now + valid_for;
+        self.deadline = until;
         self.tick(now)
     }
 
     /// One line from stdin. Garbage is an error and changes nothing; the caller logs it.
-    pub fn handle_line(&mut self, line: &str, now: Instant) -> Result<Action, GuardError> {
+    pub fn handle_line(&mut self, line: &str, now: LeaseInstant) -> Result<Action, GuardError> {
         Ok(match GuardCommand::parse(line)? {
-            GuardCommand::Feed(valid_for) => self.handle_feed(valid_for, now),
+            GuardCommand::Until(until) => self.handle_until(until, now),
             GuardCommand::Stop => Action::Stop,
         })
     }
 
+    /// When a planned stop that starts at `now` must SIGKILL: after the grace, or at the lease
+    /// deadline if that comes first — the deadline always wins.
+    pub fn stop_kill_at(&self, grace: Duration, now: LeaseInstant) -> LeaseInstant {
+        (now + grace).min(self.deadline)
+    }
+
     /// The agent's end of the pipe closed: it died. Kill at once; if the lease had already run
     /// out that is the truer reason.
-    pub fn handle_eof(&mut self, now: Instant) -> Action {
+    pub fn handle_eof(&mut self, now: LeaseInstant) -> Action {
         if now >= self.deadline {
             Action::Kill(Verdict::LeaseExpired)
         } else {
@@ -217,7 +235,7 @@ impl Watchdog {
     }
 
     /// Time passed without input.
-    pub fn tick(&self, now: Instant) -> Action {
+    pub fn tick(&self, now: LeaseInstant) -> Action {
         if now >= self.deadline {
             Action::Kill(Verdict::LeaseExpired)
         } else {
@@ -264,9 +282,9 @@ enum Event {
 /// forked the workload ends, not the process, so the spawning thread has to live as long as the
 /// guard.
 pub fn run(args: GuardArgs) -> u8 {
-    let lease = Duration::from_millis(args.lease_ms);
+    use crate::clock::boottime;
     let grace = Duration::from_millis(args.grace_ms);
-    let mut watchdog = Watchdog::new(lease, Instant::now());
+    let mut watchdog = Watchdog::new(LeaseInstant::from_millis(args.until_ms));
 
     let child = match spawn_workload(&args.command) {
         Ok(child) => child,
@@ -282,16 +300,19 @@ pub fn run(args: GuardArgs) -> u8 {
     spawn_stdin_reader(tx);
     report(&format!("started pid={pid}"));
     log(&format!(
-        "started workload pid {pid} lease_ms={} grace_ms={}",
-        args.lease_ms, args.grace_ms
+        "started workload pid {pid} until_ms={} (boot clock, now {}) grace_ms={}",
+        args.until_ms,
+        boottime().as_millis(),
+        args.grace_ms
     ));
 
     loop {
-        let now = Instant::now();
+        let now = boottime();
         let action = match watchdog.tick(now) {
             Action::Wait => {
-                match rx.recv_timeout(watchdog.deadline().saturating_duration_since(now)) {
-                    Ok(Event::Line(line)) => match watchdog.handle_line(&line, Instant::now()) {
+                let wait = watchdog.deadline().saturating_duration_since(now);
+                match rx.recv_timeout(wait.min(MAX_WAIT)) {
+                    Ok(Event::Line(line)) => match watchdog.handle_line(&line, boottime()) {
                         Ok(action) => action,
                         Err(e) => {
                             log(&format!("ignored: {e}"));
@@ -299,7 +320,7 @@ pub fn run(args: GuardArgs) -> u8 {
                         }
                     },
                     Ok(Event::Eof) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        watchdog.handle_eof(Instant::now())
+                        watchdog.handle_eof(boottime())
                     }
                     Ok(Event::Exited(status)) => {
                         let code = mirrored_code(status);
@@ -308,7 +329,7 @@ pub fn run(args: GuardArgs) -> u8 {
                         ));
                         return finish(Verdict::WorkloadExited { code });
                     }
-                    Err(mpsc::RecvTimeoutError::Timeout) => watchdog.tick(Instant::now()),
+                    Err(mpsc::RecvTimeoutError::Timeout) => watchdog.tick(boottime()),
                 }
             }
             other => other,
@@ -331,12 +352,17 @@ pub fn run(args: GuardArgs) -> u8 {
                     "stop requested, sent SIGTERM to workload pid {pid}, grace_ms={}",
                     grace.as_millis()
                 ));
-                let gone_by = Instant::now() + grace;
-                if let Some(status) = exit_before(&rx, gone_by) {
+                let kill_at = watchdog.stop_kill_at(grace, boottime());
+                if let Some(status) = exit_before(&rx, kill_at) {
                     log(&format!("workload pid {pid} stopped ({status})"));
                 } else {
                     signal_group(pid, Signal::SIGKILL);
-                    log(&format!("grace ran out, killed workload pid {pid}"));
+                    let why = if kill_at < watchdog.deadline() {
+                        "grace ran out"
+                    } else {
+                        "lease deadline reached during the grace"
+                    };
+                    log(&format!("{why}, killed workload pid {pid}"));
                     await_exit(&rx, pid);
                 }
                 return finish(Verdict::Stopped);
@@ -350,14 +376,17 @@ fn finish(verdict: Verdict) -> u8 {
     verdict.exit_code()
 }
 
-/// Waits for the workload's exit event until `until`, ignoring stdin meanwhile.
-fn exit_before(rx: &mpsc::Receiver<Event>, until: Instant) -> Option<ExitStatus> {
+/// Waits for the workload's exit event until `until` on the boot clock, ignoring stdin meanwhile.
+fn exit_before(rx: &mpsc::Receiver<Event>, until: LeaseInstant) -> Option<ExitStatus> {
     loop {
-        let left = until.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        let now = crate::clock::boottime();
+        if now >= until {
+            return None;
+        }
+        match rx.recv_timeout(until.saturating_duration_since(now).min(MAX_WAIT)) {
             Ok(Event::Exited(status)) => return Some(status),
-            Ok(_) => continue,
-            Err(_) => return None,
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
         }
     }
 }
@@ -468,104 +497,138 @@ mod tests {
     use super::*;
 
     const LEASE: Duration = Duration::from_millis(1000);
+    const MS: Duration = Duration::from_millis(1);
+
+    fn t0() -> LeaseInstant {
+        LeaseInstant::from_millis(50_000)
+    }
 
     #[test]
     fn lease_expires_at_the_initial_deadline_without_feeds() {
-        let t0 = Instant::now();
-        let w = Watchdog::new(LEASE, t0);
-        assert_eq!(w.deadline(), t0 + LEASE);
-        assert_eq!(w.tick(t0 + Duration::from_millis(999)), Action::Wait);
-        assert_eq!(w.tick(t0 + LEASE), Action::Kill(Verdict::LeaseExpired));
+        let w = Watchdog::new(t0() + LEASE);
+        assert_eq!(w.deadline(), t0() + LEASE);
+        assert_eq!(w.tick(t0() + 999 * MS), Action::Wait);
+        assert_eq!(w.tick(t0() + LEASE), Action::Kill(Verdict::LeaseExpired));
     }
 
     #[test]
-    fn a_feed_moves_the_deadline_relative_to_when_it_arrives() {
-        let t0 = Instant::now();
-        let mut w = Watchdog::new(LEASE, t0);
-        let t1 = t0 + Duration::from_millis(800);
-        assert_eq!(w.handle_feed(LEASE, t1), Action::Wait);
-        assert_eq!(w.deadline(), t1 + LEASE);
-        assert_eq!(w.tick(t0 + Duration::from_millis(1500)), Action::Wait);
-        assert_eq!(w.tick(t1 + LEASE), Action::Kill(Verdict::LeaseExpired));
+    fn an_until_line_sets_the_absolute_deadline_whenever_it_arrives() {
+        let mut w = Watchdog::new(t0() + LEASE);
+        let until = t0() + 1800 * MS;
+        // Read late (the line sat in the pipe): the deadline is still the one the agent sent.
+        assert_eq!(w.handle_until(until, t0() + 800 * MS), Action::Wait);
+        assert_eq!(w.deadline(), until);
+        assert_eq!(w.tick(until - MS), Action::Wait);
+        assert_eq!(w.tick(until), Action::Kill(Verdict::LeaseExpired));
     }
 
     #[test]
-    fn a_feed_may_shorten_the_deadline() {
-        let t0 = Instant::now();
-        let mut w = Watchdog::new(Duration::from_secs(10), t0);
-        let t1 = t0 + Duration::from_millis(100);
-        assert_eq!(w.handle_feed(Duration::from_millis(50), t1), Action::Wait);
-        assert_eq!(w.deadline(), t1 + Duration::from_millis(50));
-    }
-
-    #[test]
-    fn a_zero_feed_kills_at_once() {
-        let t0 = Instant::now();
-        let mut w = Watchdog::new(LEASE, t0);
+    fn an_until_line_may_shorten_the_deadline() {
+        let mut w = Watchdog::new(t0() + 10 * LEASE);
         assert_eq!(
-            w.handle_feed(Duration::ZERO, t0),
+            w.handle_until(t0() + 150 * MS, t0() + 100 * MS),
+            Action::Wait
+        );
+        assert_eq!(w.deadline(), t0() + 150 * MS);
+    }
+
+    #[test]
+    fn a_deadline_already_past_kills_at_once() {
+        let mut w = Watchdog::new(t0() + LEASE);
+        assert_eq!(
+            w.handle_until(t0(), t0()),
             Action::Kill(Verdict::LeaseExpired)
         );
     }
 
     #[test]
     fn a_late_feed_does_not_revive_an_expired_lease() {
-        let t0 = Instant::now();
-        let mut w = Watchdog::new(LEASE, t0);
+        let mut w = Watchdog::new(t0() + LEASE);
         assert_eq!(
-            w.handle_feed(LEASE, t0 + LEASE + Duration::from_millis(1)),
+            w.handle_until(t0() + 3 * LEASE, t0() + LEASE + MS),
             Action::Kill(Verdict::LeaseExpired)
         );
     }
 
     #[test]
-    fn eof_before_the_deadline_means_the_agent_is_gone() {
-        let t0 = Instant::now();
-        let mut w = Watchdog::new(LEASE, t0);
+    fn after_a_suspend_longer_than_the_time_left_the_guard_kills_on_resume() {
+        let w = Watchdog::new(t0() + LEASE);
+        assert_eq!(w.tick(t0() + 400 * MS), Action::Wait);
+        // Suspended with 600 ms left; the boot clock counted 30 s asleep.
         assert_eq!(
-            w.handle_eof(t0 + Duration::from_millis(10)),
+            w.tick(t0() + 30 * LEASE),
+            Action::Kill(Verdict::LeaseExpired)
+        );
+    }
+
+    #[test]
+    fn a_planned_stop_kills_at_the_lease_deadline_even_within_its_grace() {
+        let w = Watchdog::new(t0() + LEASE);
+        let grace = Duration::from_secs(5);
+        assert_eq!(w.stop_kill_at(grace, t0() + 200 * MS), t0() + LEASE);
+        // With the deadline far away the grace decides.
+        let far = Watchdog::new(t0() + 100 * LEASE);
+        assert_eq!(far.stop_kill_at(grace, t0()), t0() + grace);
+    }
+
+    #[test]
+    fn eof_before_the_deadline_means_the_agent_is_gone() {
+        let mut w = Watchdog::new(t0() + LEASE);
+        assert_eq!(
+            w.handle_eof(t0() + 10 * MS),
             Action::Kill(Verdict::AgentGone)
         );
     }
 
     #[test]
     fn eof_after_the_deadline_reports_the_expired_lease() {
-        let t0 = Instant::now();
-        let mut w = Watchdog::new(LEASE, t0);
+        let mut w = Watchdog::new(t0() + LEASE);
         assert_eq!(
-            w.handle_eof(t0 + LEASE),
+            w.handle_eof(t0() + LEASE),
             Action::Kill(Verdict::LeaseExpired)
         );
     }
 
     #[test]
     fn stop_line_asks_for_a_planned_stop() {
-        let t0 = Instant::now();
-        let mut w = Watchdog::new(LEASE, t0);
-        assert_eq!(w.handle_line("stop", t0).ok(), Some(Action::Stop));
+        let mut w = Watchdog::new(t0() + LEASE);
+        assert_eq!(w.handle_line("stop", t0()).ok(), Some(Action::Stop));
     }
 
     #[test]
     fn garbage_on_stdin_is_an_error_and_leaves_the_deadline_alone() {
-        let t0 = Instant::now();
-        let mut w = Watchdog::new(LEASE, t0);
+        let mut w = Watchdog::new(t0() + LEASE);
         for line in [
-            "feed", "feed -3", "feed 1 2", "feed abc", "stopp", "", "stop now",
+            "until",
+            "until -3",
+            "until 1 2",
+            "until abc",
+            "feed 1000",
+            "stopp",
+            "",
+            "stop now",
         ] {
-            assert!(w.handle_line(line, t0).is_err(), "{line:?} accepted");
+            assert!(w.handle_line(line, t0()).is_err(), "{line:?} accepted");
         }
-        assert_eq!(w.deadline(), t0 + LEASE);
+        assert!(matches!(
+            w.handle_line("until x", t0()),
+            Err(GuardError::BadUntil(l)) if l == "until x"
+        ));
+        assert_eq!(w.deadline(), t0() + LEASE);
     }
 
     #[test]
     fn commands_round_trip_through_their_line_form() {
         for cmd in [
-            GuardCommand::Feed(Duration::from_millis(2500)),
+            GuardCommand::Until(LeaseInstant::from_millis(123_456)),
             GuardCommand::Stop,
         ] {
             let line = cmd.to_line();
             assert_eq!(GuardCommand::parse(line.trim_end()).ok(), Some(cmd));
         }
+        // Sub-millisecond deadlines are sent rounded down, never later.
+        let line = GuardCommand::Until(LeaseInstant::from_nanos(1_999_999)).to_line();
+        assert_eq!(line, "until 1\n");
     }
 
     #[test]
@@ -589,11 +652,11 @@ mod tests {
     }
 
     #[test]
-    fn command_line_needs_a_lease_and_a_command_after_the_separator() {
+    fn command_line_needs_a_deadline_and_a_command_after_the_separator() {
         use clap::Parser;
         let ok = GuardArgs::try_parse_from([
             "fabric-guard",
-            "--lease-ms",
+            "--until-ms",
             "1500",
             "--",
             "demo",
@@ -604,12 +667,12 @@ mod tests {
         assert_eq!(
             ok,
             Some(GuardArgs {
-                lease_ms: 1500,
+                until_ms: 1500,
                 grace_ms: 2000,
                 command: vec!["demo".into(), "--listen".into(), "x".into()],
             })
         );
-        assert!(GuardArgs::try_parse_from(["fabric-guard", "--lease-ms", "1", "--"]).is_err());
+        assert!(GuardArgs::try_parse_from(["fabric-guard", "--until-ms", "1", "--"]).is_err());
         assert!(GuardArgs::try_parse_from(["fabric-guard", "--", "demo"]).is_err());
     }
 }

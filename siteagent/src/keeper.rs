@@ -2,13 +2,15 @@
 //! the local workloads match what the confirmed state assigns to this host.
 //!
 //! Every round sends a linearizable read (through the leader, which checks a quorum) and notes
-//! when it was *sent*; on success the lease runs until `sent + lease − margin` and every guard is
-//! fed exactly that deadline. When confirmations fail, the guards are not fed past the old
+//! when it was *sent* (on the boot clock); on success the lease runs until `sent + lease − margin`
+//! and every guard is fed exactly that absolute deadline — never a "time left" computed before an
+//! await, which a slow stop or a freeze in between would turn into a fresh budget. When confirmations fail, the guards are not fed past the old
 //! deadline, so workloads stop by themselves when it passes — and the keeper stops them too
 //! (self-fencing). A frozen or dead agent feeds nothing, and its guards fence for it.
 //!
 //! Invariant: a workload is started or fed only from a state read by a successful confirmation
-//! that names this host's instance under the service's current epoch.
+//! that names this host's instance under the service's current epoch, and only with the deadline
+//! that confirmation earned; nothing is started once that deadline has passed.
 //!
 //! Does not: decide where anything runs (the leader's planner does), nor talk to Raft or the WAN
 //! itself: it reads and reports through a [`Fabric`], so [`Keeper::round`] runs in unit tests
@@ -18,10 +20,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use consensus::state::{Command, FabricState, InstanceState, ServiceSpec, WorkloadKind};
 use consensus::types::RaftMetrics;
+use failover::lease::LeaseInstant;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -143,14 +146,14 @@ impl<F: Fabric> Keeper<F> {
     }
 
     /// One round: confirm the lease with a read sent at `sent`, then act on what it read.
-    pub async fn round(&mut self, sent: Instant) {
+    pub async fn round(&mut self, sent: LeaseInstant) {
         let assigned = self.confirm(sent).await;
         self.reconcile(assigned).await;
     }
 
     /// Sends a confirmation (a linearizable read) at `sent`; on success the lease runs until
     /// `sent + lease − margin` and this host's assignments are returned.
-    async fn confirm(&mut self, sent: Instant) -> Option<BTreeMap<String, Assignment>> {
+    async fn confirm(&mut self, sent: LeaseInstant) -> Option<BTreeMap<String, Assignment>> {
         let lease = self.lease.config();
         let (host, site) = (self.host.id, self.host.site.clone());
         let read = tokio::time::timeout(
@@ -224,17 +227,21 @@ impl<F: Fabric> Keeper<F> {
         };
         let driver = driver.as_ref();
         let now = clock::lease_now();
-        let remaining = self.lease.remaining(now);
+        // The absolute deadline, fixed here: later awaits (slow stops) cannot stretch it.
+        let until = self
+            .lease
+            .valid_until()
+            .filter(|_| self.lease.is_valid(now));
         let local = driver.list();
         let Some(assigned) = assigned else {
             for (name, status) in &local {
                 if !status.is_running() {
                     continue;
                 }
-                match remaining {
+                match until {
                     // Same deadline as before: the guard keeps it, nothing is extended.
-                    Some(left) => {
-                        let _ = driver.feed(name, left);
+                    Some(until) => {
+                        let _ = driver.feed(name, until);
                     }
                     None => {
                         tracing::warn!("fencing: stopping {name}, its lease ran out");
@@ -246,7 +253,7 @@ impl<F: Fabric> Keeper<F> {
             }
             return;
         };
-        let Some(left) = remaining else {
+        let Some(until) = until else {
             return;
         };
         let mut present = BTreeSet::new();
@@ -256,7 +263,7 @@ impl<F: Fabric> Keeper<F> {
                 WorkloadStatus::Running { epoch, .. } => match wanted {
                     Some(a) if a.epoch == *epoch && a.state != InstanceState::Revoked => {
                         present.insert(name.clone());
-                        if let Err(e) = driver.feed(name, left) {
+                        if let Err(e) = driver.feed(name, until) {
                             tracing::warn!("cannot feed the guard of {name}: {e}");
                         }
                     }
@@ -298,7 +305,12 @@ impl<F: Fabric> Keeper<F> {
             if !self.backoff.may_start(name, now) {
                 continue;
             }
-            match driver.start(self.workload_spec(a), left) {
+            // Stops above may have taken long: starting past the deadline would only be killed.
+            if clock::lease_now() >= until {
+                tracing::warn!("not starting {name}: the lease ran out during this round");
+                continue;
+            }
+            match driver.start(self.workload_spec(a), until) {
                 Ok(()) => {
                     self.backoff.started(name, now);
                     tracing::info!("started {name} (epoch {})", a.epoch);
@@ -345,14 +357,14 @@ struct Backoff {
 #[derive(Debug, Clone, Copy)]
 struct Restarts {
     count: u32,
-    started: Instant,
-    not_before: Option<Instant>,
+    started: LeaseInstant,
+    not_before: Option<LeaseInstant>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Backoff {
-    fn started(&mut self, service: &str, now: Instant) {
+    fn started(&mut self, service: &str, now: LeaseInstant) {
         let r = self
             .by_service
             .entry(service.to_string())
@@ -366,7 +378,7 @@ impl Backoff {
     }
 
     /// Notes an unplanned exit; returns how long the next start waits.
-    fn exited(&mut self, service: &str, now: Instant) -> Duration {
+    fn exited(&mut self, service: &str, now: LeaseInstant) -> Duration {
         let Some(r) = self.by_service.get_mut(service) else {
             return Duration::ZERO;
         };
@@ -379,7 +391,7 @@ impl Backoff {
         delay
     }
 
-    fn may_start(&self, service: &str, now: Instant) -> bool {
+    fn may_start(&self, service: &str, now: LeaseInstant) -> bool {
         self.by_service
             .get(service)
             .and_then(|r| r.not_before)
@@ -463,8 +475,12 @@ mod tests {
     }
 
     fn rig(state: FabricState) -> Rig {
+        rig_with(state, MemoryDriver::new())
+    }
+
+    fn rig_with(state: FabricState, driver: MemoryDriver) -> Rig {
         let fabric = Arc::new(MemoryFabric::new(state));
-        let driver = Arc::new(MemoryDriver::new());
+        let driver = Arc::new(driver);
         let lease = LeaseHandle::new(LeaseConfig {
             lease: 6 * S,
             margin: S,
@@ -489,9 +505,9 @@ mod tests {
 
     impl Rig {
         /// One keeper round sent now; waits for its reports. Returns when it was sent.
-        async fn round(&mut self) -> tokio::time::Instant {
-            let sent = tokio::time::Instant::now();
-            self.keeper.round(sent.into_std()).await;
+        async fn round(&mut self) -> LeaseInstant {
+            let sent = clock::lease_now();
+            self.keeper.round(sent).await;
             for _ in 0..100 {
                 if !self.keeper.reports.busy() {
                     break;
@@ -541,6 +557,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failed_confirmations_never_extend_the_deadline_and_the_workload_is_fenced_at_it() {
         let mut rig = rig(fixture::fabric());
+        let t0_std = tokio::time::Instant::now().into_std();
         let t0 = rig.round().await;
         let deadline = t0 + 5 * S;
         assert_eq!(rig.driver.deadline("web"), Some(deadline));
@@ -554,7 +571,8 @@ mod tests {
                 "a failed confirmation moved the deadline"
             );
         }
-        advance(deadline - tokio::time::Instant::now() - Duration::from_millis(1)).await;
+        advance(deadline.saturating_duration_since(clock::lease_now()) - Duration::from_millis(1))
+            .await;
         rig.round().await;
         assert_eq!(
             rig.running_epoch("web"),
@@ -572,7 +590,7 @@ mod tests {
         let exited = rig.driver.list().into_iter().find(|(n, _)| n == "web");
         assert!(
             matches!(&exited, Some((_, WorkloadStatus::Exited { reason: r, at, .. }))
-                if r == reason::LEASE_EXPIRED && *at == deadline.into_std()),
+                if r == reason::LEASE_EXPIRED && *at == t0_std + 5 * S),
             "{exited:?}"
         );
     }
@@ -582,7 +600,7 @@ mod tests {
         let mut rig = rig(fixture::fabric());
         let mut old = crate::workload::conformance::template("web", "fabric-demo", vec![], 0);
         old.epoch = 0;
-        assert!(rig.driver.start(old, 10 * S).is_ok());
+        assert!(rig.driver.start(old, clock::lease_now() + 10 * S).is_ok());
         rig.round().await;
         assert_eq!(rig.running_epoch("web"), Some(1));
         assert!(
@@ -641,9 +659,52 @@ mod tests {
         assert_eq!(rig.running_epoch("web"), Some(1));
     }
 
+    /// `web` assigned to host 11 (not running yet) and an instance `old` the state no longer
+    /// assigns, running with a far deadline, whose stop takes `grace`.
+    fn with_a_stale_instance_slow_to_stop(grace: Duration) -> Rig {
+        let rig = rig_with(fixture::placed(), MemoryDriver::new().with_grace(grace));
+        let mut stale = crate::workload::conformance::template("old", "fabric-demo", vec![], 0);
+        stale.epoch = 7;
+        assert!(rig.driver.start(stale, clock::lease_now() + 30 * S).is_ok());
+        rig
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_after_a_slow_stop_gets_the_confirmed_deadline_not_a_fresh_one() {
+        // Stops take 2 s (a workload slow to honour SIGTERM).
+        let mut rig = with_a_stale_instance_slow_to_stop(2 * S);
+        let sent = rig.round().await;
+        assert_eq!(
+            rig.running_epoch("old"),
+            None,
+            "the stale instance was not stopped"
+        );
+        assert!(clock::lease_now() >= sent + 2 * S, "the stop was not slow");
+        assert_eq!(rig.running_epoch("web"), Some(1));
+        assert_eq!(
+            rig.driver.deadline("web"),
+            Some(sent + 5 * S),
+            "the start after the stop got a budget counted from after the stop"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_started_once_slow_stops_have_used_up_the_lease() {
+        let mut rig = with_a_stale_instance_slow_to_stop(10 * S);
+        let sent = rig.round().await;
+        // The stale instance took its 10 s grace, past the 5 s this round's lease earned.
+        assert!(clock::lease_now() >= sent + 5 * S);
+        assert_eq!(rig.running_epoch("web"), None);
+        assert!(
+            !rig.driver.list().iter().any(|(name, _)| name == "web"),
+            "web was started past the deadline: {:?}",
+            rig.driver.list()
+        );
+    }
+
     #[test]
     fn crash_loops_back_off_and_a_long_run_resets_the_count() {
-        let t0 = Instant::now();
+        let t0 = LeaseInstant::from_millis(1_000);
         let mut b = Backoff::default();
         assert!(b.may_start("web", t0));
         b.started("web", t0);

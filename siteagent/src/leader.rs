@@ -64,7 +64,7 @@ pub async fn leader_loop(
             // Reassign on the terms the holders agreed to, whatever this node's config says.
             let terms = lease.fabric_terms(&state);
             let members = cluster.members_by_site();
-            let now = clock::lease_now();
+            let now = clock::majority_now();
             for (service, rto) in recovery.observe(&state, now) {
                 tracing::info!("service {service} serves again {rto:?} after it was lost");
                 metrics::gauge!("fabric_last_move_rto_seconds", "service" => service)

@@ -10,14 +10,16 @@
 //! late reply to an older confirmation never moves it (the holder keeps the maximum), and the
 //! confirmed revision never goes backwards.
 //!
-//! Does not: send confirmations (the keeper does), nor read any clock: every question takes `now`.
+//! Does not: send confirmations (the keeper does), nor read any clock: every question takes `now`
+//! on the boot clock ([`LeaseInstant`], read by [`crate::clock::lease_now`]).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use failover::lease::{LeaseConfig, LeaseHolder};
+use failover::lease::{LeaseConfig, LeaseHolder, LeaseInstant};
+use failover::zone::Vouched;
 
 /// A cheap, cloneable handle on this agent's lease.
 #[derive(Clone)]
@@ -62,7 +64,7 @@ impl LeaseHandle {
     }
 
     /// Records a successful confirmation sent at `sent` that read state `revision`.
-    pub fn confirmed(&self, sent: Instant, revision: u64) {
+    pub fn confirmed(&self, sent: LeaseInstant, revision: u64) {
         let mut holder = lock(&self.inner.holder);
         let before = holder.valid_until();
         holder.confirmed(sent);
@@ -76,12 +78,18 @@ impl LeaseHandle {
     }
 
     /// True while this agent may act on its lease.
-    pub fn is_valid(&self, now: Instant) -> bool {
+    pub fn is_valid(&self, now: LeaseInstant) -> bool {
         lock(&self.inner.holder).is_valid(now)
     }
 
+    /// The absolute deadline of the lease on the boot clock, if it was ever confirmed. Guards are
+    /// fed this, never a "time left" that would go stale across an await.
+    pub fn valid_until(&self) -> Option<LeaseInstant> {
+        lock(&self.inner.holder).valid_until()
+    }
+
     /// Time left on the lease, if any.
-    pub fn remaining(&self, now: Instant) -> Option<Duration> {
+    pub fn remaining(&self, now: LeaseInstant) -> Option<Duration> {
         lock(&self.inner.holder).remaining(now)
     }
 
@@ -91,9 +99,12 @@ impl LeaseHandle {
     }
 
     /// Whether a DNS server that publishes a zone built from state `published_revision` may
-    /// vouch for it at `now`.
-    pub fn vouch(&self, now: Instant, published_revision: u64) -> bool {
-        self.is_valid(now) && published_revision >= self.confirmed_revision()
+    /// vouch for it at `now`, and for how long: the lease time left, which caps the TTLs.
+    pub fn vouch(&self, now: LeaseInstant, published_revision: u64) -> Vouched {
+        match self.remaining(now) {
+            Some(left) if published_revision >= self.confirmed_revision() => Vouched::For(left),
+            _ => Vouched::No,
+        }
     }
 
     /// Notes which services this host holds under the lease (from a confirmed read).
@@ -122,7 +133,7 @@ mod tests {
 
     #[test]
     fn the_deadline_is_the_send_time_plus_lease_minus_margin() {
-        let t0 = Instant::now();
+        let t0 = LeaseInstant::from_millis(1_000);
         let lease = handle();
         assert!(!lease.is_valid(t0), "valid before any confirmation");
         // Sent at t0, the reply arrived at t0 + 2 s: the deadline is still t0 + 5 s.
@@ -136,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_late_reply_to_an_older_confirmation_never_moves_the_deadline() {
-        let t0 = Instant::now();
+        let t0 = LeaseInstant::from_millis(1_000);
         let lease = handle();
         lease.confirmed(t0 + 2 * S, 7);
         // The reply to a confirmation sent earlier arrives now.
@@ -148,16 +159,30 @@ mod tests {
 
     #[test]
     fn dns_vouches_only_with_a_valid_lease_and_a_zone_as_new_as_the_confirmation() {
-        let t0 = Instant::now();
+        let t0 = LeaseInstant::from_millis(1_000);
         let lease = handle();
-        assert!(!lease.vouch(t0, 10), "no lease yet");
+        assert_eq!(lease.vouch(t0, 10), Vouched::No, "no lease yet");
         lease.confirmed(t0, 10);
-        assert!(lease.vouch(t0 + S, 10));
-        assert!(lease.vouch(t0 + S, 11));
-        assert!(
-            !lease.vouch(t0 + S, 9),
+        assert_eq!(lease.vouch(t0 + S, 10), Vouched::For(4 * S));
+        assert_eq!(lease.vouch(t0 + S, 11), Vouched::For(4 * S));
+        assert_eq!(
+            lease.vouch(t0 + S, 9),
+            Vouched::No,
             "zone older than the confirmed state"
         );
-        assert!(!lease.vouch(t0 + 5 * S, 11), "lease expired");
+        assert_eq!(lease.vouch(t0 + 5 * S, 11), Vouched::No, "lease expired");
+    }
+
+    #[test]
+    fn after_a_suspend_longer_than_the_time_left_dns_no_longer_vouches() {
+        let t0 = LeaseInstant::from_millis(1_000);
+        let lease = handle();
+        lease.confirmed(t0, 3);
+        assert_eq!(lease.vouch(t0 + S, 3), Vouched::For(4 * S));
+        // Suspended at t0 + 1 s with 4 s left, resumed 60 s later on the boot clock.
+        let resumed = t0 + 61 * S;
+        assert_eq!(lease.vouch(resumed, 3), Vouched::No);
+        assert!(!lease.is_valid(resumed));
+        assert_eq!(lease.remaining(resumed), None);
     }
 }

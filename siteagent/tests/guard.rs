@@ -1,5 +1,6 @@
 //! `fabric-guard` as a binary, with `sh` workloads: exit codes, the stdout verdict, and the
-//! SIGTERM-then-SIGKILL escalation of a planned stop.
+//! SIGTERM-then-SIGKILL escalation of a planned stop, cut short at the lease deadline; deadlines
+//! are absolute on the boot clock (`--until-ms`, `until <ms>`).
 
 use std::io::Write;
 use std::process::{Child, Command, Output, Stdio};
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use siteagent::clock::boottime;
 
 const GUARD: &str = env!("CARGO_BIN_EXE_fabric-guard");
 
@@ -21,9 +23,11 @@ impl Drop for Reap {
     }
 }
 
+/// A guard whose lease ends `lease_ms` from now on the boot clock.
 fn guard(lease_ms: u64, grace_ms: u64, script: &str) -> std::io::Result<Child> {
+    let until = boottime() + Duration::from_millis(lease_ms);
     Command::new(GUARD)
-        .args(["--lease-ms", &lease_ms.to_string()])
+        .args(["--until-ms", &until.as_millis().to_string()])
         .args(["--grace-ms", &grace_ms.to_string()])
         .args(["--", "sh", "-c", script])
         .stdin(Stdio::piped())
@@ -42,10 +46,18 @@ fn finish(mut child: Child) -> std::io::Result<(Output, String, String)> {
     Ok((out, stdout, stderr))
 }
 
-#[test]
-fn stop_escalates_to_sigkill_when_the_workload_ignores_sigterm() -> anyhow::Result<()> {
+/// Runs a workload that ignores SIGTERM, asks for a planned stop after 200 ms and returns the
+/// guard's output and how long the stop took.
+fn stop_a_workload_that_ignores_sigterm(
+    lease_ms: u64,
+    grace_ms: u64,
+) -> anyhow::Result<(Output, String, String, Duration)> {
     // `trap "" TERM` is inherited by the sleeps, so nothing in the group obeys SIGTERM.
-    let mut child = guard(30_000, 300, "trap '' TERM; while :; do sleep 0.05; done")?;
+    let mut child = guard(
+        lease_ms,
+        grace_ms,
+        "trap '' TERM; while :; do sleep 0.05; done",
+    )?;
     let _reap = Reap(child.id());
     std::thread::sleep(Duration::from_millis(200));
     let asked = Instant::now();
@@ -53,14 +65,55 @@ fn stop_escalates_to_sigkill_when_the_workload_ignores_sigterm() -> anyhow::Resu
         stdin.write_all(b"stop\n")?;
     }
     let (out, stdout, stderr) = finish(child)?;
+    Ok((out, stdout, stderr, asked.elapsed()))
+}
+
+#[test]
+fn stop_escalates_to_sigkill_when_the_workload_ignores_sigterm() -> anyhow::Result<()> {
+    let (out, stdout, stderr, took) = stop_a_workload_that_ignores_sigterm(30_000, 300)?;
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(
-        asked.elapsed() >= Duration::from_millis(300),
-        "did not wait the grace"
-    );
+    assert!(took >= Duration::from_millis(300), "did not wait the grace");
     assert!(stdout.lines().any(|l| l == "verdict stopped"), "{stdout}");
     assert!(
         stderr.contains("grace ran out, killed workload pid"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_planned_stop_kills_at_the_lease_deadline_before_its_grace_ends() -> anyhow::Result<()> {
+    let (out, stdout, stderr, took) = stop_a_workload_that_ignores_sigterm(800, 30_000)?;
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        took < Duration::from_secs(10),
+        "waited the 30 s grace: {took:?}"
+    );
+    assert!(stdout.lines().any(|l| l == "verdict stopped"), "{stdout}");
+    assert!(
+        stderr.contains("lease deadline reached during the grace, killed workload pid"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_until_line_moves_the_deadline_and_a_malformed_one_is_reported_and_ignored()
+-> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut child = guard(1000, 2000, "sleep 30")?;
+    let _reap = Reap(child.id());
+    let until = boottime() + Duration::from_millis(2500);
+    if let Some(stdin) = child.stdin.as_mut() {
+        stdin.write_all(b"until soon\n")?;
+        stdin.write_all(format!("until {}\n", until.as_millis()).as_bytes())?;
+    }
+    let (out, _, stderr) = finish(child)?;
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(took >= Duration::from_millis(2000), "{took:?}");
+    assert!(
+        stderr.contains("ignored: bad deadline line \"until soon\""),
         "{stderr}"
     );
     Ok(())
@@ -123,10 +176,10 @@ fn stdin_eof_kills_the_workload_at_once_and_exits_76() -> anyhow::Result<()> {
 
 #[test]
 fn a_command_line_without_a_workload_is_a_usage_error() -> anyhow::Result<()> {
-    let out = Command::new(GUARD).args(["--lease-ms", "10"]).output()?;
+    let out = Command::new(GUARD).args(["--until-ms", "10"]).output()?;
     assert_eq!(out.status.code(), Some(64));
     let out = Command::new(GUARD)
-        .args(["--lease-ms", "10", "--", "/nonexistent/workload"])
+        .args(["--until-ms", "10", "--", "/nonexistent/workload"])
         .output()?;
     assert_eq!(out.status.code(), Some(71));
     assert!(String::from_utf8_lossy(&out.stdout).contains("verdict spawn-failed"));

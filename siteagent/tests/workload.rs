@@ -16,6 +16,7 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
+use siteagent::clock::lease_now;
 use siteagent::workload::{
     Driver, ProcessDriver, WorkloadSpec, WorkloadStatus, conformance, find_demo, reason,
 };
@@ -85,7 +86,7 @@ impl Fixture {
     /// Starts `spec`, waits until it answers, and returns (workload pid, guard pid).
     async fn start(&mut self, spec: WorkloadSpec, lease: Duration) -> anyhow::Result<(u32, u32)> {
         let service = spec.service.clone();
-        self.driver().start(spec, lease)?;
+        self.driver().start(spec, lease_now() + lease)?;
         let guard = self.driver().guard_pid(&service).context("no guard pid")?;
         self.pids.push(guard);
         let who = wait_whoami(self.addr(), Duration::from_secs(10)).await?;
@@ -238,7 +239,7 @@ async fn a_fed_demo_answers_whoami_past_its_first_lease_and_is_killed_when_feedi
     let fed_until = Instant::now() + lease * 2;
     while Instant::now() < fed_until {
         tokio::time::sleep(lease / 4).await;
-        fx.driver().feed("web", lease)?;
+        fx.driver().feed("web", lease_now() + lease)?;
     }
     let last_feed = Instant::now();
     assert_eq!(whoami(fx.addr()).await?["pid"], pid);
@@ -361,7 +362,7 @@ async fn closing_the_guards_stdin_kills_the_workload_at_once() -> anyhow::Result
         .find(|l| l.contains("stdin closed (agent gone), killed workload"))
         .with_context(|| format!("no agent-gone line in:\n{log}"))?;
     assert!(at_ms(line).is_some(), "{line}");
-    assert!(fx.driver().feed("web", lease).is_err());
+    assert!(fx.driver().feed("web", lease_now() + lease).is_err());
     Ok(())
 }
 
@@ -385,7 +386,8 @@ async fn shutdown_stops_every_workload_and_waits_for_them() -> anyhow::Result<()
     let other_port = free_port()?;
     let mut spec = fx.spec("api", 3);
     spec.port = other_port;
-    fx.driver().start(spec, Duration::from_secs(30))?;
+    fx.driver()
+        .start(spec, lease_now() + Duration::from_secs(30))?;
     let who = wait_whoami(([127, 0, 0, 1], other_port).into(), Duration::from_secs(10)).await?;
     let b = who["pid"]
         .as_u64()

@@ -1,5 +1,5 @@
-//! `fabric-guard --lease-ms N [--grace-ms G] -- COMMAND ARGS...`: runs one workload only while
-//! the site agent keeps feeding it; see [`siteagent::guard`] for the protocol and exit codes.
+//! `fabric-guard --until-ms BOOTTIME_MS [--grace-ms G] -- COMMAND ARGS...`: runs one workload only
+//! while the site agent keeps moving its deadline; see [`siteagent::guard`] for the protocol.
 
 use std::process::ExitCode;
 

@@ -1,15 +1,16 @@
 //! The behaviour every [`Driver`] must share, as one suite run against each implementation
 //! (openraft's `Suite::test_all` for storage is the model).
 //!
-//! Owns: the checks for start / refuse double start / feed / expiry / shortening / stop / list /
-//! forget / name validation, and their timing tolerances.
+//! Owns: the checks for start / refuse double start / feed / expiry / shortening / stop (cut at
+//! the lease deadline) / list / forget / name validation, and their timing tolerances.
 //!
 //! Invariant: every step leaves the driver with nothing running, so steps can share one driver
 //! and, for the process driver, one port.
 //!
 //! Does not: check anything only a real process can show (ports, pids, logs, signals); those
-//! live in `siteagent/tests/workload.rs`. Time is read from the Tokio clock, so the suite runs in
-//! virtual time under `tokio::time::pause()` and in real time otherwise.
+//! live in `siteagent/tests/workload.rs`. Time is read from the Tokio clock and deadlines from the
+//! lease clock that follows it ([`lease_now`]), so the suite runs in virtual time under
+//! `tokio::time::pause()` and in real time otherwise.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -18,6 +19,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
 use super::{Driver, WorkloadError, WorkloadSpec, WorkloadStatus, reason};
+use crate::clock::lease_now;
 
 /// A step of the suite that did not hold.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,8 @@ pub struct Timing {
     pub slack: Duration,
     /// Polling interval while waiting for an exit.
     pub poll: Duration,
+    /// The driver's grace on a planned stop; the stop check uses a deadline shorter than it.
+    pub grace: Duration,
 }
 
 impl Timing {
@@ -45,6 +49,7 @@ impl Timing {
             lease: Duration::from_secs(1),
             slack: Duration::from_millis(10),
             poll: Duration::from_millis(10),
+            grace: Duration::from_secs(5),
         }
     }
 
@@ -54,6 +59,7 @@ impl Timing {
             lease: Duration::from_millis(1000),
             slack: Duration::from_secs(3),
             poll: Duration::from_millis(25),
+            grace: Duration::from_millis(1500),
         }
     }
 }
@@ -85,6 +91,8 @@ pub async fn run_all(
     )
     .await?;
     a_feed_can_shorten_the_lease(driver, &template, &timing).await?;
+    a_planned_stop_ends_by_the_lease_deadline_even_within_its_grace(driver, &template, &timing)
+        .await?;
     bad_names_and_unknown_services_are_refused(driver, &template).await?;
     Ok(())
 }
@@ -130,7 +138,7 @@ pub async fn start_is_listed_and_a_double_start_is_refused(
     const STEP: &str = "start/list/stop/forget";
     let spec = template.clone();
     let service = spec.service.clone();
-    let long = timing.lease * 30;
+    let long = lease_now() + timing.lease * 30;
     if let Err(e) = driver.start(spec.clone(), long) {
         return fail(STEP, format!("start failed: {e}"));
     }
@@ -182,14 +190,14 @@ pub async fn feeding_keeps_an_instance_past_its_first_lease_and_starving_kills_i
     let lease = timing.lease;
     let spec = template.clone();
     let service = spec.service.clone();
-    if let Err(e) = driver.start(spec.clone(), lease) {
+    if let Err(e) = driver.start(spec.clone(), lease_now() + lease) {
         return fail(STEP, format!("start failed: {e}"));
     }
     let mut last_feed = Instant::now();
     for _ in 0..10 {
         sleep(lease / 4).await;
         last_feed = Instant::now();
-        if let Err(e) = driver.feed(&service, lease) {
+        if let Err(e) = driver.feed(&service, lease_now() + lease) {
             return fail(STEP, format!("feed failed: {e}"));
         }
     }
@@ -214,7 +222,7 @@ pub async fn feeding_keeps_an_instance_past_its_first_lease_and_starving_kills_i
         }
         other => return fail(STEP, format!("after starving: {other:?}")),
     }
-    match driver.feed(&service, lease) {
+    match driver.feed(&service, lease_now() + lease) {
         Err(WorkloadError::NotRunning { .. }) => {}
         other => return fail(STEP, format!("feed after expiry gave {other:?}")),
     }
@@ -222,7 +230,7 @@ pub async fn feeding_keeps_an_instance_past_its_first_lease_and_starving_kills_i
         epoch: spec.epoch + 1,
         ..spec
     };
-    if let Err(e) = driver.start(next.clone(), lease * 30) {
+    if let Err(e) = driver.start(next.clone(), lease_now() + lease * 30) {
         return fail(STEP, format!("restart after expiry failed: {e}"));
     }
     let restarted = status_of(driver, &service);
@@ -244,12 +252,12 @@ pub async fn a_feed_can_shorten_the_lease(
     let lease = timing.lease;
     let spec = template.clone();
     let service = spec.service.clone();
-    if let Err(e) = driver.start(spec, lease * 30) {
+    if let Err(e) = driver.start(spec, lease_now() + lease * 30) {
         return fail(STEP, format!("start failed: {e}"));
     }
     sleep(lease / 4).await;
     let fed = Instant::now();
-    if let Err(e) = driver.feed(&service, lease / 2) {
+    if let Err(e) = driver.feed(&service, lease_now() + lease / 2) {
         return fail(STEP, format!("feed failed: {e}"));
     }
     let status = exited_by(
@@ -271,6 +279,43 @@ pub async fn a_feed_can_shorten_the_lease(
     }
 }
 
+/// A planned stop whose grace reaches past the lease deadline ends by the deadline: the deadline
+/// wins over the grace. (A workload that honours SIGTERM ends sooner, which also holds.)
+pub async fn a_planned_stop_ends_by_the_lease_deadline_even_within_its_grace(
+    driver: &dyn Driver,
+    template: &WorkloadSpec,
+    timing: &Timing,
+) -> Result<(), ConformanceFailure> {
+    const STEP: &str = "stop within the deadline";
+    let spec = template.clone();
+    let service = spec.service.clone();
+    let until = timing.grace / 2;
+    if let Err(e) = driver.start(spec, lease_now() + until) {
+        return fail(STEP, format!("start failed: {e}"));
+    }
+    let asked = Instant::now();
+    let stopped = driver.stop(&service).await;
+    let took = asked.elapsed();
+    let status = status_of(driver, &service);
+    driver.forget(&service);
+    if let Err(e) = stopped {
+        return fail(STEP, format!("stop failed: {e}"));
+    }
+    if took > until + timing.slack {
+        return fail(
+            STEP,
+            format!(
+                "stop took {took:?}, past the deadline {until:?} (grace {:?})",
+                timing.grace
+            ),
+        );
+    }
+    match status {
+        Some(WorkloadStatus::Exited { .. }) => Ok(()),
+        other => fail(STEP, format!("after the stop: {other:?}")),
+    }
+}
+
 /// Names that could escape the work root are refused; unknown services cannot be fed or stopped.
 pub async fn bad_names_and_unknown_services_are_refused(
     driver: &dyn Driver,
@@ -281,11 +326,11 @@ pub async fn bad_names_and_unknown_services_are_refused(
         service: "../evil".to_owned(),
         ..template.clone()
     };
-    match driver.start(evil, Duration::from_secs(1)) {
+    match driver.start(evil, lease_now() + Duration::from_secs(1)) {
         Err(WorkloadError::InvalidService { .. }) => {}
         other => return fail(STEP, format!("start of ../evil gave {other:?}")),
     }
-    match driver.feed("no-such-service", Duration::from_secs(1)) {
+    match driver.feed("no-such-service", lease_now() + Duration::from_secs(1)) {
         Err(WorkloadError::NotRunning { .. }) => {}
         other => return fail(STEP, format!("feed of an unknown service gave {other:?}")),
     }

@@ -6,8 +6,9 @@
 //! both must share.
 //!
 //! Invariant: at most one instance per service name runs under one driver, and a running instance
-//! stops by itself once its lease (`valid_for`, renewed by [`Driver::feed`]) runs out, whether or
-//! not the agent is still alive to tell it.
+//! stops by itself once its lease deadline (an absolute [`LeaseInstant`] on the boot clock, moved
+//! by [`Driver::feed`]) passes, whether or not the agent is still alive to tell it — also in the
+//! middle of a planned stop's grace period: the deadline wins over the grace.
 //!
 //! Does not: decide *whether* a service should run here (that is the lease holder's job), retry,
 //! restart, or keep any state across an agent restart; an exited instance stays listed until
@@ -20,8 +21,9 @@ pub mod process;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use failover::lease::LeaseInstant;
 use futures::future::BoxFuture;
 
 pub use memory::MemoryDriver;
@@ -159,15 +161,16 @@ pub enum WorkloadError {
 /// Dyn-compatible, so the agent can hold an `Arc<dyn Driver>` and tests can swap in
 /// [`MemoryDriver`].
 pub trait Driver: Send + Sync {
-    /// Starts the workload under a guard whose lease runs for `valid_for`. Refuses if one is
-    /// already running for that service; replaces an exited entry.
-    fn start(&self, spec: WorkloadSpec, valid_for: Duration) -> Result<(), WorkloadError>;
+    /// Starts the workload under a guard whose lease ends at `until` (boot clock). Refuses if one
+    /// is already running for that service; replaces an exited entry.
+    fn start(&self, spec: WorkloadSpec, until: LeaseInstant) -> Result<(), WorkloadError>;
 
-    /// Extends (or shortens) the lease of a running workload to `valid_for` from now.
-    fn feed(&self, service: &str, valid_for: Duration) -> Result<(), WorkloadError>;
+    /// Moves the lease deadline of a running workload to `until` (later or earlier).
+    fn feed(&self, service: &str, until: LeaseInstant) -> Result<(), WorkloadError>;
 
-    /// Planned stop: SIGTERM, grace, SIGKILL; resolves once it is gone. Stopping an instance that
-    /// already exited is not an error.
+    /// Planned stop: SIGTERM, grace, SIGKILL — SIGKILL at the lease deadline if that comes before
+    /// the grace ends; resolves once it is gone. Stopping an instance that already exited is not
+    /// an error.
     fn stop<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<(), WorkloadError>>;
 
     /// What runs and what exited, sorted by service name. Exited entries are kept until

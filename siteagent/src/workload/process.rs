@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use failover::lease::LeaseInstant;
 use futures::future::BoxFuture;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -136,7 +137,7 @@ impl ProcessDriver {
     fn spawn_guard(
         &self,
         spec: &WorkloadSpec,
-        valid_for: Duration,
+        until: LeaseInstant,
         runtime: &tokio::runtime::Handle,
         generation: u64,
     ) -> Result<Running, WorkloadError> {
@@ -154,8 +155,8 @@ impl ProcessDriver {
             .map_err(dir_err(&log_path))?;
 
         let mut cmd = tokio::process::Command::new(&self.guard_binary);
-        cmd.arg("--lease-ms")
-            .arg(valid_for.as_millis().to_string())
+        cmd.arg("--until-ms")
+            .arg(until.as_millis().to_string())
             .arg("--grace-ms")
             .arg(self.grace.as_millis().to_string())
             .arg("--")
@@ -286,7 +287,7 @@ pub fn classify(
 }
 
 impl Driver for ProcessDriver {
-    fn start(&self, spec: WorkloadSpec, valid_for: Duration) -> Result<(), WorkloadError> {
+    fn start(&self, spec: WorkloadSpec, until: LeaseInstant) -> Result<(), WorkloadError> {
         validate_service(&spec.service)?;
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| WorkloadError::NoRuntime)?;
@@ -298,19 +299,19 @@ impl Driver for ProcessDriver {
             });
         }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let running = self.spawn_guard(&spec, valid_for, &runtime, generation)?;
+        let running = self.spawn_guard(&spec, until, &runtime, generation)?;
         tracing::info!(
             service = spec.service,
             epoch = spec.epoch,
             guard_pid = running.guard_pid,
-            lease_ms = valid_for.as_millis() as u64,
+            until_boottime_ms = until.as_millis(),
             "workload started"
         );
         state.insert(spec.service, Slot::Running(running));
         Ok(())
     }
 
-    fn feed(&self, service: &str, valid_for: Duration) -> Result<(), WorkloadError> {
+    fn feed(&self, service: &str, until: LeaseInstant) -> Result<(), WorkloadError> {
         let not_running = || WorkloadError::NotRunning {
             service: service.to_owned(),
         };
@@ -320,7 +321,7 @@ impl Driver for ProcessDriver {
         };
         let commands = r.commands.as_ref().ok_or_else(not_running)?;
         commands
-            .try_send(GuardCommand::Feed(valid_for))
+            .try_send(GuardCommand::Until(until))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => WorkloadError::FeedBlocked {
                     service: service.to_owned(),
