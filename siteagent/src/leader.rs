@@ -311,7 +311,7 @@ mod tests {
         for c in changes {
             fixture::apply(&mut state, c);
         }
-        let now = clock::lease_now();
+        let now = clock::majority_now();
         let mut revocations = RevocationClock::default();
         revocations.observe(&state, now);
         let terms = failover::lease::LeaseConfig {
