@@ -160,48 +160,58 @@ fn leader(lab: &TestLab) -> u64 {
 /// counted its answers by rcode.
 fn metrics_tell_what_happened(lab: &TestLab, host: u64, leader_before: u64) {
     let leader = leader(lab);
-    let text = lab.metrics(leader).expect("leader /metrics");
-    for (name, labels) in [
+    let expected: [(&str, &[&str]); 3] = [
         (
             "fabric_verdicts_total",
-            &["kind=\"host\"", "health=\"down\""][..],
+            &["kind=\"host\"", "health=\"down\""],
         ),
         ("fabric_moves_total", &[]),
         ("fabric_instances", &["state=\"running\""]),
-    ] {
-        assert!(
-            !samples(&text, name, labels).is_empty(),
-            "{name}{labels:?} missing on the leader:\n{text}"
-        );
-    }
-    let rto = samples(&text, "fabric_last_move_rto_seconds", &["service=\"web\""]);
+    ];
+    // The leader sets the RTO when it applies the replacement's running report; give it a moment.
+    let rto = eventually(Duration::from_secs(10), "leader /metrics", || {
+        let text = lab.metrics(leader)?;
+        if let Some((name, labels)) = expected
+            .iter()
+            .find(|(name, labels)| samples(&text, name, labels).is_empty())
+        {
+            anyhow::bail!("{name}{labels:?} missing on the leader:\n{text}");
+        }
+        let rto: Vec<String> = samples(&text, "fabric_last_move_rto_seconds", &["service=\"web\""])
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        if leader == leader_before && rto.is_empty() {
+            anyhow::bail!("no RTO for web on leader {leader}:\n{text}");
+        }
+        Ok(Some(rto))
+    });
     eprintln!("MEASURED leader {leader} (before: {leader_before}): {rto:?}");
-    if leader == leader_before {
-        assert!(
-            !rto.is_empty(),
-            "no RTO for web on leader {leader}:\n{text}"
-        );
-    }
-    let host_text = lab.metrics(host).expect("host /metrics");
-    for (name, labels) in [
-        ("fabric_lease_remaining_seconds", &[][..]),
+    // Gauges are refreshed once a second: wait for a refresh that shows the new instance.
+    let wanted: [(&str, &[&str]); 3] = [
+        ("fabric_lease_remaining_seconds", &[]),
         (
             "fabric_service_lease_remaining_seconds",
             &["service=\"web\""],
         ),
         ("fabric_service_fenced", &["service=\"web\""]),
-    ] {
-        assert!(
-            !samples(&host_text, name, labels).is_empty(),
-            "{name}{labels:?} missing on host {host}:\n{host_text}"
-        );
-    }
-    assert!(
-        samples(&host_text, "fabric_service_fenced", &["service=\"web\""])
+    ];
+    eventually(Duration::from_secs(10), "host /metrics shows web", || {
+        let host_text = lab.metrics(host)?;
+        if let Some((name, labels)) = wanted
             .iter()
-            .all(|l| l.ends_with(" 0")),
-        "host {host} serving web is fenced:\n{host_text}"
-    );
+            .find(|(name, labels)| samples(&host_text, name, labels).is_empty())
+        {
+            anyhow::bail!("{name}{labels:?} missing on host {host}:\n{host_text}");
+        }
+        assert!(
+            samples(&host_text, "fabric_service_fenced", &["service=\"web\""])
+                .iter()
+                .all(|l| l.ends_with(" 0")),
+            "host {host} serving web is fenced:\n{host_text}"
+        );
+        Ok(Some(()))
+    });
     let (dns_node, _, _) = dns_servers(lab).into_iter().next().expect("a DNS server");
     let dns_text = lab.metrics(dns_node).expect("DNS server /metrics");
     assert!(
