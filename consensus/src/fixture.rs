@@ -3,9 +3,10 @@
 //! zone is one the state machine accepts.
 //!
 //! Owns: applying a command or panicking with the refusal, and the commands tests need most,
-//! with the fields a test does not care about filled in. Does not: exist outside tests (`cfg(test)`
-//! here, the `fixture` feature for other crates' tests), nor choose a topology: each test suite
-//! builds its own from these pieces.
+//! with the fields a test does not care about filled in. It is compiled always (not behind a
+//! feature) so test builds and binary builds share one set of features and CI compiles the
+//! dependency tree once. Does not: run anywhere but in tests, nor choose a topology: each test
+//! suite builds its own from these pieces.
 
 use std::net::IpAddr;
 

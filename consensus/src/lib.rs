@@ -7,7 +7,6 @@
 //! This crate does not open sockets itself: the transport is injected (`wan` in the agent, an
 //! in-memory map in tests).
 
-#[cfg(any(test, feature = "fixture"))]
 pub mod fixture;
 pub mod mem_transport;
 pub mod network;
