@@ -487,6 +487,22 @@ fn validate_addr(field: &str, addr: &str) -> Result<(), CommandError> {
 }
 
 impl FabricState {
+    /// Whether stopping `svc`'s instance on `host` is a planned stop: its owner site is up and
+    /// not declared lost, and the host is up, so the holder hears the revocation and can confirm
+    /// the stop. Otherwise it is a revocation whose slot is reused only after lease + margin.
+    pub fn stop_is_planned(&self, svc: &Service, host: NodeId) -> bool {
+        let owner_alive = svc
+            .owner
+            .as_ref()
+            .and_then(|o| self.sites.get(o))
+            .is_some_and(|s| s.health == Health::Up && s.admin != SiteAdmin::Lost);
+        owner_alive
+            && self
+                .hosts
+                .get(&host)
+                .is_some_and(|h| h.health == Health::Up)
+    }
+
     /// Applies one proposal. On error the state is unchanged.
     pub fn apply(&mut self, p: &Proposal) -> CommandResult {
         let message = self.apply_command(p.at_ms, &p.command)?;

@@ -371,21 +371,12 @@ fn plan_move(
     lease: &LeaseConfig,
     actions: &mut Vec<Action>,
 ) {
-    let owner_alive = svc
-        .owner
-        .as_ref()
-        .and_then(|o| state.sites.get(o))
-        .is_some_and(|s| s.health == Health::Up && s.admin != SiteAdmin::Lost);
     for inst in svc.instances.values().filter(|i| i.live()) {
-        let host_up = state
-            .hosts
-            .get(&inst.host)
-            .is_some_and(|h| h.health == Health::Up);
         actions.push(Action::Revoke {
             service: name.into(),
             host: inst.host,
             epoch: inst.epoch,
-            planned: owner_alive && host_up,
+            planned: state.stop_is_planned(svc, inst.host),
             reason: why.into(),
         });
     }

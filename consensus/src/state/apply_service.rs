@@ -15,8 +15,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Command, CommandError, FabricState, Health, Host, Instance, InstanceState, NodeId, Service,
-    SiteAdmin, Tombstone, invalid,
+    Command, CommandError, FabricState, Host, Instance, InstanceState, NodeId, Service, Tombstone,
+    invalid,
 };
 
 /// Instances of `s` that count against `placement.instances`: not revoked (on its way out), and
@@ -61,18 +61,9 @@ impl FabricState {
             return Ok(None);
         }
         // Planned where the owner can still hear it, as for a move (the planner's rule).
-        let owner_alive = s
-            .owner
-            .as_ref()
-            .and_then(|o| self.sites.get(o))
-            .is_some_and(|site| site.health == Health::Up && site.admin != SiteAdmin::Lost);
         let mut stops = Vec::new();
         for inst in s.instances.values().filter(|i| i.live()) {
-            let host_up = self
-                .hosts
-                .get(&inst.host)
-                .is_some_and(|h| h.health == Health::Up);
-            let how = if owner_alive && host_up {
+            let how = if self.stop_is_planned(s, inst.host) {
                 "planned stop"
             } else {
                 "revoked"
