@@ -44,3 +44,4 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, FabricNode>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, FabricNode>;
+pub type AppendEntriesResponse = openraft::raft::AppendEntriesResponse<NodeId>;

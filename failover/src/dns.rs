@@ -36,9 +36,10 @@ use tracing::{debug, info, warn};
 
 use crate::zone::{self, Answer, Vouched, Zone, ZoneConfig, ZoneError, ZoneSnapshot};
 
-/// Says, per query, whether this server may still vouch for its zone data ([`Vouched::No`] when
-/// its site is fenced or its lease expired) and for how long (TTLs are capped to it).
-pub type Vouch = Arc<dyn Fn() -> Vouched + Send + Sync>;
+/// Says, per query, whether this server may still vouch for the zone snapshot it is answering
+/// from ([`Vouched::No`] when its site is fenced, its lease expired or the snapshot is stale)
+/// and for how long (TTLs are capped to it).
+pub type Vouch = Arc<dyn Fn(&ZoneSnapshot) -> Vouched + Send + Sync>;
 
 /// How long a TCP connection may sit idle before the server closes it.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -224,7 +225,7 @@ impl Responder {
             &snapshot,
             info.query.original().name(),
             info.query.query_type(),
-            (self.vouch)(),
+            (self.vouch)(&snapshot),
         )
     }
 }

@@ -207,10 +207,46 @@ impl RevocationClock {
         self.seen.get(key).map(|t| *t + config.reassign_after())
     }
 
+    /// Counts the revoked instances of `host` from `since` when that is earlier than when they
+    /// were seen revoked: `since` is when the leader last confirmed the host's lease (see
+    /// [`lapsed`]), so nothing the host holds lives past `since + lease − margin`.
+    pub fn backdate(&mut self, host: NodeId, since: Instant) {
+        for (key, at) in &mut self.seen {
+            if key.1 == host && since < *at {
+                *at = since;
+            }
+        }
+    }
+
     /// Forgets everything (a node that loses leadership starts over when it leads again).
     pub fn clear(&mut self) {
         self.seen.clear();
     }
+}
+
+/// The leader's side of the holders' leases: every holder confirms through the leader (directly
+/// or relayed by another voter), and the leader notes when. A host whose lease this leader has
+/// not confirmed for a whole `lease` — counted from its latest confirmation here, or from when
+/// this node became leader if there was none since — has certainly lapsed: its own deadline was
+/// at most `lease − margin` after it sent that confirmation, which was before the leader saw it.
+///
+/// Returns each lapsed host with the instant its lease is counted from.
+pub fn lapsed(
+    hosts: impl IntoIterator<Item = NodeId>,
+    confirmed: &BTreeMap<NodeId, Instant>,
+    leading_since: Instant,
+    now: Instant,
+    config: &LeaseConfig,
+) -> BTreeMap<NodeId, Instant> {
+    hosts
+        .into_iter()
+        .filter_map(|host| {
+            let since = confirmed
+                .get(&host)
+                .map_or(leading_since, |t| (*t).max(leading_since));
+            (now >= since + config.lease).then_some((host, since))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -333,5 +369,55 @@ mod tests {
             .into(),
             deleting: None,
         }
+    }
+
+    #[test]
+    fn a_host_lapses_a_whole_lease_after_its_last_confirmation_or_the_leaders_start() {
+        let t0 = Instant::now();
+        let c = config();
+        let confirmed = BTreeMap::from([(1, t0 + S), (2, t0 - 10 * S)]);
+        // Host 1 confirmed 1 s into this leadership; 2 only under an earlier one; 3 never.
+        let at = |now| lapsed([1, 2, 3], &confirmed, t0, now, &c);
+        assert!(at(t0 + 3 * S).is_empty());
+        assert_eq!(at(t0 + 4 * S), BTreeMap::from([(2, t0), (3, t0)]));
+        assert_eq!(
+            at(t0 + 5 * S),
+            BTreeMap::from([(1, t0 + S), (2, t0), (3, t0)])
+        );
+        // The holder's own deadline (sent before t0 + 1 s, plus lease − margin) is behind us.
+        let mut h = LeaseHolder::new(c);
+        let sent = LeaseInstant::from_millis(1_000);
+        h.confirmed(sent);
+        assert!(!h.is_valid(sent + c.lease - c.margin));
+    }
+
+    #[test]
+    fn a_lapsed_hosts_revocations_count_from_its_last_confirmation() {
+        let t0 = Instant::now();
+        let c = config();
+        use consensus::fixture::{apply, assign, host, place, revoke, site};
+        use consensus::state::{Command, ServiceSpec};
+        let mut state = FabricState::default();
+        apply(&mut state, site("s1", 1));
+        apply(
+            &mut state,
+            host(7, "s1", vec!["10.0.0.7".parse().expect("ip")]),
+        );
+        let spec = ServiceSpec::process("web", &["s1"], "demo", 1);
+        apply(&mut state, Command::CreateService { spec });
+        apply(&mut state, assign("web", "s1", 1));
+        apply(&mut state, place("web", 7, 1));
+        apply(&mut state, revoke("web", 7, 1));
+        let mut clock = RevocationClock::default();
+        let seen = t0 + 4 * S;
+        clock.observe(&state, seen);
+        let key = ("web".to_string(), 7, 1);
+        assert_eq!(clock.reusable_at(&key, &c), Some(seen + c.reassign_after()));
+        clock.backdate(7, t0);
+        assert_eq!(clock.reusable_at(&key, &c), Some(t0 + c.reassign_after()));
+        // Never later than first seen, and other hosts are untouched.
+        clock.backdate(7, t0 + 9 * S);
+        clock.backdate(8, t0 - 9 * S);
+        assert_eq!(clock.reusable_at(&key, &c), Some(t0 + c.reassign_after()));
     }
 }

@@ -45,6 +45,11 @@ pub struct ZoneSnapshot {
     /// exists but has no address right now (answered NOERROR/NODATA). The apex is not a key here:
     /// it answers SOA and NS only.
     pub names: BTreeMap<String, Vec<IpAddr>>,
+    /// The revision of the state the agent built it from, handed back to the vouch callback
+    /// with the snapshot being answered from (so the two never come from different zones).
+    pub revision: u64,
+    /// The agent's digest of `names`, handed back the same way.
+    pub digest: u64,
 }
 
 impl ZoneSnapshot {
@@ -52,7 +57,7 @@ impl ZoneSnapshot {
     pub fn new(serial: u32) -> Self {
         Self {
             serial,
-            names: BTreeMap::new(),
+            ..Self::default()
         }
     }
 

@@ -40,7 +40,7 @@ impl Harness {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(
             rx,
-            Arc::new(move || match left.load(Ordering::SeqCst) {
+            Arc::new(move |_: &ZoneSnapshot| match left.load(Ordering::SeqCst) {
                 0 => Vouched::No,
                 ms => Vouched::For(Duration::from_millis(ms)),
             }),

@@ -225,6 +225,12 @@ pub async fn run(
     if config.has(AgentRole::Dns) {
         tasks.spawn(crate::zone::serve(&config, raft.clone(), lease.clone(), inner.clone()).await?);
     }
+    tasks.spawn(crate::prevote::prevote_loop(
+        cluster.clone(),
+        config.raft.heartbeat_interval,
+        config.raft.election_timeout_min,
+        inner.clone(),
+    ));
     tasks.spawn(crate::leader::leader_loop(
         cluster.clone(),
         lease.clone(),

@@ -10,27 +10,45 @@
 //! [`Cluster::read`] is linearizable (a read index confirmed by the leader's quorum, applied here
 //! before reading). The leader acts on what a peer asks only within what its certificate proves.
 //!
+//! Lease confirmations ([`Cluster::confirm_lease`]) go to the leader, and — when it has not
+//! answered within [`RELAY_AFTER`], or did not last time — also through every other voter, which
+//! forwards them to the leader: a host whose only cut link is the one to the leader keeps its
+//! lease as long as it reaches a voter that reaches the leader. The leader evaluates the
+//! confirmation on its own state (the host's may lag: the leader cannot replicate to it) and
+//! notes when it confirmed each host ([`Cluster::confirmations`]), so it can tell a lease that
+//! lapsed while the host's site looks up.
+//!
 //! Does not: decide anything about hosts, sites or services; it carries what others decide.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use consensus::FabricNode;
-use consensus::network::{RaftRpc, serve_rpc};
+use consensus::network::{RaftRpc, RaftRpcReply, serve_rpc};
 use consensus::node::{FabricRaft, NotLeader, ProposeError};
 use consensus::state::{Applied, Command, FabricState, Proposal};
+use consensus::types::AppendEntriesResponse;
 use failover::quorum::Members;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 use wan::{Channel, Handler, Identity, Wan, frame};
 
-use crate::control::{ControlReply, ControlRequest, authorize};
+use crate::clock;
+use crate::confirmation::{LeaseRead, lease_read};
+use crate::control::{ControlReply, ControlRequest, HeardReply, authorize, authorize_confirmation};
 use crate::fabric::{Fabric, FabricError};
 
 /// How long a write or read may keep looking for a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a lease confirmation waits for the leader before it also asks the other voters to
+/// relay it.
+pub const RELAY_AFTER: Duration = Duration::from_millis(250);
 
 /// This node as a member of the cluster.
 pub struct Cluster {
@@ -46,6 +64,13 @@ pub struct Cluster {
     /// openraft refuse the second step of one of them, which would leave a joint configuration
     /// behind.
     membership: tokio::sync::Mutex<()>,
+    /// Leader side: when this node last confirmed each host's lease (majority clock).
+    confirmations: std::sync::Mutex<BTreeMap<u64, Instant>>,
+    /// Whether the previous confirmation of this node's own lease needed a relay: if so the
+    /// next one asks the relays at once.
+    relayed_last: AtomicBool,
+    /// When this node last accepted entries from a leader (pre-vote).
+    heard: Heard,
 }
 
 impl Cluster {
@@ -64,6 +89,9 @@ impl Cluster {
             peers,
             voter,
             membership: tokio::sync::Mutex::new(()),
+            confirmations: std::sync::Mutex::new(BTreeMap::new()),
+            relayed_last: AtomicBool::new(false),
+            heard: Heard::default(),
         }
     }
 
@@ -174,6 +202,140 @@ impl Cluster {
             .read_at(index, LEADER_WAIT, f)
             .await
             .map_err(|e| FabricError::Unavailable(e.to_string()))
+    }
+
+    /// Confirms the lease of `host` of `site`: through the leader, and through the other voters
+    /// when the leader is slow or was unreachable last time; the first answer wins.
+    pub async fn confirm_lease(&self, host: u64, site: String) -> Result<LeaseRead, FabricError> {
+        let direct = self.confirm_via_leader(host, site.clone());
+        tokio::pin!(direct);
+        let hedge = if self.relayed_last.load(Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            RELAY_AFTER
+        };
+        let mut direct_err = None;
+        tokio::select! {
+            r = &mut direct => match r {
+                Ok(read) => return Ok(read),
+                Err(e) => direct_err = Some(e),
+            },
+            _ = tokio::time::sleep(hedge) => {}
+        }
+        let mut relays: FuturesUnordered<_> = self
+            .relay_voters()
+            .into_iter()
+            .map(|(id, addr)| self.confirm_via_relay(id, addr, host, site.clone()))
+            .collect();
+        let mut relay_err = None;
+        loop {
+            tokio::select! {
+                r = &mut direct, if direct_err.is_none() => match r {
+                    Ok(read) => {
+                        self.relayed_last.store(false, Ordering::Relaxed);
+                        return Ok(read);
+                    }
+                    Err(e) => direct_err = Some(e),
+                },
+                Some(r) = relays.next() => match r {
+                    Ok(read) => {
+                        self.relayed_last.store(true, Ordering::Relaxed);
+                        return Ok(read);
+                    }
+                    Err(e) => relay_err = Some(e),
+                },
+                else => break,
+            }
+        }
+        Err(direct_err
+            .or(relay_err)
+            .unwrap_or_else(|| FabricError::Unavailable("no voter to ask".into())))
+    }
+
+    /// A lease confirmation on the leader (this node or the one it knows). The leader reads
+    /// linearizably and notes the confirmation.
+    pub async fn confirm_via_leader(
+        &self,
+        host: u64,
+        site: String,
+    ) -> Result<LeaseRead, FabricError> {
+        let request = ControlRequest::ConfirmLease {
+            host,
+            site: site.clone(),
+        };
+        let reply = self
+            .on_leader(request, |raft| {
+                let site = site.clone();
+                async move {
+                    let read = raft
+                        .read_linearizable(|s| lease_read(s, host, &site))
+                        .await?;
+                    lock(&self.confirmations).insert(host, clock::majority_now());
+                    Ok(read)
+                }
+            })
+            .await?;
+        match reply {
+            ControlReply::LeaseRead(read) => Ok(read),
+            other => Err(FabricError::Unavailable(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Asks voter `id` at `addr` to carry a confirmation to the leader.
+    async fn confirm_via_relay(
+        &self,
+        id: u64,
+        addr: SocketAddr,
+        host: u64,
+        site: String,
+    ) -> Result<LeaseRead, FabricError> {
+        let request = ControlRequest::ConfirmLease { host, site };
+        match self
+            .wan
+            .request::<_, ControlReply>(addr, Some(id), Channel::Control, &request)
+            .await
+        {
+            Ok(ControlReply::LeaseRead(read)) => Ok(read),
+            Ok(other) => Err(FabricError::Unavailable(format!("relay {id}: {other:?}"))),
+            Err(e) => Err(FabricError::Unavailable(format!("relay {id}: {e}"))),
+        }
+    }
+
+    /// The voters other than this node and the leader it knows, with their WAN addresses.
+    fn relay_voters(&self) -> Vec<(u64, SocketAddr)> {
+        let m = self.raft.members();
+        let leader = self.raft.metrics().current_leader;
+        m.voters
+            .iter()
+            .filter(|id| **id != self.id && Some(**id) != leader)
+            .filter_map(|id| Some((*id, m.nodes.get(id)?.addr.parse().ok()?)))
+            .collect()
+    }
+
+    /// When this node last accepted entries from a leader.
+    pub fn heard(&self) -> &Heard {
+        &self.heard
+    }
+
+    /// The answer to a pre-vote question: the leader answers for itself while its quorum
+    /// acknowledges it; others say when they last accepted entries from a leader.
+    fn heard_reply(&self) -> Option<HeardReply> {
+        let m = self.raft.metrics();
+        if m.current_leader == Some(self.id) {
+            return m.millis_since_quorum_ack.map(|ago_ms| HeardReply {
+                leader: self.id,
+                term: m.current_term,
+                ago_ms,
+            });
+        }
+        self.heard.reply(Instant::now())
+    }
+
+    /// Leader side: when this node last confirmed each host's lease, on the majority clock.
+    pub fn confirmations(&self) -> BTreeMap<u64, Instant> {
+        lock(&self.confirmations).clone()
     }
 
     /// Runs `local` if this node leads; otherwise sends `remote` to the leader. Retries while
@@ -357,6 +519,14 @@ impl Cluster {
 }
 
 impl Fabric for Cluster {
+    fn confirm_lease(
+        &self,
+        host: u64,
+        site: String,
+    ) -> impl Future<Output = Result<LeaseRead, FabricError>> + Send {
+        Cluster::confirm_lease(self, host, site)
+    }
+
     fn read<R, F>(&self, f: F) -> impl Future<Output = Result<R, FabricError>> + Send
     where
         F: FnOnce(&FabricState) -> R + Send,
@@ -394,10 +564,44 @@ impl IntoLocalReply for consensus::state::CommandResult {
     }
 }
 
+impl IntoLocalReply for LeaseRead {
+    fn into_reply(self) -> ControlReply {
+        ControlReply::LeaseRead(self)
+    }
+}
+
 impl IntoLocalReply for () {
     fn into_reply(self) -> ControlReply {
         ControlReply::Pong
     }
+}
+
+/// When this node last accepted entries from a leader, and from which.
+#[derive(Debug, Default)]
+pub struct Heard {
+    last: std::sync::Mutex<Option<(u64, u64, Instant)>>,
+}
+
+impl Heard {
+    /// Notes an AppendEntries from `leader` of `term` that this node accepted at `now`.
+    pub fn accepted(&self, leader: u64, term: u64, now: Instant) {
+        *lock(&self.last) = Some((leader, term, now));
+    }
+
+    /// The last leader heard, as an answer at `now`.
+    pub fn reply(&self, now: Instant) -> Option<HeardReply> {
+        lock(&self.last).map(|(leader, term, at)| HeardReply {
+            leader,
+            term,
+            ago_ms: u64::try_from(now.saturating_duration_since(at).as_millis())
+                .unwrap_or(u64::MAX),
+        })
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain values: a panic elsewhere cannot leave them half-updated.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Dispatches incoming WAN streams.
@@ -418,7 +622,21 @@ impl Handler for WanHandler {
                     let rpc: RaftRpc = frame::decode(&request)?;
                     metrics::counter!("fabric_wan_requests_total", "channel" => "raft")
                         .increment(1);
+                    let from_leader = match &rpc {
+                        RaftRpc::Append(req) if req.vote.committed => req
+                            .vote
+                            .leader_id()
+                            .voted_for()
+                            .map(|l| (l, req.vote.leader_id().get_term())),
+                        _ => None,
+                    };
                     let reply = serve_rpc(self.cluster.raft().raft(), rpc).await;
+                    if let (Some((leader, term)), RaftRpcReply::Append(Ok(resp))) =
+                        (from_leader, &reply)
+                        && !matches!(resp, AppendEntriesResponse::HigherVote(_))
+                    {
+                        self.cluster.heard.accepted(leader, term, Instant::now());
+                    }
                     Ok(frame::encode(&reply)?)
                 }
                 Channel::Control => {
@@ -467,6 +685,17 @@ impl WanHandler {
                     Err(e) => e.into(),
                 }
             }
+            ControlRequest::ConfirmLease { host, site } => {
+                if let Err(refusal) = authorize_confirmation(peer, host, &site) {
+                    tracing::warn!("refused a lease confirmation from {peer}: {refusal}");
+                    return ControlReply::Failed(refusal);
+                }
+                match self.cluster.confirm_via_leader(host, site).await {
+                    Ok(read) => ControlReply::LeaseRead(read),
+                    Err(e) => ControlReply::Failed(e.to_string()),
+                }
+            }
+            ControlRequest::LeaderHeard => ControlReply::Heard(self.cluster.heard_reply()),
             ControlRequest::Ping => ControlReply::Pong,
         }
     }

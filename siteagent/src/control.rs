@@ -10,7 +10,9 @@ use consensus::FabricNode;
 use consensus::node::{NotLeader, ProposeError};
 use consensus::state::{Command, CommandResult, Proposal};
 use serde::{Deserialize, Serialize};
-use wan::Identity;
+use wan::{Identity, Role};
+
+use crate::confirmation::LeaseRead;
 
 /// A request on the control channel.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,12 +21,30 @@ pub enum ControlRequest {
     Propose(Proposal),
     /// Leader: confirm leadership with a quorum and return the read index.
     ReadIndex,
+    /// Confirm the lease of `host` of `site`. The leader reads what the host holds after a read
+    /// index and notes the confirmation; any other voter carries it to the leader (a relay, for
+    /// a host whose link to the leader is cut).
+    ConfirmLease {
+        host: u64,
+        site: String,
+    },
     /// Admit the calling node (as a learner, then as a voter if asked).
     Join {
         node: FabricNode,
         voter: bool,
     },
+    /// When did you last hear a leader? (pre-vote, [`crate::prevote`])
+    LeaderHeard,
     Ping,
+}
+
+/// A node's answer to "when did you last hear a leader?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeardReply {
+    pub leader: u64,
+    pub term: u64,
+    /// Milliseconds since (0 from the leader itself while its quorum acknowledges it).
+    pub ago_ms: u64,
 }
 
 /// The answer on the control channel.
@@ -32,6 +52,8 @@ pub enum ControlRequest {
 pub enum ControlReply {
     Proposed(CommandResult),
     ReadIndex(u64),
+    LeaseRead(LeaseRead),
+    Heard(Option<HeardReply>),
     Joined,
     Pong,
     NotLeader(NotLeader),
@@ -67,6 +89,22 @@ pub(crate) fn authorize(peer: &Identity, p: &Proposal) -> Result<(), String> {
             p.command
         )),
         _ => Ok(()),
+    }
+}
+
+/// A host confirms only its own lease, in its own site; another agent may carry a confirmation
+/// for a host (a relay forwarding to the leader). Operators and workloads confirm nothing.
+pub(crate) fn authorize_confirmation(peer: &Identity, host: u64, site: &str) -> Result<(), String> {
+    if peer.role != Role::Agent {
+        return Err(format!("{peer} is not an agent: it holds no lease"));
+    }
+    match peer.node_id() {
+        Some(id) if id == host && peer.site != site => Err(format!(
+            "node {id} asked to confirm a lease in site {site} but its certificate says {}",
+            peer.site
+        )),
+        Some(_) => Ok(()),
+        None => Err(format!("{peer} has no node id")),
     }
 }
 
@@ -113,5 +151,17 @@ mod tests {
             message: "operator note".into(),
         });
         assert!(authorize(&peer, &forwarded).is_ok());
+    }
+
+    #[test]
+    fn a_host_confirms_only_in_its_own_site_and_agents_may_relay() {
+        let host = Identity::new("2", "s1", wan::Role::Agent).expect("identity");
+        assert!(authorize_confirmation(&host, 2, "s1").is_ok());
+        let err = authorize_confirmation(&host, 2, "s2").expect_err("other site");
+        assert!(err.contains("certificate says s1"), "{err}");
+        let relay = Identity::new("3", "s3", wan::Role::Agent).expect("identity");
+        assert!(authorize_confirmation(&relay, 2, "s1").is_ok(), "relay");
+        let operator = Identity::new("alice", "s1", wan::Role::Operator).expect("identity");
+        assert!(authorize_confirmation(&operator, 2, "s1").is_err());
     }
 }

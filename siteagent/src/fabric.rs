@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use consensus::state::{Applied, Command, CommandError, FabricState, Proposal};
 
+use crate::confirmation::{LeaseRead, lease_read};
+
 /// Why a read or proposal did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum FabricError {
@@ -35,6 +37,16 @@ pub trait Fabric: Send + Sync + 'static {
     where
         F: FnOnce(&FabricState) -> R + Send,
         R: Send;
+
+    /// Confirms the lease of `host` (of `site`): a linearizable read of what the host holds,
+    /// evaluated wherever the up-to-date state is. The default reads through [`Fabric::read`].
+    fn confirm_lease(
+        &self,
+        host: u64,
+        site: String,
+    ) -> impl Future<Output = Result<LeaseRead, FabricError>> + Send {
+        self.read(move |s| lease_read(s, host, &site))
+    }
 
     /// Proposes `command` on behalf of `actor` and waits until it is applied or refused.
     fn propose(

@@ -22,45 +22,17 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use consensus::state::{Command, FabricState, InstanceState, ServiceSpec, WorkloadKind};
+use consensus::state::{Command, InstanceState, WorkloadKind};
 use consensus::types::RaftMetrics;
 use failover::lease::LeaseInstant;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
+use crate::confirmation::{Assignment, LeaseRead};
 use crate::fabric::Fabric;
 use crate::lease::LeaseHandle;
 use crate::workload::{Driver, WorkloadSpec, WorkloadStatus};
-
-/// An instance the state assigns to this host.
-#[derive(Debug, Clone)]
-struct Assignment {
-    epoch: u64,
-    state: InstanceState,
-    spec: ServiceSpec,
-}
-
-/// This host's instances under their service's current epoch in its owner site.
-fn assignments(s: &FabricState, host: u64, site: &str) -> BTreeMap<String, Assignment> {
-    s.services
-        .values()
-        .filter(|svc| svc.owner.as_deref() == Some(site))
-        .filter_map(|svc| {
-            let inst = svc.instances.get(&host)?;
-            (inst.epoch == svc.epoch).then(|| {
-                (
-                    svc.spec.name.clone(),
-                    Assignment {
-                        epoch: inst.epoch,
-                        state: inst.state,
-                        spec: svc.spec.clone(),
-                    },
-                )
-            })
-        })
-        .collect()
-}
 
 /// This host as the keeper needs it.
 #[derive(Debug, Clone)]
@@ -158,13 +130,15 @@ impl<F: Fabric> Keeper<F> {
         let (host, site) = (self.host.id, self.host.site.clone());
         let read = tokio::time::timeout(
             lease.holder_validity(),
-            self.fabric
-                .read(move |s| (s.revision, s.lease_terms, assignments(s, host, &site))),
+            self.fabric.confirm_lease(host, site),
         )
         .await;
         let assigned = match read {
             // The fabric grants leases on other terms: holding one on ours would not be safe.
-            Ok(Ok((_, Some(fabric), _))) if fabric != lease.terms() => {
+            Ok(Ok(LeaseRead {
+                lease_terms: Some(fabric),
+                ..
+            })) if fabric != lease.terms() => {
                 if !self.terms_logged {
                     tracing::error!(
                         "the fabric's lease terms ({fabric}) differ from this agent's ({}): it holds no lease",
@@ -174,8 +148,13 @@ impl<F: Fabric> Keeper<F> {
                 }
                 None
             }
-            Ok(Ok((revision, _, assigned))) => {
-                self.lease.confirmed(sent, revision);
+            Ok(Ok(LeaseRead {
+                revision,
+                assigned,
+                zone_digest,
+                ..
+            })) => {
+                self.lease.confirmed(sent, revision, zone_digest);
                 self.lease.set_held(
                     assigned
                         .iter()
@@ -461,6 +440,7 @@ mod tests {
     use crate::fabric::MemoryFabric;
     use crate::fixture;
     use crate::workload::{MemoryDriver, reason};
+    use consensus::state::FabricState;
     use failover::lease::LeaseConfig;
     use tokio::time::advance;
 

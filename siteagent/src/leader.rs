@@ -16,10 +16,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use consensus::state::{Command, FabricState, Health};
-use failover::lease::RevocationClock;
+use failover::lease::{RevocationClock, lapsed};
 use failover::planner;
 use failover::quorum::{self, Members};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,8 @@ pub async fn leader_loop(
 ) {
     let mut clock = RevocationClock::default();
     let mut recovery = Recovery::default();
+    // The term this node leads in and when it first saw itself lead in it.
+    let mut leadership: Option<(u64, Instant)> = None;
     let mut metrics = cluster.raft().raft().metrics();
     let actor = format!("planner (node {})", cluster.id());
     loop {
@@ -52,6 +54,7 @@ pub async fn leader_loop(
         if !cluster.is_leader() {
             clock.clear();
             recovery.clear();
+            leadership = None;
             continue;
         }
         for _ in 0..ROUNDS {
@@ -59,6 +62,12 @@ pub async fn leader_loop(
             // node led and had seen at least that state.
             let Some(term) = cluster.leader_term() else {
                 break;
+            };
+            // Confirmations are counted only from the start of this term: another leader may
+            // have confirmed leases in between without this node knowing.
+            let leading_since = match leadership {
+                Some((t, since)) if t == term => since,
+                _ => leadership.insert((term, clock::majority_now())).1,
             };
             let state = cluster.raft().local_state();
             // Reassign on the terms the holders agreed to, whatever this node's config says.
@@ -70,8 +79,22 @@ pub async fn leader_loop(
                 metrics::gauge!("fabric_last_move_rto_seconds", "service" => service)
                     .set(rto.as_secs_f64());
             }
-            let mut commands = verdict_changes(&state, &members);
+            let lapsed = lapsed(
+                state.hosts.keys().copied(),
+                &cluster.confirmations(),
+                leading_since,
+                now,
+                &terms,
+            );
+            let silent: BTreeMap<u64, Duration> = lapsed
+                .iter()
+                .map(|(host, since)| (*host, now.saturating_duration_since(*since)))
+                .collect();
+            let mut commands = verdict_changes(&state, &members, &silent);
             clock.observe(&state, now);
+            for (host, since) in &lapsed {
+                clock.backdate(*host, *since);
+            }
             if commands.is_empty() {
                 commands = planner::plan(&state, &clock, now, &terms)
                     .iter()
@@ -143,9 +166,30 @@ fn count(command: &Command, state: &FabricState, recovery: &Recovery) {
 }
 
 /// Host and site verdicts that differ from the state, as commands (sites first, so a site's
-/// hosts can be judged with it).
-pub fn verdict_changes(state: &FabricState, members: &Members) -> Vec<Command> {
-    let v = quorum::verdicts(state, members);
+/// hosts can be judged with it). A host in `lapsed` (with how long this leader has confirmed
+/// none of its leases) is down whatever its peers see: it cannot hold anything, and its site
+/// looking up must not keep its dead address in DNS or its services where they are.
+pub fn verdict_changes(
+    state: &FabricState,
+    members: &Members,
+    lapsed: &BTreeMap<u64, Duration>,
+) -> Vec<Command> {
+    let mut v = quorum::verdicts(state, members);
+    let mut lapse_reasons = BTreeMap::new();
+    for (id, silent) in lapsed {
+        if let Some(h) = v.hosts.get_mut(id)
+            && *h == Health::Up
+        {
+            *h = Health::Down;
+            lapse_reasons.insert(
+                *id,
+                format!(
+                    "its lease lapsed: no confirmation reached the leader for {:.1} s, though its peers still see it",
+                    silent.as_secs_f64()
+                ),
+            );
+        }
+    }
     let mut out = Vec::new();
     let sites_of: BTreeMap<&String, Vec<u64>> =
         members.iter().fold(BTreeMap::new(), |mut m, (id, site)| {
@@ -176,6 +220,7 @@ pub fn verdict_changes(state: &FabricState, members: &Members) -> Vec<Command> {
         {
             let site_down = v.sites.get(&host.site) == Some(&Health::Down);
             let reason = match (health, site_down) {
+                (Health::Down, _) if lapse_reasons.contains_key(id) => lapse_reasons[id].clone(),
                 (Health::Down, _) if !members.contains_key(id) => {
                     format!("node {id} is no longer a member of the cluster")
                 }
@@ -266,7 +311,7 @@ mod tests {
         observe(&mut state, 11, 21, false);
         observe(&mut state, 12, 21, false);
         assert_eq!(
-            verdict_changes(&state, &members()),
+            verdict_changes(&state, &members(), &BTreeMap::new()),
             vec![
                 Command::SetSiteHealth {
                     name: "s2".into(),
@@ -285,14 +330,17 @@ mod tests {
     #[test]
     fn only_verdicts_that_differ_from_the_state_are_proposed() {
         let mut state = fixture::fabric();
-        assert!(verdict_changes(&state, &members()).is_empty(), "all agree");
+        assert!(
+            verdict_changes(&state, &members(), &BTreeMap::new()).is_empty(),
+            "all agree"
+        );
         observe(&mut state, 12, 11, false);
-        let changes = verdict_changes(&state, &members());
+        let changes = verdict_changes(&state, &members(), &BTreeMap::new());
         assert_eq!(changes, vec![host_down(11, "its peers in site s1 lost it")]);
         for c in changes {
             fixture::apply(&mut state, c);
         }
-        assert!(verdict_changes(&state, &members()).is_empty());
+        assert!(verdict_changes(&state, &members(), &BTreeMap::new()).is_empty());
     }
 
     #[test]
@@ -300,7 +348,7 @@ mod tests {
         let mut state = fixture::fabric();
         let mut without_11 = members();
         without_11.remove(&11);
-        let changes = verdict_changes(&state, &without_11);
+        let changes = verdict_changes(&state, &without_11, &BTreeMap::new());
         assert_eq!(
             changes,
             vec![host_down(
@@ -337,7 +385,7 @@ mod tests {
         fixture::apply(&mut state, fixture::site_health("s2", Health::Down));
         fixture::apply(&mut state, fixture::host_health(21, Health::Down));
         assert_eq!(
-            verdict_changes(&state, &members()),
+            verdict_changes(&state, &members(), &BTreeMap::new()),
             vec![
                 Command::SetSiteHealth {
                     name: "s2".into(),
@@ -350,6 +398,43 @@ mod tests {
                     reason: "its peers hear it again".into(),
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn a_host_whose_lease_lapsed_is_judged_down_with_the_reason_though_its_peers_see_it() {
+        let mut state = fixture::fabric();
+        let lapsed = BTreeMap::from([(11, Duration::from_millis(6_200))]);
+        let changes = verdict_changes(&state, &members(), &lapsed);
+        assert_eq!(
+            changes,
+            vec![host_down(
+                11,
+                "its lease lapsed: no confirmation reached the leader for 6.2 s, though its peers still see it"
+            )]
+        );
+        for c in changes {
+            fixture::apply(&mut state, c);
+        }
+        assert!(verdict_changes(&state, &members(), &lapsed).is_empty());
+        // Its instance is revoked, so DNS no longer lists the dead address.
+        assert_eq!(
+            crate::zone::names(&state).get("web"),
+            Some(&vec![]),
+            "the lapsed host is still in DNS"
+        );
+        // Once it confirms again, it is up.
+        let changes = verdict_changes(&state, &members(), &BTreeMap::new());
+        assert!(
+            matches!(
+                &changes[..],
+                [Command::SetHostHealth {
+                    id: 11,
+                    health: Health::Up,
+                    ..
+                }]
+            ),
+            "{changes:?}"
         );
     }
 }

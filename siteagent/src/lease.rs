@@ -32,6 +32,8 @@ struct Inner {
     holder: Mutex<LeaseHolder>,
     /// State revision seen by the latest successful confirmation.
     confirmed_revision: AtomicU64,
+    /// Digest of the zone of the state the newest confirmation read, with that state's revision.
+    confirmed_zone: Mutex<(u64, u64)>,
     /// Services this host runs under the lease, as of the latest confirmed read.
     held: Mutex<BTreeSet<String>>,
 }
@@ -48,6 +50,7 @@ impl LeaseHandle {
                 config,
                 holder: Mutex::new(LeaseHolder::new(config)),
                 confirmed_revision: AtomicU64::new(0),
+                confirmed_zone: Mutex::new((0, 0)),
                 held: Mutex::new(BTreeSet::new()),
             }),
         }
@@ -63,8 +66,9 @@ impl LeaseHandle {
         s.lease_terms.map_or(self.inner.config, Into::into)
     }
 
-    /// Records a successful confirmation sent at `sent` that read state `revision`.
-    pub fn confirmed(&self, sent: LeaseInstant, revision: u64) {
+    /// Records a successful confirmation sent at `sent` that read state `revision`, whose zone
+    /// has digest `zone_digest` ([`crate::confirmation::zone_digest`]).
+    pub fn confirmed(&self, sent: LeaseInstant, revision: u64, zone_digest: u64) {
         let mut holder = lock(&self.inner.holder);
         let before = holder.valid_until();
         holder.confirmed(sent);
@@ -75,6 +79,10 @@ impl LeaseHandle {
         self.inner
             .confirmed_revision
             .fetch_max(revision, Ordering::SeqCst);
+        let mut zone = lock(&self.inner.confirmed_zone);
+        if revision >= zone.0 {
+            *zone = (revision, zone_digest);
+        }
     }
 
     /// True while this agent may act on its lease.
@@ -98,12 +106,26 @@ impl LeaseHandle {
         self.inner.confirmed_revision.load(Ordering::SeqCst)
     }
 
-    /// Whether a DNS server that publishes a zone built from state `published_revision` may
-    /// vouch for it at `now`, and for how long: the lease time left, which caps the TTLs.
-    pub fn vouch(&self, now: LeaseInstant, published_revision: u64) -> Vouched {
-        match self.remaining(now) {
-            Some(left) if published_revision >= self.confirmed_revision() => Vouched::For(left),
-            _ => Vouched::No,
+    /// Whether a DNS server that publishes a zone built from state `published_revision`, with
+    /// digest `published_digest`, may vouch for it at `now`, and for how long: the lease time
+    /// left, which caps the TTLs. It may when its state is at least as new as the confirmed one,
+    /// or when its zone is exactly the confirmed state's zone (its own state lags because its
+    /// site reaches the leader only through another voter, but the answers are the same).
+    pub fn vouch(
+        &self,
+        now: LeaseInstant,
+        published_revision: u64,
+        published_digest: u64,
+    ) -> Vouched {
+        let Some(left) = self.remaining(now) else {
+            return Vouched::No;
+        };
+        let fresh = published_revision >= self.confirmed_revision();
+        let same_zone = lock(&self.inner.confirmed_zone).1 == published_digest;
+        if fresh || same_zone {
+            Vouched::For(left)
+        } else {
+            Vouched::No
         }
     }
 
@@ -137,7 +159,7 @@ mod tests {
         let lease = handle();
         assert!(!lease.is_valid(t0), "valid before any confirmation");
         // Sent at t0, the reply arrived at t0 + 2 s: the deadline is still t0 + 5 s.
-        lease.confirmed(t0, 1);
+        lease.confirmed(t0, 1, 0);
         let reply = t0 + 2 * S;
         assert_eq!(lease.remaining(reply), Some(3 * S));
         assert!(lease.is_valid(t0 + 5 * S - Duration::from_millis(1)));
@@ -149,9 +171,9 @@ mod tests {
     fn a_late_reply_to_an_older_confirmation_never_moves_the_deadline() {
         let t0 = LeaseInstant::from_millis(1_000);
         let lease = handle();
-        lease.confirmed(t0 + 2 * S, 7);
+        lease.confirmed(t0 + 2 * S, 7, 0);
         // The reply to a confirmation sent earlier arrives now.
-        lease.confirmed(t0, 5);
+        lease.confirmed(t0, 5, 0);
         assert_eq!(lease.remaining(t0 + 2 * S), Some(5 * S));
         assert_eq!(lease.confirmed_revision(), 7, "the revision went backwards");
         assert!(!lease.is_valid(t0 + 7 * S));
@@ -161,28 +183,56 @@ mod tests {
     fn dns_vouches_only_with_a_valid_lease_and_a_zone_as_new_as_the_confirmation() {
         let t0 = LeaseInstant::from_millis(1_000);
         let lease = handle();
-        assert_eq!(lease.vouch(t0, 10), Vouched::No, "no lease yet");
-        lease.confirmed(t0, 10);
-        assert_eq!(lease.vouch(t0 + S, 10), Vouched::For(4 * S));
-        assert_eq!(lease.vouch(t0 + S, 11), Vouched::For(4 * S));
+        assert_eq!(lease.vouch(t0, 10, 1), Vouched::No, "no lease yet");
+        lease.confirmed(t0, 10, 0);
+        assert_eq!(lease.vouch(t0 + S, 10, 1), Vouched::For(4 * S));
+        assert_eq!(lease.vouch(t0 + S, 11, 1), Vouched::For(4 * S));
         assert_eq!(
-            lease.vouch(t0 + S, 9),
+            lease.vouch(t0 + S, 9, 1),
             Vouched::No,
             "zone older than the confirmed state"
         );
-        assert_eq!(lease.vouch(t0 + 5 * S, 11), Vouched::No, "lease expired");
+        assert_eq!(lease.vouch(t0 + 5 * S, 11, 1), Vouched::No, "lease expired");
     }
 
     #[test]
     fn after_a_suspend_longer_than_the_time_left_dns_no_longer_vouches() {
         let t0 = LeaseInstant::from_millis(1_000);
         let lease = handle();
-        lease.confirmed(t0, 3);
-        assert_eq!(lease.vouch(t0 + S, 3), Vouched::For(4 * S));
+        lease.confirmed(t0, 3, 0);
+        assert_eq!(lease.vouch(t0 + S, 3, 1), Vouched::For(4 * S));
         // Suspended at t0 + 1 s with 4 s left, resumed 60 s later on the boot clock.
         let resumed = t0 + 61 * S;
-        assert_eq!(lease.vouch(resumed, 3), Vouched::No);
+        assert_eq!(lease.vouch(resumed, 3, 1), Vouched::No);
         assert!(!lease.is_valid(resumed));
         assert_eq!(lease.remaining(resumed), None);
+    }
+
+    #[test]
+    fn a_lagging_dns_server_vouches_only_for_exactly_the_confirmed_zone() {
+        let t0 = LeaseInstant::from_millis(1_000);
+        let lease = handle();
+        // Confirmed through another voter: the state there is at revision 20, zone digest 77.
+        lease.confirmed(t0, 20, 77);
+        assert_eq!(
+            lease.vouch(t0 + S, 12, 77),
+            Vouched::For(4 * S),
+            "same zone"
+        );
+        assert_eq!(
+            lease.vouch(t0 + S, 12, 78),
+            Vouched::No,
+            "the zone changed since"
+        );
+        // A newer confirmation with another zone replaces the digest; an older reply does not.
+        lease.confirmed(t0 + S, 21, 78);
+        lease.confirmed(t0, 19, 77);
+        assert_eq!(lease.vouch(t0 + S, 12, 77), Vouched::No);
+        assert_eq!(lease.vouch(t0 + S, 12, 78), Vouched::For(5 * S));
+        assert_eq!(
+            lease.vouch(t0 + 6 * S, 12, 78),
+            Vouched::No,
+            "lease expired"
+        );
     }
 }

@@ -14,19 +14,23 @@
 //!
 //! Module dependencies (`a → b`: a uses b; no cycles, `agent` is the only module that sees all):
 //! ```text
-//! agent    → admin, cluster, config, fabric, health, keeper, leader, lease, metrics, workload, zone
+//! agent    → admin, cluster, config, fabric, health, keeper, leader, lease, metrics, prevote,
+//!            workload, zone
 //! admin    → api, clock, cluster, config, fabric, lease, metrics
 //! leader   → clock, cluster, fabric, lease, recovery
-//! keeper   → clock, fabric, lease, workload
+//! keeper   → clock, confirmation, fabric, lease, workload
+//! prevote  → cluster, control
 //! health   → cluster, control
 //! metrics  → clock, cluster, lease
 //! recovery → zone
+//! cluster  → clock, confirmation, control, fabric
+//! fabric   → clock, confirmation
+//! control  → confirmation
+//! confirmation → zone
 //! zone     → clock, config, lease
-//! cluster  → clock, control, fabric
-//! fabric   → clock
 //! workload → guard → clock
 //! api      → config
-//! leaves:    clock, config, control, lease
+//! leaves:    clock, config, lease
 //! ```
 
 pub mod admin;
@@ -35,6 +39,7 @@ pub mod api;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod confirmation;
 pub mod control;
 pub mod fabric;
 #[cfg(test)]
@@ -45,6 +50,7 @@ pub mod keeper;
 pub mod leader;
 pub mod lease;
 pub mod metrics;
+pub mod prevote;
 pub mod recovery;
 pub mod workload;
 pub mod zone;

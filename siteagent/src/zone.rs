@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use consensus::node::FabricRaft;
 use consensus::state::{FabricState, Health, Host, InstanceState, Service};
@@ -60,6 +59,37 @@ pub fn names(state: &FabricState) -> BTreeMap<String, Vec<IpAddr>> {
     names
 }
 
+/// A stable digest (FNV-1a, 64 bits) of a zone's names and addresses, in name order.
+pub fn digest(names: &BTreeMap<String, Vec<IpAddr>>) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    for (name, addrs) in names {
+        eat(&(name.len() as u64).to_le_bytes());
+        eat(name.as_bytes());
+        eat(&(addrs.len() as u64).to_le_bytes());
+        for a in addrs {
+            match a {
+                IpAddr::V4(v4) => {
+                    eat(&[4]);
+                    eat(&v4.octets());
+                }
+                IpAddr::V6(v6) => {
+                    eat(&[6]);
+                    eat(&v6.octets());
+                }
+            }
+        }
+    }
+    h
+}
+
 /// Binds the DNS server now (so a bad address fails start-up) and returns the future serving it.
 pub async fn serve(
     config: &AgentConfig,
@@ -74,13 +104,11 @@ pub async fn serve(
     let server = DnsServer::bind(config.dns_listen(), zone).await?;
     tracing::info!("DNS for {} on {}", config.dns.zone, server.local_addr());
     let (tx, rx) = watch::channel(Arc::new(ZoneSnapshot::default()));
-    let published = Arc::new(AtomicU64::new(0));
-    let vouch = {
-        let published = published.clone();
-        Arc::new(move || lease.vouch(clock::lease_now(), published.load(Ordering::SeqCst)))
-    };
+    let vouch = Arc::new(move |zone: &ZoneSnapshot| {
+        lease.vouch(clock::lease_now(), zone.revision, zone.digest)
+    });
     Ok(async move {
-        let builder = tokio::spawn(build_loop(raft, tx, published, shutdown.clone()));
+        let builder = tokio::spawn(build_loop(raft, tx, shutdown.clone()));
         if let Err(e) = server.run(rx, vouch, shutdown).await {
             tracing::error!("DNS server stopped: {e}");
         }
@@ -92,7 +120,6 @@ pub async fn serve(
 async fn build_loop(
     raft: FabricRaft,
     tx: watch::Sender<Arc<ZoneSnapshot>>,
-    published: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
     let mut metrics = raft.raft().metrics();
@@ -103,10 +130,18 @@ async fn build_loop(
             // Serials follow the state revision, so every site's server shows the same serial for
             // the same content; never backwards, even if revisions wrap past u32.
             let serial = (revision as u32).max(current.serial.wrapping_add(1));
-            current = ZoneSnapshot { serial, names };
+            current = ZoneSnapshot {
+                serial,
+                digest: digest(&names),
+                names,
+                revision,
+            };
+            tx.send_replace(Arc::new(current.clone()));
+        } else if revision > current.revision {
+            // Same content from a newer state: vouching needs to know it is that new.
+            current.revision = revision;
             tx.send_replace(Arc::new(current.clone()));
         }
-        published.fetch_max(revision, Ordering::SeqCst);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = metrics.changed() => if r.is_err() { return },
@@ -162,5 +197,27 @@ mod tests {
         unnamed.dns_name = None;
         fixture::apply(&mut state, Command::CreateService { spec: unnamed });
         assert_eq!(names(&state).len(), 1, "{:?}", names(&state));
+    }
+
+    #[test]
+    fn the_zone_digest_changes_with_any_name_or_address_and_only_then() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let zone = |pairs: &[(&str, &[&str])]| {
+            pairs
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.iter().map(|s| ip(s)).collect()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let base = digest(&zone(&[("web", &["10.0.1.1"]), ("db", &[])]));
+        assert_eq!(base, digest(&zone(&[("db", &[]), ("web", &["10.0.1.1"])])));
+        for other in [
+            zone(&[("web", &["10.0.1.2"]), ("db", &[])]),
+            zone(&[("web", &["10.0.1.1"])]),
+            zone(&[("web", &[]), ("db", &["10.0.1.1"])]),
+            zone(&[("web", &["10.0.1.1", "::1"]), ("db", &[])]),
+            zone(&[("weba", &["10.0.1.1"]), ("db", &[])]),
+        ] {
+            assert_ne!(base, digest(&other), "{other:?}");
+        }
     }
 }

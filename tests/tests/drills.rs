@@ -189,6 +189,12 @@ fn drill_slow_wan_still_commits_elects_and_fails_over() {
 }
 
 #[test]
+fn drill_asymmetric_cut_keeps_the_owner_serving_without_a_failed_probe() {
+    let r = passes("asymmetric-cut");
+    assert_eq!(expectation(&r, "max_failed_probes").measured, "0");
+}
+
+#[test]
 fn drill_rolling_maintenance_never_takes_the_service_down() {
     passes("rolling-maintenance");
 }

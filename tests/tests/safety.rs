@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use consensus::state::{InstanceState, ServiceSpec};
 use fabric_tests::{TestLab, eventually, whoami};
-use siteagent::api::{OperationResult, ServiceView};
+use siteagent::api::{OperationResult, ServiceView, Status};
 
 /// Three sites of one host each, every link through the emulator.
 fn lab_with_links() -> (TestLab, tempfile::TempDir) {
@@ -138,4 +138,140 @@ fn delete_and_re_create_across_a_partition_never_serves_from_two_sites() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The Raft leader's node and site, as `admin` sees them, with the term.
+fn leader_at(lab: &TestLab, admin: &str) -> anyhow::Result<Option<(u64, String, u64)>> {
+    let status: Status = lab.ctl_at(admin, &["status"])?;
+    let Some(leader) = status.leader else {
+        return Ok(None);
+    };
+    let site = lab
+        .procs()
+        .into_iter()
+        .find(|p| p.node == leader)
+        .map(|p| p.site);
+    Ok(site.map(|s| (leader, s, status.term)))
+}
+
+/// The DNS server of the agent in `site`.
+fn dns_of(lab: &TestLab, site: &str) -> String {
+    let p = lab
+        .procs()
+        .into_iter()
+        .find(|p| p.site == site && p.alive)
+        .expect("an agent in the site");
+    let ip = p.address.rsplit_once(':').expect("ip:port").0.to_string();
+    format!("{ip}:5300")
+}
+
+#[test]
+fn a_cut_between_the_leader_and_the_owner_site_keeps_the_service_served() {
+    let (lab, _topology) = lab_with_links();
+    let ctx = lab.context();
+    let _: OperationResult = fabric_tests::sitectl_json(&[
+        "--context",
+        &ctx,
+        "--output",
+        "json",
+        "lab",
+        "demo",
+        "--dir",
+        lab.dir_str(),
+    ])
+    .expect("lab demo");
+    let any_admin = admin_of(&lab, "s1");
+    eventually(Duration::from_secs(60), "web running", || {
+        running_at(&lab, &any_admin)
+    });
+    let (_, leader_site, _) = eventually(Duration::from_secs(30), "a leader", || {
+        leader_at(&lab, &any_admin)
+    });
+    // The owner must be another site than the leader's.
+    let (site, _, _) = running_at(&lab, &any_admin)
+        .expect("service list")
+        .expect("web running");
+    let owner = if site == leader_site {
+        let to = if leader_site == "s2" { "s3" } else { "s2" };
+        let _: OperationResult = lab
+            .ctl_at(&any_admin, &["switchover", "web", "--to", to])
+            .expect("switchover");
+        to.to_string()
+    } else {
+        site
+    };
+    let (_, endpoint, epoch) =
+        eventually(Duration::from_secs(60), "web serving in the owner", || {
+            let r = running_at(&lab, &any_admin)?.filter(|r| r.0 == owner);
+            if let Some(r) = &r {
+                whoami(&r.1)?;
+            }
+            Ok(r)
+        });
+    let witness = ["s1", "s2", "s3"]
+        .into_iter()
+        .find(|s| *s != owner && *s != leader_site)
+        .expect("a third site")
+        .to_string();
+    let witness_admin = admin_of(&lab, &witness);
+    let (leader, _, term) = leader_at(&lab, &witness_admin)
+        .expect("status")
+        .expect("a leader");
+    let owner_ip = endpoint
+        .rsplit_once(':')
+        .expect("ip:port")
+        .0
+        .trim_matches(['[', ']'])
+        .to_string();
+
+    link(&lab, "partition", &leader_site, &owner);
+    // Longer than the lease (5 s) plus margin, detection and a planner round several times over.
+    let cut = Instant::now();
+    let mut failed = Vec::new();
+    while cut.elapsed() < Duration::from_secs(20) {
+        match whoami(&endpoint) {
+            Ok(me) => {
+                assert_eq!(me.site, owner, "the service moved during the cut");
+                assert_eq!(me.epoch, epoch, "the service was restarted during the cut");
+            }
+            Err(e) => failed.push(format!("{:.1}s: {e}", cut.elapsed().as_secs_f64())),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        failed.is_empty(),
+        "the owner site went dark while it kept a majority path: {failed:?}\n{}",
+        lab.logs()
+    );
+    // Every site's DNS still answers with the owner's address.
+    for site in [&leader_site, &owner, &witness] {
+        let answer = fabric_tests::dig(&dns_of(&lab, site), "web.fabric.test.", "A");
+        assert_eq!(
+            answer.addresses(),
+            vec![owner_ip.clone()],
+            "DNS in {site} during the cut: {answer:?}"
+        );
+    }
+    // Leadership did not flap: the witness still follows the same leader in the same term.
+    let (leader_now, _, term_now) = leader_at(&lab, &witness_admin)
+        .expect("status")
+        .expect("a leader");
+    assert_eq!(
+        (leader_now, term_now),
+        (leader, term),
+        "leadership changed during a one-sided cut"
+    );
+
+    link(&lab, "heal", &leader_site, &owner);
+    std::thread::sleep(Duration::from_secs(3));
+    let me = whoami(&endpoint).expect("served after the heal");
+    assert_eq!((me.site.as_str(), me.epoch), (owner.as_str(), epoch));
+    // Nor when it healed: the cut-off voter did not campaign, so no higher term deposes the
+    // leader now (pre-vote).
+    let after_heal = leader_at(&lab, &witness_admin).expect("status");
+    assert_eq!(
+        after_heal.map(|(l, _, t)| (l, t)),
+        Some((leader, term)),
+        "an election followed the heal"
+    );
 }
