@@ -41,6 +41,7 @@ fn every_shipped_drill_parses() {
     assert_eq!(
         names,
         [
+            "asymmetric-cut",
             "flapping-link",
             "host-loss",
             "partition-minority",
