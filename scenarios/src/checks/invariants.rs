@@ -1,0 +1,431 @@
+//! The invariants a randomized (chaos) drill checks after every run, beyond the expectations of
+//! a scripted drill: one site serving at a time as seen by probing every instance address
+//! directly, epochs that only go up, every acknowledged write where the report says it is, the
+//! service served at the end, and no long outage without an event of the fabric explaining it.
+//!
+//! Invariant: pure functions over recorded samples, like the rest of [`super`]; each returns
+//! its evidence (the samples or windows that broke it), so a report can show why it failed.
+//!
+//! It does not decide which invariants a drill asks for ([`crate::scenario::Expect`] does) and
+//! does not probe anything: the runner's direct prober fills [`DirectSample`]s.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use siteagent::api::EventView;
+
+use super::{Served, split_brain};
+use crate::report::{ExpectationResult, OwnerChange, ProbeSample};
+use crate::scenario::Expect;
+
+/// A `GET /whoami` answered (HTTP 200) by an instance address probed directly, without DNS:
+/// every host's service address is asked once per round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectSample {
+    /// The probing round; all addresses of a round are asked at the same time.
+    pub round: u64,
+    /// When the request was sent and answered, drill seconds.
+    pub sent: f64,
+    pub answered: f64,
+    /// The address asked.
+    pub addr: String,
+    pub site: String,
+    pub host: u64,
+    pub epoch: u64,
+}
+
+impl DirectSample {
+    fn served(&self) -> Served {
+        Served {
+            sent: self.sent,
+            answered: self.answered,
+            site: self.site.clone(),
+            host: self.host,
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// Two sites' instances answered in one round of direct probes (both were serving at the
+/// moment the round was sent), or an instance answered with an older epoch after a newer one
+/// had answered. The first such case, described.
+pub fn instances_split(direct: &[DirectSample]) -> Option<String> {
+    let mut rounds: BTreeMap<u64, Vec<&DirectSample>> = BTreeMap::new();
+    for d in direct {
+        rounds.entry(d.round).or_default().push(d);
+    }
+    for answers in rounds.values() {
+        let sites: BTreeSet<&str> = answers.iter().map(|d| d.site.as_str()).collect();
+        if sites.len() > 1 {
+            let who: Vec<String> = answers
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{} = site {} host {} epoch {}",
+                        d.addr, d.site, d.host, d.epoch
+                    )
+                })
+                .collect();
+            return Some(format!(
+                "at {:.2} s one round of direct probes was answered by {} sites: {}",
+                answers[0].sent,
+                sites.len(),
+                who.join(", ")
+            ));
+        }
+    }
+    let served: Vec<Served> = direct.iter().map(DirectSample::served).collect();
+    split_brain(&served).map(|s| format!("direct probes: {s}"))
+}
+
+/// Every place an epoch went down: within one probe stream (a vantage's probes, or one directly
+/// probed address, in time order), in the owner record of the replicated state, and across all
+/// streams in time (an answer with an older epoch to a request sent after a newer epoch had
+/// answered anywhere).
+pub fn epoch_regressions(
+    probes: &[ProbeSample],
+    direct: &[DirectSample],
+    owners: &[OwnerChange],
+) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut streams: BTreeMap<String, Vec<(f64, u64, String)>> = BTreeMap::new();
+    for p in probes.iter().filter(|p| p.ok) {
+        if let (Some(epoch), Some(site)) = (p.epoch, &p.served_by) {
+            streams
+                .entry(format!("probes from {}", p.vantage))
+                .or_default()
+                .push((p.t, epoch, site.clone()));
+        }
+    }
+    for d in direct {
+        streams
+            .entry(format!("direct probes of {}", d.addr))
+            .or_default()
+            .push((d.sent, d.epoch, d.site.clone()));
+    }
+    for (stream, mut samples) in streams {
+        samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for w in samples.windows(2) {
+            let ((t0, e0, s0), (t1, e1, s1)) = (&w[0], &w[1]);
+            if e1 < e0 {
+                found.push(format!(
+                    "{stream}: epoch {e0} (site {s0}) at {t0:.2} s, then epoch {e1} (site {s1}) at {t1:.2} s"
+                ));
+                break;
+            }
+        }
+    }
+    let mut by_time: Vec<&OwnerChange> = owners.iter().collect();
+    by_time.sort_by(|a, b| a.t.total_cmp(&b.t));
+    if let Some(w) = by_time.windows(2).find(|w| w[1].epoch < w[0].epoch) {
+        found.push(format!(
+            "owner record: epoch {} at {:.2} s, then epoch {} at {:.2} s",
+            w[0].epoch, w[0].t, w[1].epoch, w[1].t
+        ));
+    }
+    let all: Vec<Served> = super::served(probes)
+        .into_iter()
+        .chain(direct.iter().map(DirectSample::served))
+        .collect();
+    if let Some(s) = split_brain(&all) {
+        found.push(format!("across all streams: {s}"));
+    }
+    found
+}
+
+/// Each vantage's last probe: `Ok` with who served it, or `Err` with why it failed (or that
+/// the vantage has no probe at all).
+pub fn served_at_end(
+    probes: &[ProbeSample],
+    vantages: &[String],
+) -> Vec<(String, Result<String, String>)> {
+    vantages
+        .iter()
+        .map(|v| {
+            let last = probes
+                .iter()
+                .filter(|p| &p.vantage == v && p.t.is_finite())
+                .max_by(|a, b| a.t.total_cmp(&b.t));
+            let verdict = match last {
+                None => Err("no probe".to_string()),
+                Some(p) if p.ok => Ok(format!(
+                    "served by site {} epoch {} at {:.2} s",
+                    p.served_by.as_deref().unwrap_or("?"),
+                    p.epoch.unwrap_or(0),
+                    p.t
+                )),
+                Some(p) => Err(format!(
+                    "failed at {:.2} s: {}",
+                    p.t,
+                    p.error.as_deref().unwrap_or("no answer")
+                )),
+            };
+            (v.clone(), verdict)
+        })
+        .collect()
+}
+
+/// A time when no vantage's probe succeeded: from the last answer before it to the first
+/// answer after it (drill seconds), with the fabric's events inside that window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outage {
+    pub from: f64,
+    pub to: f64,
+    /// The outage never ended before the drill did.
+    pub open: bool,
+    /// Messages of the fabric's events within `from..=to`.
+    pub events: Vec<String>,
+}
+
+impl Outage {
+    pub fn length(&self) -> f64 {
+        self.to - self.from
+    }
+}
+
+/// Every outage of the service as all vantages together saw it — a run of failed probes with
+/// no successful one in between, from any vantage, measured from the answer before it to the
+/// answer after it (a vantage failing alone makes only gaps as short as the probe spacing) —
+/// with the events of the log (placed on the
+/// drill clock by `started_unix_ms`) that fall inside it. A vantage that alone cannot reach the
+/// service (its own site is cut off) is not an outage of the service: another vantage still
+/// gets answers.
+pub fn outages(probes: &[ProbeSample], events: &[EventView], started_unix_ms: u64) -> Vec<Outage> {
+    let mut sorted: Vec<&ProbeSample> = probes.iter().filter(|p| p.t.is_finite()).collect();
+    sorted.sort_by(|a, b| a.t.total_cmp(&b.t));
+    let answered = |p: &ProbeSample| p.t + p.latency_ms.unwrap_or(0.0) / 1000.0;
+    let mut windows = Vec::new();
+    let mut last_ok: Option<f64> = None;
+    let mut run: Option<f64> = None;
+    for p in &sorted {
+        match (p.ok, run) {
+            (false, None) => run = Some(last_ok.unwrap_or(p.t)),
+            (true, Some(from)) => {
+                windows.push((from, answered(p), false));
+                run = None;
+                last_ok = Some(answered(p));
+            }
+            (true, None) => last_ok = Some(answered(p)),
+            (false, Some(_)) => {}
+        }
+    }
+    if let (Some(from), Some(last)) = (run, sorted.last()) {
+        windows.push((from, last.t, true));
+    }
+    windows
+        .into_iter()
+        .map(|(from, to, open)| {
+            let at = |e: &EventView| (e.at_ms as f64 - started_unix_ms as f64) / 1000.0;
+            Outage {
+                from,
+                to,
+                open,
+                events: events
+                    .iter()
+                    .filter(|e| (from..=to).contains(&at(e)))
+                    .map(|e| format!("{:.2} s {}: {}", at(e), e.actor, e.message))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// How the acknowledged writes are accounted for at the end.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteAccount {
+    /// Writes acknowledged, by the site whose instance acknowledged them.
+    pub acked_by_site: BTreeMap<String, u64>,
+    /// Acknowledged writes missing from the volume of the site that acknowledged them, as
+    /// `(sequence number, site)`.
+    pub misplaced: Vec<(u64, String)>,
+}
+
+/// Checks that every acknowledged write is in the volume of the site whose instance
+/// acknowledged it (volumes are shared by the hosts of a site and not replicated across
+/// sites, so that is where the report says each write is). `volumes` holds each site's
+/// records at the end; a site missing from it holds none.
+pub fn account_writes(
+    probes: &[ProbeSample],
+    volumes: &BTreeMap<String, BTreeSet<u64>>,
+) -> WriteAccount {
+    let mut account = WriteAccount::default();
+    let empty = BTreeSet::new();
+    for p in probes {
+        let (Some(seq), Some(site)) = (p.write_seq, &p.served_by) else {
+            continue;
+        };
+        *account.acked_by_site.entry(site.clone()).or_default() += 1;
+        if !volumes.get(site).unwrap_or(&empty).contains(&seq) {
+            account.misplaced.push((seq, site.clone()));
+        }
+    }
+    account
+}
+
+/// What the invariants are judged on (filled by the runner's measures).
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Rounds of direct probes, and answers they got.
+    pub direct_rounds: u64,
+    pub direct_answers: usize,
+    pub instances_split: Option<String>,
+    pub epoch_regressions: Vec<String>,
+    pub served_at_end: Vec<(String, Result<String, String>)>,
+    pub outages: Vec<Outage>,
+    /// Outages longer than this (seconds) need an event (the RTO bound).
+    pub outage_bound: f64,
+    /// `None` when the volumes were not read.
+    pub writes: Option<WriteAccount>,
+}
+
+/// The verdict of each invariant `expect` asks for.
+pub fn evaluate(expect: &Expect, o: &Observed) -> Vec<ExpectationResult> {
+    let mut out = Vec::new();
+    let result = |name: &str, expected: &str, pass: bool, measured: String, detail: String| {
+        ExpectationResult {
+            name: name.into(),
+            expected: expected.into(),
+            measured,
+            pass,
+            detail,
+        }
+    };
+    if expect.instances_one_site {
+        let pass = o.instances_split.is_none() && o.direct_answers > 0;
+        out.push(result(
+            "instances_one_site",
+            "probing every instance address directly, never two sites answering at once",
+            pass,
+            format!("{} answers in {} rounds", o.direct_answers, o.direct_rounds),
+            match (&o.instances_split, o.direct_answers) {
+                (Some(s), _) => s.clone(),
+                (None, 0) => "no instance ever answered a direct probe".into(),
+                (None, _) => String::new(),
+            },
+        ));
+    }
+    if expect.epochs_only_go_up {
+        out.push(result(
+            "epochs_only_go_up",
+            "per probe stream, in the owner record and across streams in time",
+            o.epoch_regressions.is_empty(),
+            format!("{} regressions", o.epoch_regressions.len()),
+            o.epoch_regressions.join("; "),
+        ));
+    }
+    if expect.served_at_end {
+        let failed: Vec<String> = o
+            .served_at_end
+            .iter()
+            .filter_map(|(v, r)| r.as_ref().err().map(|e| format!("{v}: {e}")))
+            .collect();
+        let all: Vec<String> = o
+            .served_at_end
+            .iter()
+            .map(|(v, r)| match r {
+                Ok(s) => format!("{v}: {s}"),
+                Err(e) => format!("{v}: {e}"),
+            })
+            .collect();
+        out.push(result(
+            "served_at_end",
+            "every vantage's last probe served",
+            failed.is_empty() && !o.served_at_end.is_empty(),
+            format!(
+                "{} of {} vantages served",
+                o.served_at_end.len() - failed.len(),
+                o.served_at_end.len()
+            ),
+            all.join("; "),
+        ));
+    }
+    if expect.outages_explained {
+        let long: Vec<&Outage> = o
+            .outages
+            .iter()
+            .filter(|w| w.length() > o.outage_bound)
+            .collect();
+        let unexplained: Vec<String> = long
+            .iter()
+            .filter(|w| w.events.is_empty())
+            .map(|w| {
+                format!(
+                    "{:.2}–{:.2} s ({:.2} s{}) with no event",
+                    w.from,
+                    w.to,
+                    w.length(),
+                    if w.open { ", never ended" } else { "" }
+                )
+            })
+            .collect();
+        let explained: Vec<String> = long
+            .iter()
+            .filter(|w| !w.events.is_empty())
+            .map(|w| {
+                format!(
+                    "{:.2}–{:.2} s explained by {}",
+                    w.from,
+                    w.to,
+                    w.events.join(" | ")
+                )
+            })
+            .collect();
+        out.push(result(
+            "outages_explained",
+            &format!(
+                "every outage over {:.2} s has an event of the fabric",
+                o.outage_bound
+            ),
+            unexplained.is_empty(),
+            format!(
+                "{} over the bound (longest {:.2} s), {} unexplained",
+                long.len(),
+                o.outages.iter().map(Outage::length).fold(0.0, f64::max),
+                unexplained.len()
+            ),
+            unexplained
+                .into_iter()
+                .chain(explained)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
+    }
+    if expect.writes_where_acked {
+        out.push(match &o.writes {
+            Some(w) => {
+                let by_site: Vec<String> = w
+                    .acked_by_site
+                    .iter()
+                    .map(|(s, n)| format!("{n} acknowledged by {s}"))
+                    .collect();
+                let missing: Vec<String> = w
+                    .misplaced
+                    .iter()
+                    .take(10)
+                    .map(|(seq, site)| format!("write {seq} (acknowledged by {site})"))
+                    .collect();
+                result(
+                    "writes_where_acked",
+                    "every acknowledged write is on the volume of the site that acknowledged it",
+                    w.misplaced.is_empty(),
+                    format!("{} missing", w.misplaced.len()),
+                    if missing.is_empty() {
+                        by_site.join(", ")
+                    } else {
+                        format!("missing: {}", missing.join(", "))
+                    },
+                )
+            }
+            None => result(
+                "writes_where_acked",
+                "every acknowledged write is on the volume of the site that acknowledged it",
+                false,
+                "unknown".into(),
+                "the volumes could not be read".into(),
+            ),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
