@@ -339,5 +339,8 @@ action = "heal_all"
         "[[step]]\naction = \"partition_one_way\"\nsite = \"s1\"\n\n[expect]",
     );
     let err = parse(&one_end).expect_err("refused").to_string();
-    assert!(err.contains("step.peer: PartitionOneWay needs `peer`"), "{err}");
+    assert!(
+        err.contains("step.peer: PartitionOneWay needs `peer`"),
+        "{err}"
+    );
 }
