@@ -32,8 +32,10 @@ pub struct ChaosOptions {
     pub topology: Topology,
 }
 
-/// The longest hold of a fault when no `--duration` is given.
-pub const DEFAULT_SLOT: Duration = Duration::from_secs(10);
+/// The longest hold of a fault when no `--duration` is given: longer than the lab's RTO bound
+/// (11.25 s), so some faults last long enough to need a move and an outage can be long enough
+/// for the "every long outage is explained" check to mean something.
+pub const DEFAULT_SLOT: Duration = Duration::from_secs(15);
 
 /// The name of the probed service.
 pub const SERVICE: &str = "web";

@@ -32,7 +32,7 @@ pub struct ChaosArgs {
     /// How many faults to draw.
     #[arg(long, default_value_t = 5)]
     pub faults: u32,
-    /// Time to spread the faults over: each is held up to duration / faults (default 10 s per
+    /// Time to spread the faults over: each is held up to duration / faults (default 15 s per
     /// fault); recovery waits come on top.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
