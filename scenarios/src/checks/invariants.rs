@@ -172,7 +172,7 @@ pub struct Outage {
     pub to: f64,
     /// The outage never ended before the drill did.
     pub open: bool,
-    /// Messages of the fabric's events within `from..=to`.
+    /// The fabric's events within `from..=to` that explain it.
     pub events: Vec<String>,
 }
 
@@ -182,14 +182,28 @@ impl Outage {
     }
 }
 
+/// Whether an event of the fabric's log explains an outage of `service`: a decision of the
+/// leader's planner (a verdict on a host or site, a revocation, a placement) or anything said
+/// about the service itself (an instance fenced when its lease expired, started, stopped). One
+/// observer's view of a peer (`node 4 sees node 1 down`) is not: a cut link makes those while
+/// the fabric decides nothing. (Events are free text in the admin API, hence the text match.)
+pub fn explains(e: &EventView, service: &str) -> bool {
+    e.actor.starts_with("planner") || e.message.contains(&format!("service {service}"))
+}
+
 /// Every outage of the service as all vantages together saw it — a run of failed probes with
 /// no successful one in between, from any vantage, measured from the answer before it to the
 /// answer after it (a vantage failing alone makes only gaps as short as the probe spacing) —
-/// with the events of the log (placed on the
-/// drill clock by `started_unix_ms`) that fall inside it. A vantage that alone cannot reach the
+/// with the events of the log that explain it ([`explains`]; placed on the drill clock by
+/// `started_unix_ms`) that fall inside it. A vantage that alone cannot reach the
 /// service (its own site is cut off) is not an outage of the service: another vantage still
 /// gets answers.
-pub fn outages(probes: &[ProbeSample], events: &[EventView], started_unix_ms: u64) -> Vec<Outage> {
+pub fn outages(
+    probes: &[ProbeSample],
+    events: &[EventView],
+    started_unix_ms: u64,
+    service: &str,
+) -> Vec<Outage> {
     let mut sorted: Vec<&ProbeSample> = probes.iter().filter(|p| p.t.is_finite()).collect();
     sorted.sort_by(|a, b| a.t.total_cmp(&b.t));
     let answered = |p: &ProbeSample| p.t + p.latency_ms.unwrap_or(0.0) / 1000.0;
@@ -221,7 +235,7 @@ pub fn outages(probes: &[ProbeSample], events: &[EventView], started_unix_ms: u6
                 open,
                 events: events
                     .iter()
-                    .filter(|e| (from..=to).contains(&at(e)))
+                    .filter(|e| (from..=to).contains(&at(e)) && explains(e, service))
                     .map(|e| format!("{:.2} s {}: {}", at(e), e.actor, e.message))
                     .collect(),
             }

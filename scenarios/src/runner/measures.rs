@@ -101,7 +101,12 @@ pub fn measures(
             instances_split: invariants::instances_split(&rec.direct),
             epoch_regressions: invariants::epoch_regressions(&rec.probes, &rec.direct, &rec.owners),
             served_at_end: invariants::served_at_end(&rec.probes, &scenario.vantages()),
-            outages: invariants::outages(&rec.probes, &end.events, end.started_unix_ms),
+            outages: invariants::outages(
+                &rec.probes,
+                &end.events,
+                end.started_unix_ms,
+                &scenario.service().name,
+            ),
             outage_bound: rto_bound(timing, scenario),
             writes: end
                 .volumes

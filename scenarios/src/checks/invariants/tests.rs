@@ -26,11 +26,11 @@ fn probe(t: f64, vantage: &str, served: Option<(&str, u64)>) -> ProbeSample {
     }
 }
 
-fn event(at_s: f64, message: &str) -> EventView {
+fn event(at_s: f64, actor: &str, message: &str) -> EventView {
     EventView {
         revision: 1,
         at_ms: 1_000_000 + (at_s * 1000.0) as u64,
-        actor: "node 1".into(),
+        actor: actor.into(),
         message: message.into(),
     }
 }
@@ -189,7 +189,7 @@ fn outage_until(end: f64) -> Vec<ProbeSample> {
 
 #[test]
 fn outages_are_times_when_no_vantage_was_served() {
-    let found = outages(&outage_until(20.0), &[], 1_000_000);
+    let found = outages(&outage_until(20.0), &[], 1_000_000, "web");
     // s2 failing alone at 1 s is only the gap between two of s1's answers.
     assert_eq!(found.len(), 2, "{found:?}");
     assert!((found[0].length() - 2.0).abs() < 1e-9, "{found:?}");
@@ -209,24 +209,32 @@ fn an_unexplained_long_outage_fails_and_an_explained_one_passes() {
     };
     let judge = |events: &[EventView]| {
         let o = Observed {
-            outages: outages(&outage_until(20.0), events, 1_000_000),
+            outages: outages(&outage_until(20.0), events, 1_000_000, "web"),
             outage_bound: 11.25,
             ..Observed::default()
         };
         evaluate(&expect, &o).remove(0)
     };
-    let silent = judge(&[event(1.0, "site s3 is down"), event(25.0, "note")]);
+    // Before and after the outage, and one observer's view of a peer inside it: silent.
+    let silent = judge(&[
+        event(1.0, "planner (node 1)", "site s3 is down"),
+        event(6.0, "node 4", "node 4 sees node 1 down"),
+        event(25.0, "planner (node 1)", "host 2 is up"),
+    ]);
     assert!(!silent.pass, "{silent:?}");
     assert!(silent.detail.contains("with no event"), "{silent:?}");
-    let explained = judge(&[event(5.5, "site s1 is down")]);
-    assert!(explained.pass, "{explained:?}");
-    assert!(
-        explained.detail.contains("site s1 is down"),
-        "{explained:?}"
-    );
+    let verdict = judge(&[event(5.5, "planner (node 2)", "site s1 is down")]);
+    assert!(verdict.pass, "{verdict:?}");
+    assert!(verdict.detail.contains("site s1 is down"), "{verdict:?}");
+    let fenced = judge(&[event(
+        9.0,
+        "node 1",
+        "service web on host 1 exited (lease expired)",
+    )]);
+    assert!(fenced.pass, "{fenced:?}");
     // A short outage needs no event.
     let o = Observed {
-        outages: outages(&outage_until(8.0), &[], 1_000_000),
+        outages: outages(&outage_until(8.0), &[], 1_000_000, "web"),
         outage_bound: 11.25,
         ..Observed::default()
     };
@@ -237,7 +245,7 @@ fn an_unexplained_long_outage_fails_and_an_explained_one_passes() {
 fn an_outage_that_never_ends_is_open_and_needs_an_event() {
     let mut probes = outage_until(20.0);
     probes.pop();
-    let found = outages(&probes, &[], 1_000_000);
+    let found = outages(&probes, &[], 1_000_000, "web");
     assert!(found[1].open, "{found:?}");
 }
 
