@@ -1,4 +1,5 @@
 use super::*;
+use crate::scenario::Expect;
 
 fn direct(round: u64, t: f64, addr: &str, site: &str, epoch: u64) -> DirectSample {
     DirectSample {
