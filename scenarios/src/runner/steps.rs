@@ -23,6 +23,9 @@ use crate::probe;
 use crate::report::{MarkerKind, ProbeSample};
 use crate::scenario::{Action, Until};
 
+/// How long `kill_leader` waits for some agent to name the Raft leader.
+const LEADER_WAIT: Duration = Duration::from_secs(15);
+
 impl Drill<'_> {
     fn impair(&self, site: &str, on: bool) {
         let mut set = lock(&self.impaired);
@@ -234,12 +237,25 @@ impl Drill<'_> {
                 self.mark(MarkerKind::Note, format!("{until} holds"));
             }
             Action::KillLeader => {
-                let status: Status = self
-                    .healthy_client()
-                    .get("/v1/status")
-                    .await
-                    .context("asking for the Raft leader")?;
-                let leader = status.leader.context("the fabric has no Raft leader")?;
+                // Right after a heal the agent asked may not know the leader yet (it was just
+                // restarted, or an election is on): ask again until one is known.
+                let known = poll_until(LEADER_WAIT, POLL, "a Raft leader", || async {
+                    match self.healthy_client().get::<Status>("/v1/status").await {
+                        Ok(Status {
+                            leader: Some(id), ..
+                        }) => Check::Ready(id),
+                        Ok(s) => Check::NotYet(format!("node {} knows no leader", s.node)),
+                        Err(e) => Check::NotYet(format!("{e:#}")),
+                    }
+                });
+                let leader = match self.cancellable(known).await? {
+                    Ok(id) => id,
+                    Err(e) => bail!(
+                        "no Raft leader known within {}: {}",
+                        humantime::format_duration(LEADER_WAIT),
+                        e.into_last()
+                    ),
+                };
                 let a = self.lab.agent(leader)?;
                 let pid = self
                     .lab
