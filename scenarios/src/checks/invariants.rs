@@ -80,6 +80,19 @@ pub fn instances_split(direct: &[DirectSample]) -> Option<String> {
     split_brain(&served).map(|s| format!("direct probes: {s}"))
 }
 
+/// Rounds of direct probes answered by more than one instance address (of one site, when
+/// [`instances_split`] found nothing).
+pub fn double_rounds(direct: &[DirectSample]) -> usize {
+    let mut per_round: BTreeMap<u64, BTreeSet<&str>> = BTreeMap::new();
+    for d in direct {
+        per_round
+            .entry(d.round)
+            .or_default()
+            .insert(d.addr.as_str());
+    }
+    per_round.values().filter(|a| a.len() > 1).count()
+}
+
 /// Every place an epoch went down: within one probe stream (a vantage's probes, or one directly
 /// probed address, in time order), in the owner record of the replicated state, and across all
 /// streams in time (an answer with an older epoch to a request sent after a newer epoch had

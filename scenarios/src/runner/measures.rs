@@ -98,6 +98,7 @@ pub fn measures(
         invariants: Observed {
             direct_rounds: rec.direct_rounds,
             direct_answers: rec.direct.len(),
+            same_site_doubles: invariants::double_rounds(&rec.direct),
             instances_split: invariants::instances_split(&rec.direct),
             epoch_regressions: invariants::epoch_regressions(&rec.probes, &rec.direct, &rec.owners),
             served_at_end: invariants::served_at_end(&rec.probes, &scenario.vantages()),

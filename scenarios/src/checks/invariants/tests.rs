@@ -53,6 +53,15 @@ fn clean_handover() -> Vec<DirectSample> {
 #[test]
 fn a_clean_handover_seen_directly_is_one_site_at_a_time() {
     assert_eq!(instances_split(&clean_handover()), None);
+    assert_eq!(double_rounds(&clean_handover()), 0);
+}
+
+#[test]
+fn two_instances_of_one_site_in_a_round_are_counted_not_failed() {
+    let mut doubled = clean_handover();
+    doubled.push(direct(3, 0.75, "127.10.1.2:8080", "s1", 1));
+    assert_eq!(instances_split(&doubled), None);
+    assert_eq!(double_rounds(&doubled), 1);
 }
 
 #[test]

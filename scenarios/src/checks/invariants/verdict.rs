@@ -16,6 +16,9 @@ pub struct Observed {
     /// Rounds of direct probes, and answers they got.
     pub direct_rounds: u64,
     pub direct_answers: usize,
+    /// Rounds answered by more than one instance of the same site (not a split brain between
+    /// sites, but two instances of one site at once; shown, not failed).
+    pub same_site_doubles: usize,
     pub instances_split: Option<String>,
     pub epoch_regressions: Vec<String>,
     pub served_at_end: Vec<(String, Result<String, String>)>,
@@ -44,7 +47,10 @@ pub fn evaluate(expect: &Expect, o: &Observed) -> Vec<ExpectationResult> {
             "instances_one_site",
             "probing every instance address directly, never two sites answering at once",
             pass,
-            format!("{} answers in {} rounds", o.direct_answers, o.direct_rounds),
+            format!(
+                "{} answers in {} rounds, {} rounds with two instances of one site",
+                o.direct_answers, o.direct_rounds, o.same_site_doubles
+            ),
             match (&o.instances_split, o.direct_answers) {
                 (Some(s), _) => s.clone(),
                 (None, 0) => "no instance ever answered a direct probe".into(),
