@@ -36,7 +36,7 @@ pub struct ChaosArgs {
     /// fault); recovery waits come on top.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// A topology file (a drill scenario or a bare [topology] table); default 3 sites × 2
+    /// A topology file (a drill scenario or a bare `[topology]` table); default 3 sites × 2
     /// hosts with every link through the emulator.
     #[arg(long)]
     pub topology: Option<PathBuf>,
