@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 use crate::report::{ExpectationResult, ProbeSample};
 use crate::scenario::Expect;
 
+pub mod invariants;
+
 /// A probe answer as the checks need it: when the request was sent and answered (seconds since
 /// the drill started) and who served it.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +121,8 @@ pub struct Measured {
     pub owner_changes: u64,
     /// Steps that did not complete (e.g. a `wait_until` that timed out).
     pub step_failures: Vec<String>,
+    /// What the chaos invariants are judged on.
+    pub invariants: invariants::Observed,
 }
 
 /// Checks each expectation.
@@ -244,6 +248,7 @@ pub fn evaluate(expect: &Expect, m: &Measured) -> Vec<ExpectationResult> {
             },
         });
     }
+    out.extend(invariants::evaluate(expect, &m.invariants));
     for f in &m.step_failures {
         out.push(ExpectationResult {
             name: "timeline".into(),

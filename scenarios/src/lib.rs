@@ -9,6 +9,7 @@
 //! - [`scenario`]: the drill file format; [`runner`]: runs a drill; [`probe`]: the client probes;
 //!   [`checks`]: split brain, RTO, RPO and expectations; [`report`], [`svg`]: the report, and
 //!   [`archive`]: its files (`report.json`, `timeline.svg`);
+//! - [`chaos`]: seeded random fault schedules played as drills, with the chaos invariants;
 //! - [`poll`]: waiting for a condition until a time limit (the lab's and the runner's waits).
 //!
 //! Invariant: a drill observes and injects faults only from outside the agents — signals to
@@ -16,6 +17,7 @@
 //! a report is plain data: the table and the SVG are derived from the `Report` value alone.
 
 pub mod archive;
+pub mod chaos;
 pub mod checks;
 pub mod client;
 pub mod context;

@@ -10,7 +10,7 @@
 //!
 //! It injects faults only from outside the agents: signals, the link emulator, the admin API.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -21,6 +21,7 @@ use consensus::state::InstanceState;
 use siteagent::api::{EventView, OperationResult, ServiceView};
 use tokio_util::sync::CancellationToken;
 
+use crate::checks::invariants::DirectSample;
 use crate::client::Client;
 use crate::lab::{Lab, LabTiming, UpOptions};
 use crate::poll::{Check, PollError, poll_until};
@@ -263,6 +264,9 @@ impl Drill<'_> {
             tasks.spawn(self.prober(vantage, stop.clone()));
         }
         tasks.spawn(self.owner_watch(stop.clone()));
+        if self.scenario.probes.direct {
+            tasks.spawn(self.instance_watch(stop.clone()));
+        }
         self.mark(MarkerKind::Note, "probes running".into());
 
         let outcome = if self.opts.test_failover {
@@ -340,6 +344,42 @@ impl Drill<'_> {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(300)) => {}
                 }
+            }
+        }
+    }
+
+    /// Every `probes.interval`, asks every agent's service address directly for `/whoami`
+    /// (no DNS, no emulator): one round, recorded with the answers it got.
+    fn instance_watch(&self, stop: CancellationToken) -> impl Future<Output = ()> + 'static {
+        let (rec, t0) = (self.rec.clone(), self.t0);
+        let port = self.scenario.service().port;
+        let interval = self.scenario.probes.interval;
+        let addrs: Vec<SocketAddr> = self
+            .lab
+            .file
+            .agents
+            .iter()
+            .map(|a| SocketAddr::new(a.wan.ip(), port))
+            .collect();
+        async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut round = 0;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                round += 1;
+                let mut asks = tokio::task::JoinSet::new();
+                for addr in addrs.clone() {
+                    asks.spawn(direct_probe(addr, round, t0));
+                }
+                let mut answers = Vec::new();
+                while let Some(answer) = asks.join_next().await {
+                    answers.extend(answer.ok().flatten());
+                }
+                lock(&rec).direct_round(answers);
             }
         }
     }
@@ -443,13 +483,44 @@ impl Drill<'_> {
         } else {
             Vec::new()
         };
+        let volumes = self
+            .scenario
+            .expect
+            .writes_where_acked
+            .then(|| self.volumes());
         EndState {
+            volumes,
             started_unix_ms,
             final_owner: current.and_then(|s| s.owner.clone()),
             held,
             dns_final,
             events,
         }
+    }
+
+    /// The records on each host site's volume (`<lab>/volumes/<site>/<service>/records.log`,
+    /// the file the demo service appends to and syncs before it acknowledges a write).
+    fn volumes(&self) -> BTreeMap<String, BTreeSet<u64>> {
+        let name = &self.scenario.service().name;
+        self.scenario
+            .host_sites()
+            .into_iter()
+            .map(|site| {
+                let path = self
+                    .lab
+                    .dir
+                    .join("volumes")
+                    .join(&site)
+                    .join(name)
+                    .join("records.log");
+                let seqs = std::fs::read_to_string(path)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect();
+                (site, seqs)
+            })
+            .collect()
     }
 
     /// Every live DNS server's final answer, as the site it points at.
@@ -529,6 +600,30 @@ fn healthy_client(lab: &Lab, client: &Client, impaired: &Mutex<BTreeSet<String>>
         .map(|a| a.admin)
         .collect();
     client.with_endpoints(endpoints)
+}
+
+/// How long a direct probe of one instance address may take.
+const DIRECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// `GET /whoami` at `addr`: the answer when an instance served it (HTTP 200).
+async fn direct_probe(addr: SocketAddr, round: u64, t0: Instant) -> Option<DirectSample> {
+    let sent = t0.elapsed().as_secs_f64();
+    let (200, body) = probe::http(addr, "GET", "/whoami", DIRECT_TIMEOUT)
+        .await
+        .ok()?
+    else {
+        return None;
+    };
+    let me: probe::Whoami = serde_json::from_str(&body).ok()?;
+    Some(DirectSample {
+        round,
+        sent,
+        answered: t0.elapsed().as_secs_f64(),
+        addr: addr.to_string(),
+        site: me.site,
+        host: me.host,
+        epoch: me.epoch,
+    })
 }
 
 /// What a prober task needs, owned.

@@ -220,6 +220,10 @@ pub struct Probes {
     /// client with retries: only an outage longer than this fails a probe.
     #[serde(with = "humantime_serde", default = "default_probe_timeout")]
     pub timeout: Duration,
+    /// Also ask every host's service address directly (`GET /whoami`, no DNS) every
+    /// `interval`, to catch any instance serving that DNS no longer points at.
+    #[serde(default)]
+    pub direct: bool,
 }
 
 fn default_interval() -> Duration {
@@ -241,6 +245,7 @@ impl Default for Probes {
             from: Vec::new(),
             writes: true,
             timeout: default_probe_timeout(),
+            direct: false,
         }
     }
 }
@@ -271,6 +276,23 @@ pub struct Expect {
     /// Most changes of the owning site (e.g. 0: a flapping link must not move the service).
     #[serde(default)]
     pub max_owner_changes: Option<u64>,
+    /// Probing every instance address directly (needs `probes.direct`), never two sites
+    /// answering at once, nor an older epoch after a newer one.
+    #[serde(default)]
+    pub instances_one_site: bool,
+    /// Epochs only go up: per probe stream, in the owner record, and across streams in time.
+    #[serde(default)]
+    pub epochs_only_go_up: bool,
+    /// Every vantage's last probe was served.
+    #[serde(default)]
+    pub served_at_end: bool,
+    /// Every outage (no vantage served) longer than the RTO bound has an event of the fabric's
+    /// log within it.
+    #[serde(default)]
+    pub outages_explained: bool,
+    /// Every acknowledged write is on the volume of the site whose instance acknowledged it.
+    #[serde(default)]
+    pub writes_where_acked: bool,
 }
 
 impl Default for Expect {
@@ -283,6 +305,11 @@ impl Default for Expect {
             dns_answers: None,
             max_failed_probes: None,
             max_owner_changes: None,
+            instances_one_site: false,
+            epochs_only_go_up: false,
+            served_at_end: false,
+            outages_explained: false,
+            writes_where_acked: false,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! stderr saying what failed and a non-zero exit code.
 
 pub mod bench;
+pub mod chaoscmd;
 pub mod labcmd;
 pub mod ops;
 pub mod output;

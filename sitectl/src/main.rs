@@ -192,6 +192,11 @@ enum DrillCmd {
         #[arg(long)]
         lab_dir: Option<PathBuf>,
     },
+    /// A randomized nemesis: a seeded schedule of faults (kill/restart hosts and sites,
+    /// freeze, partitions both ways and one way, degraded links, the Raft leader killed,
+    /// switchovers and drains in flight) played on a fresh lab, then the chaos invariants
+    /// checked. The same --seed and --faults replay the same schedule.
+    Chaos(sitectl::chaoscmd::ChaosArgs),
     /// Check a scenario file without running it.
     Check { file: PathBuf },
     /// Show a stored report again (the summary, or the JSON with -o json); --svg redraws its
@@ -378,6 +383,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Lab(cmd) => sitectl::labcmd::lab_command(cmd, out).await?,
+        Cmd::Drill(DrillCmd::Chaos(args)) => sitectl::chaoscmd::chaos(args, out).await?,
         Cmd::Drill(DrillCmd::Check { file }) => {
             let s = scenarios::scenario::Scenario::load(&file)?;
             out!(

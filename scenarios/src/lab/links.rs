@@ -324,8 +324,18 @@ impl Lab {
 
     /// Cuts (`on`) or heals the link between `a` and `b`, both directions.
     pub async fn partition(&self, a: &str, b: &str, on: bool) -> anyhow::Result<()> {
+        self.partition_direction(a, b, Direction::Both, on).await
+    }
+
+    /// Cuts (`on`) or heals the selected direction(s) of the link between `a` and `b`.
+    pub async fn partition_direction(
+        &self,
+        a: &str,
+        b: &str,
+        direction: Direction,
+        on: bool,
+    ) -> anyhow::Result<()> {
         let (a, b) = (a.to_string(), b.to_string());
-        let direction = Direction::Both;
         self.emu(if on {
             Request::Partition { a, b, direction }
         } else {
@@ -359,5 +369,28 @@ impl Lab {
             params,
         })
         .await
+    }
+
+    /// Gives every link back the impairment its topology declared, unpartitioned in both
+    /// directions.
+    pub async fn restore_links(&self) -> anyhow::Result<()> {
+        for l in &self.file.links {
+            let params = ParamsSpec {
+                delay_ms: l.delay.as_secs_f64() * 1e3,
+                jitter_ms: l.jitter.as_secs_f64() * 1e3,
+                loss: l.loss,
+                rate_bps: l.rate_bps,
+                partitioned: Some(false),
+            };
+            self.emu(Request::Set {
+                a: l.a.clone(),
+                b: l.b.clone(),
+                direction: Direction::Both,
+                params,
+            })
+            .await
+            .with_context(|| format!("restoring link {}-{}", l.a, l.b))?;
+        }
+        Ok(())
     }
 }

@@ -6,11 +6,12 @@
 //!
 //! It does not observe anything: the runner fetches the end state ([`EndState`]) first.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use siteagent::api::EventView;
 
 use super::Recording;
+use crate::checks::invariants::{self, Observed};
 use crate::checks::{self, Measured};
 use crate::lab::LabTiming;
 use crate::report::{ExpectationResult, MarkerKind, Measure};
@@ -28,6 +29,8 @@ pub struct EndState {
     pub dns_final: Vec<(String, Option<String>)>,
     /// The fabric's event log.
     pub events: Vec<EventView>,
+    /// Records on each site's volume at the end, when the drill checks where writes are.
+    pub volumes: Option<BTreeMap<String, BTreeSet<u64>>>,
 }
 
 /// The measured part of a report.
@@ -45,6 +48,13 @@ pub fn detection(events: &[EventView], started_unix_ms: u64, fault: Option<f64>)
         .iter()
         .find(|e| e.at_ms >= fault_ms && e.message.contains(" is down"))
         .map(|e| (e.at_ms - fault_ms) as f64 / 1000.0)
+}
+
+/// The RTO bound, seconds: failover bound + probe interval + 2 × election timeout (a leader
+/// lost with the fault is replaced first).
+pub fn rto_bound(timing: &LabTiming, scenario: &Scenario) -> f64 {
+    (timing.failover_bound() + scenario.probes.interval + timing.election_timeout_max * 2)
+        .as_secs_f64()
 }
 
 /// The measures and expectations of a drill; with `test_failover` the expectation is that
@@ -85,6 +95,25 @@ pub fn measures(
             .filter(|w| w[0].site != w[1].site)
             .count() as u64,
         step_failures: rec.step_failures.clone(),
+        invariants: Observed {
+            direct_rounds: rec.direct_rounds,
+            direct_answers: rec.direct.len(),
+            same_site_doubles: invariants::double_rounds(&rec.direct),
+            instances_split: invariants::instances_split(&rec.direct),
+            epoch_regressions: invariants::epoch_regressions(&rec.probes, &rec.direct, &rec.owners),
+            served_at_end: invariants::served_at_end(&rec.probes, &scenario.vantages()),
+            outages: invariants::outages(
+                &rec.probes,
+                &end.events,
+                end.started_unix_ms,
+                &scenario.service().name,
+            ),
+            outage_bound: rto_bound(timing, scenario),
+            writes: end
+                .volumes
+                .as_ref()
+                .map(|v| invariants::account_writes(&rec.probes, v)),
+        },
     };
     // A test failover changes nothing in production: what must hold is that production
     // clients saw no failure and no split brain (the test instance answering is a step).
@@ -103,10 +132,7 @@ pub fn measures(
             name: "rto".into(),
             value: rto,
             unit: "s".into(),
-            bound: Some(
-                (timing.failover_bound() + scenario.probes.interval + timing.election_timeout_max * 2)
-                    .as_secs_f64(),
-            ),
+            bound: Some(rto_bound(timing, scenario)),
             how: "the fault that caused the outage (or the operation) to the first successful probe served by another instance; bound = heartbeat × threshold + lease + margin + DNS TTL + probe interval + 2 × election timeout (a leader lost with the fault is replaced first)".into(),
         },
         Measure {

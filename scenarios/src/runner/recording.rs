@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::checks::invariants::DirectSample;
 use crate::probe;
 use crate::report::{DnsChange, Marker, MarkerKind, OwnerChange, ProbeSample};
 
@@ -22,6 +23,10 @@ pub struct Recording {
     /// Sequence numbers of writes the service acknowledged.
     pub acked: BTreeSet<u64>,
     pub step_failures: Vec<String>,
+    /// Answers to direct probes of every instance address (`probes.direct`).
+    pub direct: Vec<DirectSample>,
+    /// Rounds of direct probes sent.
+    pub direct_rounds: u64,
     /// Last DNS answer per vantage, to record only changes.
     last_dns: BTreeMap<String, Vec<String>>,
     /// The last write sequence number handed out.
@@ -68,6 +73,12 @@ impl Recording {
             latency_ms: Some(out.latency.as_secs_f64() * 1000.0),
             error,
         });
+    }
+
+    /// One round of direct probes: the answers it got.
+    pub fn direct_round(&mut self, answers: impl IntoIterator<Item = DirectSample>) {
+        self.direct_rounds += 1;
+        self.direct.extend(answers);
     }
 
     /// The owner and epoch seen at `t`; recorded only when they changed.

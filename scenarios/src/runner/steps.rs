@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use consensus::state::Health;
+use emu::table::Direction;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use siteagent::api::{OperationRequest, OperationResult, ServiceView, SiteView};
+use siteagent::api::{OperationRequest, OperationResult, ServiceView, SiteView, Status};
 use tokio::time::Instant;
 
 use super::{Drill, POLL, lock, say};
@@ -21,6 +22,9 @@ use crate::poll::{Check, poll_until};
 use crate::probe;
 use crate::report::{MarkerKind, ProbeSample};
 use crate::scenario::{Action, Until};
+
+/// How long `kill_leader` waits for some agent to name the Raft leader.
+const LEADER_WAIT: Duration = Duration::from_secs(15);
 
 impl Drill<'_> {
     fn impair(&self, site: &str, on: bool) {
@@ -232,8 +236,108 @@ impl Drill<'_> {
                 }
                 self.mark(MarkerKind::Note, format!("{until} holds"));
             }
+            Action::KillLeader => {
+                // Right after a heal the agent asked may not know the leader yet (it was just
+                // restarted, or an election is on): ask again until one is known.
+                let known = poll_until(LEADER_WAIT, POLL, "a Raft leader", || async {
+                    match self.healthy_client().get::<Status>("/v1/status").await {
+                        Ok(Status {
+                            leader: Some(id), ..
+                        }) => Check::Ready(id),
+                        Ok(s) => Check::NotYet(format!("node {} knows no leader", s.node)),
+                        Err(e) => Check::NotYet(format!("{e:#}")),
+                    }
+                });
+                let leader = match self.cancellable(known).await? {
+                    Ok(id) => id,
+                    Err(e) => bail!(
+                        "no Raft leader known within {}: {}",
+                        humantime::format_duration(LEADER_WAIT),
+                        e.into_last()
+                    ),
+                };
+                let a = self.lab.agent(leader)?;
+                let pid = self
+                    .lab
+                    .live_pid(a)
+                    .with_context(|| format!("leader {leader} is not running"))?;
+                self.mark(
+                    MarkerKind::Fault,
+                    format!("kill -9 the Raft leader: node {leader} ({})", a.site),
+                );
+                kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+            }
+            Action::HealAll => self.heal_all().await?,
+            Action::PartitionOneWay { from, to } => {
+                self.mark(
+                    MarkerKind::Fault,
+                    format!("partition one way: {from} → {to} dropped, {to} → {from} flows"),
+                );
+                self.impair(from, true);
+                self.lab
+                    .partition_direction(from, to, Direction::AToB, true)
+                    .await?;
+            }
+            Action::SwitchoverNext { service } => {
+                let to = self.next_site(service).await?;
+                self.operation(
+                    format!("switchover {service} to {to} (the site after its owner)"),
+                    &format!("/v1/services/{service}/switchover"),
+                    OperationRequest {
+                        to: Some(to),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            }
         }
         Ok(())
+    }
+
+    /// Undoes every fault: thaws and starts every agent, heals and restores every link.
+    async fn heal_all(&self) -> anyhow::Result<()> {
+        self.mark(
+            MarkerKind::Heal,
+            "heal everything: SIGCONT and start every agent, restore every link".into(),
+        );
+        for a in &self.lab.file.agents {
+            match self.lab.live_pid(a) {
+                Some(pid) => kill(Pid::from_raw(pid), Signal::SIGCONT)
+                    .with_context(|| format!("SIGCONT to node {}", a.node))?,
+                None => {
+                    self.lab.spawn(a, &self.opts.siteagent)?;
+                }
+            }
+        }
+        if self.lab.has_links() {
+            self.lab.restore_links().await?;
+        }
+        lock(&self.impaired).clear();
+        Ok(())
+    }
+
+    /// The site after `service`'s current owner in its site list, cyclically (the first site
+    /// when it has no owner).
+    async fn next_site(&self, service: &str) -> anyhow::Result<String> {
+        let services: Vec<ServiceView> = self
+            .healthy_client()
+            .get("/v1/services")
+            .await
+            .context("reading the services")?;
+        let svc = services
+            .into_iter()
+            .find(|s| s.name == service)
+            .with_context(|| format!("no service {service}"))?;
+        let sites = &svc.spec.placement.sites;
+        let at = svc
+            .owner
+            .as_ref()
+            .and_then(|o| sites.iter().position(|s| s == o));
+        let next = at.map_or(0, |i| (i + 1) % sites.len());
+        sites
+            .get(next)
+            .cloned()
+            .with_context(|| format!("service {service} has no sites"))
     }
 
     fn thaw(&self, site: &str) -> anyhow::Result<()> {

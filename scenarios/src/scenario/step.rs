@@ -83,6 +83,10 @@ pub enum ActionKind {
     Maintenance,
     Wait,
     WaitUntil,
+    KillLeader,
+    HealAll,
+    PartitionOneWay,
+    SwitchoverNext,
 }
 
 /// One checked step of the timeline.
@@ -159,6 +163,22 @@ pub enum Action {
     WaitUntil {
         until: Until,
         timeout: Duration,
+    },
+    /// SIGKILL the agent that is the Raft leader when the step runs (found through the admin
+    /// API's `/v1/status`).
+    KillLeader,
+    /// Undo every fault: SIGCONT every agent, start every stopped one, heal every link in both
+    /// directions and give it back the topology's impairment.
+    HealAll,
+    /// Drop only the traffic from `from` to `to` (the other direction keeps flowing).
+    PartitionOneWay {
+        from: String,
+        to: String,
+    },
+    /// Planned move of `service` to the site after its current owner in the service's site
+    /// list (cyclically): a switchover whose target is known only when it runs.
+    SwitchoverNext {
+        service: String,
     },
 }
 
@@ -267,6 +287,10 @@ impl Action {
             Action::Maintenance { .. } => ActionKind::Maintenance,
             Action::Wait { .. } => ActionKind::Wait,
             Action::WaitUntil { .. } => ActionKind::WaitUntil,
+            Action::KillLeader => ActionKind::KillLeader,
+            Action::HealAll => ActionKind::HealAll,
+            Action::PartitionOneWay { .. } => ActionKind::PartitionOneWay,
+            Action::SwitchoverNext { .. } => ActionKind::SwitchoverNext,
         }
     }
 
@@ -280,6 +304,8 @@ impl Action {
                 | Action::Partition { .. }
                 | Action::FlapLink { .. }
                 | Action::DegradeLink { .. }
+                | Action::KillLeader
+                | Action::PartitionOneWay { .. }
         )
     }
 
@@ -287,6 +313,7 @@ impl Action {
         matches!(
             self,
             Action::Switchover { .. }
+                | Action::SwitchoverNext { .. }
                 | Action::Drain { .. }
                 | Action::Undrain { .. }
                 | Action::Maintenance { .. }
@@ -403,6 +430,20 @@ impl StepFile {
             }
             Ok(Some(p.get_ref().clone()))
         };
+        let service = || -> Result<String, StepError> {
+            let service = self
+                .service
+                .as_ref()
+                .ok_or_else(|| missing("step.service", "service"))?;
+            if !names.services.contains(&service.get_ref().as_str()) {
+                return Err(error(
+                    service.span(),
+                    "step.service",
+                    format!("unknown service `{}`", service.get_ref()),
+                ));
+            }
+            Ok(service.get_ref().clone())
+        };
         let optional = |field: &'static str, v: &Option<Spanned<String>>| {
             v.as_ref().map(|v| duration(field, v)).transpose()
         };
@@ -477,18 +518,18 @@ impl StepFile {
                     },
                 }
             }
+            ActionKind::KillLeader => Action::KillLeader,
+            ActionKind::HealAll => Action::HealAll,
+            ActionKind::PartitionOneWay => {
+                let from = site()?;
+                let to = peer()?.ok_or_else(|| missing("step.peer", "peer"))?;
+                Action::PartitionOneWay { from, to }
+            }
+            ActionKind::SwitchoverNext => Action::SwitchoverNext {
+                service: service()?,
+            },
             ActionKind::Switchover => {
-                let service = self
-                    .service
-                    .as_ref()
-                    .ok_or_else(|| missing("step.service", "service"))?;
-                if !names.services.contains(&service.get_ref().as_str()) {
-                    return Err(error(
-                        service.span(),
-                        "step.service",
-                        format!("unknown service `{}`", service.get_ref()),
-                    ));
-                }
+                let service = service()?;
                 let to = self
                     .to
                     .as_ref()
@@ -501,7 +542,7 @@ impl StepFile {
                     ));
                 }
                 Action::Switchover {
-                    service: service.get_ref().clone(),
+                    service,
                     to: to.get_ref().clone(),
                 }
             }

@@ -295,3 +295,53 @@ fn a_bad_topology_file_gets_the_error_of_what_it_looks_like() {
     assert!(err.starts_with("t.toml:"), "{err}");
     assert!(err.contains("unknown field `witnes`"), "{err}");
 }
+
+#[test]
+fn the_chaos_actions_parse_with_exactly_their_fields() {
+    let steps = r#"
+[[step]]
+action = "kill_leader"
+
+[[step]]
+action = "partition_one_way"
+site = "s1"
+peer = "s2"
+
+[[step]]
+action = "switchover_next"
+service = "web"
+
+[[step]]
+action = "heal_all"
+"#;
+    let text = MINIMAL.replace("[expect]", &format!("{steps}\n[expect]"));
+    let s = parse(&text).expect("parses");
+    assert_eq!(
+        s.steps[1..]
+            .iter()
+            .map(|s| s.action.clone())
+            .collect::<Vec<_>>(),
+        [
+            Action::KillLeader,
+            Action::PartitionOneWay {
+                from: "s1".into(),
+                to: "s2".into()
+            },
+            Action::SwitchoverNext {
+                service: "web".into()
+            },
+            Action::HealAll,
+        ]
+    );
+    assert!(s.steps[1].action.is_fault() && s.steps[2].action.is_fault());
+    assert!(s.steps[3].action.is_operation());
+    let one_end = MINIMAL.replace(
+        "[expect]",
+        "[[step]]\naction = \"partition_one_way\"\nsite = \"s1\"\n\n[expect]",
+    );
+    let err = parse(&one_end).expect_err("refused").to_string();
+    assert!(
+        err.contains("step.peer: PartitionOneWay needs `peer`"),
+        "{err}"
+    );
+}
