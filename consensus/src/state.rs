@@ -352,6 +352,8 @@ pub enum Command {
         service: String,
         host: NodeId,
         epoch: u64,
+        /// The [`Instance::placement`] it is about.
+        placement: u64,
     },
     /// Planner: the instance must stop.
     RevokeInstance {
@@ -367,6 +369,8 @@ pub enum Command {
         service: String,
         host: NodeId,
         epoch: u64,
+        /// The [`Instance::placement`] it is about.
+        placement: u64,
     },
     /// Planner: a revoked instance whose host never confirmed the stop; its lease has run out.
     ForgetInstance {
@@ -413,6 +417,15 @@ pub enum CommandError {
     #[error("service `{service}`: epoch {got} is stale (current {current})")]
     StaleEpoch {
         service: String,
+        current: u64,
+        got: u64,
+    },
+    #[error(
+        "service `{service}`: the report is about placement {got} on host {host}, but the instance there now is placement {current} (a late report about an earlier placement)"
+    )]
+    StalePlacement {
+        service: String,
+        host: NodeId,
         current: u64,
         got: u64,
     },
@@ -984,6 +997,7 @@ mod tests {
             service: "web".into(),
             host: 1,
             epoch: 1,
+            placement: 1,
         }))
         .expect("stopped");
         assert!(matches!(
@@ -1004,6 +1018,7 @@ mod tests {
                 service: "web".into(),
                 host: 1,
                 epoch: 0,
+                placement: 1,
             })),
             Err(CommandError::StaleEpoch { got: 0, .. })
         ));
@@ -1012,10 +1027,49 @@ mod tests {
                 service: "web".into(),
                 host: 2,
                 epoch: 1,
+                placement: 1,
             })),
             Err(CommandError::UnknownInstance { host: 2, .. })
         ));
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_replayed_stop_of_an_earlier_placement_cannot_remove_the_newer_one_on_the_same_host_and_epoch()
+     {
+        use crate::fixture::{apply, place, revoke, running, stopped};
+        let mut s = placed();
+        assert_eq!(s.services["web"].instances[&1].placement, 1);
+        apply(&mut s, running("web", 1, 1, 1));
+        apply(&mut s, revoke("web", 1, 1));
+        apply(&mut s, stopped("web", 1, 1, 1));
+        // Placed again on the same host under the same epoch: a new placement.
+        apply(&mut s, place("web", 1, 1));
+        assert_eq!(s.services["web"].instances[&1].placement, 2);
+        apply(&mut s, running("web", 1, 1, 2));
+        let before = s.clone();
+        for replay in [stopped("web", 1, 1, 1), running("web", 1, 1, 1)] {
+            let err = s
+                .apply(&prop(replay))
+                .expect_err("a report about placement 1");
+            assert_eq!(
+                err,
+                CommandError::StalePlacement {
+                    service: "web".into(),
+                    host: 1,
+                    current: 2,
+                    got: 1,
+                }
+            );
+            assert!(err.to_string().contains("earlier placement"), "{err}");
+        }
+        assert_eq!(s, before, "a stale report changed the state");
+        assert_eq!(
+            s.services["web"].instances[&1].state,
+            InstanceState::Running
+        );
+        apply(&mut s, stopped("web", 1, 1, 2));
+        assert!(s.services["web"].instances.is_empty());
     }
 
     #[test]
@@ -1132,6 +1186,7 @@ mod tests {
             service: "web".into(),
             host: 1,
             epoch: 1,
+            placement: 1,
         }))
         .expect("stopped");
         assert!(!s.services.contains_key("web"));

@@ -102,10 +102,12 @@ fn create_service() -> impl Strategy<Value = Command> {
         })
 }
 
-/// The instance commands share a shape: a service, a host, an epoch.
+/// The instance commands share a shape: a service, a host, an epoch (and for a host's report,
+/// a placement number: small, so that reports often name the current placement and sometimes
+/// an earlier one).
 fn instance_command() -> impl Strategy<Value = Command> {
-    (0..6u8, service(), host(), epoch(), any::<bool>()).prop_map(
-        |(kind, service, host, epoch, planned)| match kind {
+    (0..6u8, service(), host(), epoch(), any::<bool>(), 1..=4u64).prop_map(
+        |(kind, service, host, epoch, planned, placement)| match kind {
             0 | 5 => Command::PlaceInstance {
                 service,
                 host,
@@ -116,6 +118,7 @@ fn instance_command() -> impl Strategy<Value = Command> {
                 service,
                 host,
                 epoch,
+                placement,
             },
             2 => Command::RevokeInstance {
                 service,
@@ -128,6 +131,7 @@ fn instance_command() -> impl Strategy<Value = Command> {
                 service,
                 host,
                 epoch,
+                placement,
             },
             _ => Command::ForgetInstance {
                 service,

@@ -326,12 +326,14 @@ mod tests {
                 Instance {
                     host: 1,
                     epoch: 1,
+                    placement: 1,
                     state: InstanceState::Revoked,
                     since_ms: 0,
                 },
             )]
             .into(),
             deleting: None,
+            placements: 1,
         }
     }
 }

@@ -529,6 +529,7 @@ pub fn simulate(
                     let host_up = s.hosts.get(&host).is_some_and(|h| h.health == Health::Up);
                     let follow = if host_up {
                         Command::InstanceStopped {
+                            placement: placement_of(&s, &service, host),
                             service,
                             host,
                             epoch,
@@ -554,12 +555,14 @@ pub fn simulate(
                     epoch,
                     ..
                 } => {
+                    let placement = placement_of(&s, &service, host);
                     apply(
                         &mut s,
                         Command::InstanceRunning {
                             service,
                             host,
                             epoch,
+                            placement,
                         },
                     )?;
                 }
@@ -568,6 +571,16 @@ pub fn simulate(
         }
     }
     Ok(all)
+}
+
+/// The placement number of `service`'s instance on `host` (0 when there is none, which the
+/// state machine refuses as unknown).
+fn placement_of(state: &FabricState, service: &str, host: NodeId) -> u64 {
+    state
+        .services
+        .get(service)
+        .and_then(|s| s.instances.get(&host))
+        .map_or(0, |i| i.placement)
 }
 
 #[cfg(test)]

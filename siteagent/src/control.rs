@@ -96,6 +96,7 @@ mod tests {
             service: "web".into(),
             host: 1,
             epoch: 1,
+            placement: 1,
         });
         let err = authorize(&peer, &forged).expect_err("forged");
         assert!(err.contains("node 2 may not report for node 1"), "{err}");

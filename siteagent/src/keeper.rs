@@ -37,6 +37,8 @@ use crate::workload::{Driver, WorkloadSpec, WorkloadStatus};
 #[derive(Debug, Clone)]
 struct Assignment {
     epoch: u64,
+    /// The instance's placement number, named in every report about it.
+    placement: u64,
     state: InstanceState,
     spec: ServiceSpec,
 }
@@ -53,6 +55,7 @@ fn assignments(s: &FabricState, host: u64, site: &str) -> BTreeMap<String, Assig
                     svc.spec.name.clone(),
                     Assignment {
                         epoch: inst.epoch,
+                        placement: inst.placement,
                         state: inst.state,
                         spec: svc.spec.clone(),
                     },
@@ -274,7 +277,7 @@ impl<F: Fabric> Keeper<F> {
                         }
                         driver.forget(name);
                         if let Some(a) = wanted.filter(|a| a.epoch == *epoch) {
-                            self.report(name, Report::Stopped(a.epoch));
+                            self.report(name, Report::Stopped(a.epoch, a.placement));
                         }
                     }
                 },
@@ -299,7 +302,7 @@ impl<F: Fabric> Keeper<F> {
                 continue;
             }
             if a.state == InstanceState::Revoked {
-                self.report(name, Report::Stopped(a.epoch));
+                self.report(name, Report::Stopped(a.epoch, a.placement));
                 continue;
             }
             if !self.backoff.may_start(name, now) {
@@ -314,14 +317,14 @@ impl<F: Fabric> Keeper<F> {
                 Ok(()) => {
                     self.backoff.started(name, now);
                     tracing::info!("started {name} (epoch {})", a.epoch);
-                    self.report(name, Report::Running(a.epoch));
+                    self.report(name, Report::Running(a.epoch, a.placement));
                 }
                 Err(e) => tracing::warn!("cannot start {name}: {e}"),
             }
         }
         for (name, a) in &assigned {
             if a.state == InstanceState::Assigned && present.contains(name) {
-                self.report(name, Report::Running(a.epoch));
+                self.report(name, Report::Running(a.epoch, a.placement));
             }
         }
     }
@@ -401,8 +404,10 @@ impl Backoff {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Report {
-    Running(u64),
-    Stopped(u64),
+    /// Running, under (epoch, placement).
+    Running(u64, u64),
+    /// Stopped, under (epoch, placement).
+    Stopped(u64, u64),
     Note(String),
 }
 
@@ -423,15 +428,17 @@ impl Reports {
         let (fabric, service, busy) = (fabric.clone(), service.to_string(), self.in_flight.clone());
         tokio::spawn(async move {
             let command = match report {
-                Report::Running(epoch) => Command::InstanceRunning {
+                Report::Running(epoch, placement) => Command::InstanceRunning {
                     service: service.clone(),
                     host,
                     epoch,
+                    placement,
                 },
-                Report::Stopped(epoch) => Command::InstanceStopped {
+                Report::Stopped(epoch, placement) => Command::InstanceStopped {
                     service: service.clone(),
                     host,
                     epoch,
+                    placement,
                 },
                 Report::Note(message) => Command::RecordEvent { message },
             };
@@ -544,7 +551,7 @@ mod tests {
         assert!(
             rig.fabric
                 .proposed()
-                .contains(&fixture::running("web", 11, 1)),
+                .contains(&fixture::running("web", 11, 1, 1)),
             "{:?}",
             rig.fabric.proposed()
         );
@@ -620,11 +627,7 @@ mod tests {
         assert!(rig.fabric.apply(fixture::revoke("web", 11, 1)).is_ok());
         rig.round().await;
         assert_eq!(rig.running_epoch("web"), None);
-        let stopped = Command::InstanceStopped {
-            service: "web".into(),
-            host: 11,
-            epoch: 1,
-        };
+        let stopped = fixture::stopped("web", 11, 1, 1);
         assert!(
             rig.fabric.proposed().contains(&stopped),
             "{:?}",

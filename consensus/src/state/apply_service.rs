@@ -3,7 +3,8 @@
 //! Invariant: the epoch is the fencing token. [`Command::AssignOwner`] must name the next epoch
 //! and finds no instance left; every instance command must name the instance's epoch. So two
 //! sites never hold instances of one service in the state at the same time, and a late message
-//! about an old placement cannot change a new one. [`Command::PlaceInstance`] never raises the
+//! about an old placement cannot change a new one; a host's report also names the placement, so
+//! a late report about an earlier placement on the same host and epoch cannot either. [`Command::PlaceInstance`] never raises the
 //! live instances (not revoked, not on a drained host) above the spec's `placement.instances`.
 //! A delete revokes every instance and removes the service only when none is left, leaving a
 //! [`Tombstone`] with its epoch; a create of that name starts from the tombstone, so a name's
@@ -150,6 +151,27 @@ impl FabricState {
         Ok(inst)
     }
 
+    /// The instance of `service` on `host` a host's report is about: it must belong to `epoch`
+    /// and be placement `placement`, not an earlier one on the same host.
+    fn reported_instance_mut(
+        &mut self,
+        service: &str,
+        host: NodeId,
+        epoch: u64,
+        placement: u64,
+    ) -> Result<&mut Instance, CommandError> {
+        let inst = self.instance_mut(service, host, epoch)?;
+        if inst.placement != placement {
+            return Err(CommandError::StalePlacement {
+                service: service.to_string(),
+                host,
+                current: inst.placement,
+                got: placement,
+            });
+        }
+        Ok(inst)
+    }
+
     pub(super) fn apply_service_command(
         &mut self,
         now: u64,
@@ -202,6 +224,7 @@ impl FabricState {
                         target: None,
                         instances: Default::default(),
                         deleting: None,
+                        placements: 0,
                     },
                 );
                 Ok(Some(if epoch > 0 {
@@ -321,25 +344,29 @@ impl FabricState {
                     });
                 }
                 let s = self.service_mut(service)?;
+                s.placements += 1;
+                let placement = s.placements;
                 s.instances.insert(
                     *host,
                     Instance {
                         host: *host,
                         epoch: *epoch,
+                        placement,
                         state: InstanceState::Assigned,
                         since_ms: now,
                     },
                 );
                 Ok(Some(format!(
-                    "service {service}: instance placed on host {host} (epoch {epoch}): {reason}"
+                    "service {service}: instance placed on host {host} (epoch {epoch}, placement {placement}): {reason}"
                 )))
             }
             Command::InstanceRunning {
                 service,
                 host,
                 epoch,
+                placement,
             } => {
-                let inst = self.instance_mut(service, *host, *epoch)?;
+                let inst = self.reported_instance_mut(service, *host, *epoch, *placement)?;
                 match inst.state {
                     InstanceState::Running => Ok(None),
                     InstanceState::Revoked => Err(CommandError::Conflict {
@@ -377,8 +404,9 @@ impl FabricState {
                 service,
                 host,
                 epoch,
+                placement,
             } => {
-                self.instance_mut(service, *host, *epoch)?;
+                self.reported_instance_mut(service, *host, *epoch, *placement)?;
                 if let Some(s) = self.services.get_mut(service) {
                     s.instances.remove(host);
                 }

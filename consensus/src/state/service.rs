@@ -18,7 +18,11 @@
 //! - an owner is assigned only when the service has no instance left anywhere, so instances of
 //!   two epochs (two sites) never coexist in the state;
 //! - every instance command names the epoch it is about, and a command for another epoch is
-//!   refused ([`CommandError::StaleEpoch`]): the epoch is the fencing token.
+//!   refused ([`CommandError::StaleEpoch`]): the epoch is the fencing token;
+//! - every placement of a service gets its own number ([`Instance::placement`]), and a host's
+//!   report ([`Command::InstanceRunning`], [`Command::InstanceStopped`]) names it: a report
+//!   about an earlier placement on the same host under the same epoch (replayed, or late) is
+//!   refused ([`CommandError::StalePlacement`]) and cannot touch the newer one.
 //!
 //! Decisions (when to revoke, where to place) are not made here but by the planner.
 
@@ -26,6 +30,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(doc)]
+use super::Command;
 use super::{Capacity, CommandError, NodeId, invalid, validate_name};
 
 /// What an operator declares. Parsed from TOML (`sitectl service create --file`) or JSON (admin
@@ -105,6 +111,8 @@ pub struct Service {
     /// Unix ms at which an operator deleted it, while its revoked instances still hold their
     /// slots; the service is removed when the last one is stopped or given up.
     pub deleting: Option<u64>,
+    /// How many instances were ever placed; the next one is placement `placements + 1`.
+    pub placements: u64,
 }
 
 /// What a deleted name leaves behind, so that the name's epochs never go backwards.
@@ -121,6 +129,10 @@ pub struct Tombstone {
 pub struct Instance {
     pub host: NodeId,
     pub epoch: u64,
+    /// Which placement of its service this is (1, 2, …; never reused by the service). Host
+    /// reports name it, so a late report about an earlier placement on the same host and epoch
+    /// cannot act on this one.
+    pub placement: u64,
     pub state: InstanceState,
     pub since_ms: u64,
 }

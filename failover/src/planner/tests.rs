@@ -13,7 +13,7 @@ fn lease() -> LeaseConfig {
     }
 }
 
-use consensus::fixture::{apply, host, site};
+use consensus::fixture::{apply, host, running, site, stopped};
 
 /// Sites s1..s3 with hosts 11, 12 (s1), 21, 22 (s2), 31, 32 (s3); service `web` in s1, s2, s3.
 fn fabric() -> FabricState {
@@ -61,27 +61,19 @@ fn settle(state: &mut FabricState, clock: &mut RevocationClock, now: Instant) ->
                     host,
                     epoch,
                     ..
-                } if host_up(state, *host) => apply(
-                    state,
-                    Command::InstanceRunning {
-                        service: service.clone(),
-                        host: *host,
-                        epoch: *epoch,
-                    },
-                ),
+                } if host_up(state, *host) => {
+                    let placement = placement_of(state, service, *host);
+                    apply(state, running(service, *host, *epoch, placement))
+                }
                 Action::Revoke {
                     service,
                     host,
                     epoch,
                     ..
-                } if host_up(state, *host) => apply(
-                    state,
-                    Command::InstanceStopped {
-                        service: service.clone(),
-                        host: *host,
-                        epoch: *epoch,
-                    },
-                ),
+                } if host_up(state, *host) => {
+                    let placement = placement_of(state, service, *host);
+                    apply(state, stopped(service, *host, *epoch, placement))
+                }
                 _ => {}
             }
             all.push(a);
@@ -296,14 +288,7 @@ fn a_deleted_service_whose_owner_is_up_is_removed_once_its_host_confirms_the_sto
     let (mut state, mut clock, t0) = placed();
     apply(&mut state, Command::DeleteService { name: "web".into() });
     assert!(settle(&mut state, &mut clock, t0 + S).is_empty());
-    apply(
-        &mut state,
-        Command::InstanceStopped {
-            service: "web".into(),
-            host: 11,
-            epoch: 1,
-        },
-    );
+    apply(&mut state, stopped("web", 11, 1, 1));
     assert!(!state.services.contains_key("web"));
     assert_eq!(state.tombstones["web"].epoch, 1);
 }
@@ -346,14 +331,7 @@ fn drain_starts_the_replacement_before_stopping_the_old_instance() {
     apply(&mut state, first[0].command());
     // The replacement is placed but not running yet: the old one keeps serving.
     assert!(plan(&state, &clock, t0, &lease()).is_empty());
-    apply(
-        &mut state,
-        Command::InstanceRunning {
-            service: "web".into(),
-            host: 12,
-            epoch: 1,
-        },
-    );
+    apply(&mut state, running("web", 12, 1, 2));
     let second = plan(&state, &clock, t0, &lease());
     assert!(
         matches!(
