@@ -474,7 +474,7 @@ async fn membership_change(
     promote: bool,
 ) -> Result<Json<WriteResult>, Failure> {
     let raft = agent.cluster.raft();
-    let _one_at_a_time = agent.cluster.membership_change_lock().await;
+    // One change at a time and each bounded: `FabricRaft` holds its membership lock.
     let result = if promote {
         raft.promote(id).await
     } else {

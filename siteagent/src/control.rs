@@ -44,6 +44,7 @@ impl From<ProposeError> for ControlReply {
         match e {
             ProposeError::NotLeader(n) => ControlReply::NotLeader(n),
             ProposeError::Raft(e) => ControlReply::Failed(e),
+            e @ ProposeError::TimedOut { .. } => ControlReply::Failed(e.to_string()),
         }
     }
 }
