@@ -17,6 +17,7 @@ use std::net::IpAddr;
 
 use consensus::state::{
     Capacity, Command, FabricState, Health, LeaseTerms, Proposal, ServiceSpec, SiteAdmin,
+    WorkloadKind,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -169,6 +170,17 @@ fn command() -> impl Strategy<Value = Command> {
             up,
         }),
         2 => create_service(),
+        1 => (create_service(), 8080..=8082u16).prop_map(|(create, port)| match create {
+            Command::CreateService { mut spec } => {
+                let WorkloadKind::Process(p) = &mut spec.kind;
+                p.port = port;
+                Command::UpdateService {
+                    name: spec.name.clone(),
+                    spec,
+                }
+            }
+            other => other,
+        }),
         1 => service().prop_map(|name| Command::DeleteService { name }),
         1 => (service(), prop::option::of(site()))
             .prop_map(|(service, site)| Command::SetServiceTarget { service, site }),
@@ -400,6 +412,16 @@ fn a_names_epochs_never_go_backwards_across_delete_and_create() {
                             high
                         );
                     }
+                    prop_assert!(
+                        svc.instances
+                            .values()
+                            .all(|i| (svc.owner_epoch..=svc.epoch).contains(&i.epoch)),
+                        "{} has instances outside its ownership's epochs {}..={} after {}",
+                        name,
+                        svc.owner_epoch,
+                        svc.epoch,
+                        p
+                    );
                     let top = svc
                         .instances
                         .values()

@@ -318,6 +318,7 @@ mod tests {
             },
             created_ms: 0,
             epoch: 1,
+            owner_epoch: 1,
             owner: Some("s1".into()),
             owner_since_ms: 0,
             target: None,

@@ -12,6 +12,9 @@
 //! - inside its site: an instance on a down host is revoked and its slot reused only after the
 //!   same wait; an instance on a drained host is replaced first and revoked once the replacement
 //!   runs (make-before-break, still one site).
+//! - after a spec update (the epoch went up, owner and instances kept), the instances of older
+//!   epochs are replaced one at a time: revoke one (planned), let its slot be refilled under
+//!   the new epoch, and revoke the next only once that one runs and nothing is stopping.
 //! - hosts are chosen by capacity, anti-affinity and load, deterministically.
 //! - a deleting service is planned like a move to nowhere: its revoked instances are given up
 //!   after the same wait, and it is never assigned or placed (the state removes it once its
@@ -463,6 +466,29 @@ fn plan_site(
                 reason: format!("host {} is drained; its replacement runs", inst.host),
             });
         }
+    }
+
+    // After a spec update: replace the instances of older epochs one at a time, each only
+    // when nothing is stopping, every instance of the current epoch runs and none is missing,
+    // so with two instances or more one always serves.
+    let settled = occupied == 0
+        && drained.is_empty()
+        && good.len() >= want
+        && good
+            .iter()
+            .filter(|i| i.epoch == svc.epoch)
+            .all(|i| i.state == InstanceState::Running);
+    if settled && let Some(old) = good.iter().take(want).find(|i| i.epoch < svc.epoch) {
+        actions.push(Action::Revoke {
+            service: name.into(),
+            host: old.host,
+            epoch: old.epoch,
+            planned: true,
+            reason: format!(
+                "spec updated: replaced by an instance under epoch {}",
+                svc.epoch
+            ),
+        });
     }
 
     let need = want.saturating_sub(good.len().min(want) + occupied);

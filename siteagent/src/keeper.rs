@@ -9,8 +9,11 @@
 //! (self-fencing). A frozen or dead agent feeds nothing, and its guards fence for it.
 //!
 //! Invariant: a workload is started or fed only from a state read by a successful confirmation
-//! that names this host's instance under the service's current epoch, and only with the deadline
-//! that confirmation earned; nothing is started once that deadline has passed.
+//! that names this host's instance under an epoch of the current ownership in this site, and
+//! only with the deadline that confirmation earned; nothing is started once that deadline has
+//! passed. Only the service's current epoch is ever started: an instance of an older epoch (a
+//! spec update is replacing it) keeps running until revoked, and is reported stopped when it is
+//! not running here.
 //!
 //! Does not: decide where anything runs (the leader's planner does), nor talk to Raft or the WAN
 //! itself: it reads and reports through a [`Fabric`], so [`Keeper::round`] runs in unit tests
@@ -40,27 +43,35 @@ struct Assignment {
     /// The instance's placement number, named in every report about it.
     placement: u64,
     state: InstanceState,
+    /// Placed under an older epoch of the current ownership, before a spec update: it keeps
+    /// running (and is fed) until the planner replaces it, but is never started again.
+    outdated: bool,
     spec: ServiceSpec,
 }
 
-/// This host's instances under their service's current epoch in its owner site.
+/// This host's instances of the current ownership of services owned by its site: under the
+/// service's epoch, or under an older one since the owner was assigned (not yet replaced after
+/// a spec update).
 fn assignments(s: &FabricState, host: u64, site: &str) -> BTreeMap<String, Assignment> {
     s.services
         .values()
         .filter(|svc| svc.owner.as_deref() == Some(site))
         .filter_map(|svc| {
             let inst = svc.instances.get(&host)?;
-            (inst.epoch == svc.epoch).then(|| {
-                (
-                    svc.spec.name.clone(),
-                    Assignment {
-                        epoch: inst.epoch,
-                        placement: inst.placement,
-                        state: inst.state,
-                        spec: svc.spec.clone(),
-                    },
-                )
-            })
+            (svc.owner_epoch..=svc.epoch)
+                .contains(&inst.epoch)
+                .then(|| {
+                    (
+                        svc.spec.name.clone(),
+                        Assignment {
+                            epoch: inst.epoch,
+                            placement: inst.placement,
+                            state: inst.state,
+                            outdated: inst.epoch < svc.epoch,
+                            spec: svc.spec.clone(),
+                        },
+                    )
+                })
         })
         .collect()
 }
@@ -283,7 +294,14 @@ impl<F: Fabric> Keeper<F> {
                 },
                 WorkloadStatus::Exited { epoch, reason, .. } => {
                     driver.forget(name);
-                    if let Some(a) = wanted.filter(|a| a.state != InstanceState::Revoked) {
+                    if let Some(a) = wanted.filter(|a| a.outdated && a.epoch == *epoch) {
+                        // Not started again under the old spec: gone, so the planner replaces
+                        // it now rather than in its turn.
+                        tracing::warn!(
+                            "{name} (epoch {epoch}, before a spec update) exited: {reason}"
+                        );
+                        self.report(name, Report::Stopped(a.epoch, a.placement));
+                    } else if let Some(a) = wanted.filter(|a| a.state != InstanceState::Revoked) {
                         let delay = self.backoff.exited(name, now);
                         tracing::warn!(
                             "{name} (epoch {epoch}) exited: {reason}; starting it again in {delay:?}"
@@ -301,7 +319,8 @@ impl<F: Fabric> Keeper<F> {
             if present.contains(name) {
                 continue;
             }
-            if a.state == InstanceState::Revoked {
+            if a.state == InstanceState::Revoked || a.outdated {
+                // Revoked, or of an older spec and not running here: nothing to start.
                 self.report(name, Report::Stopped(a.epoch, a.placement));
                 continue;
             }
@@ -703,6 +722,95 @@ mod tests {
             "web was started past the deadline: {:?}",
             rig.driver.list()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_of_the_spec_before_an_update_keeps_running_until_replaced() {
+        let mut rig = rig(fixture::fabric());
+        rig.round().await;
+        assert_eq!(rig.running_epoch("web"), Some(1));
+        let mut spec = rig.fabric.state().services["web"].spec.clone();
+        let WorkloadKind::Process(p) = &mut spec.kind;
+        p.env.insert("GREETING".into(), "hello".into());
+        assert!(
+            rig.fabric
+                .apply(Command::UpdateService {
+                    name: "web".into(),
+                    spec,
+                })
+                .is_ok()
+        );
+        assert_eq!(rig.fabric.state().services["web"].epoch, 2);
+        advance(2 * S).await;
+        let sent = rig.round().await;
+        assert_eq!(rig.running_epoch("web"), Some(1), "stopped before replaced");
+        assert_eq!(
+            rig.driver.deadline("web"),
+            Some(sent + 5 * S),
+            "the old instance's guard was not fed"
+        );
+        assert!(
+            !rig.fabric
+                .proposed()
+                .iter()
+                .any(|c| matches!(c, Command::InstanceStopped { .. })),
+            "{:?}",
+            rig.fabric.proposed()
+        );
+        assert_eq!(rig.lease.held(), ["web".to_string()].into());
+
+        // The planner replaces it: revoke, then place under epoch 2.
+        assert!(rig.fabric.apply(fixture::revoke("web", 11, 1)).is_ok());
+        rig.round().await;
+        assert_eq!(rig.running_epoch("web"), None);
+        assert!(
+            rig.fabric
+                .proposed()
+                .contains(&fixture::stopped("web", 11, 1, 1)),
+            "{:?}",
+            rig.fabric.proposed()
+        );
+        assert!(rig.fabric.apply(fixture::place("web", 11, 2)).is_ok());
+        rig.round().await;
+        assert_eq!(rig.running_epoch("web"), Some(2));
+        assert!(
+            rig.fabric
+                .proposed()
+                .contains(&fixture::running("web", 11, 2, 2)),
+            "{:?}",
+            rig.fabric.proposed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outdated_instance_not_running_here_is_reported_stopped_not_started() {
+        let mut state = fixture::fabric();
+        let mut spec = state.services["web"].spec.clone();
+        let WorkloadKind::Process(p) = &mut spec.kind;
+        p.args.push("--v2".into());
+        fixture::apply(
+            &mut state,
+            Command::UpdateService {
+                name: "web".into(),
+                spec,
+            },
+        );
+        // This agent restarted: nothing runs locally.
+        let mut rig = rig(state);
+        rig.round().await;
+        assert_eq!(
+            rig.running_epoch("web"),
+            None,
+            "started under the old epoch"
+        );
+        assert!(
+            rig.fabric
+                .proposed()
+                .contains(&fixture::stopped("web", 11, 1, 1)),
+            "{:?}",
+            rig.fabric.proposed()
+        );
+        assert!(rig.fabric.state().services["web"].instances.is_empty());
     }
 
     #[test]

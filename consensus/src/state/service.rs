@@ -16,7 +16,10 @@
 //!   [`CommandError::ServiceDeleting`], naming the wait), so an old holder that may still serve
 //!   behind a partition never overlaps a new one;
 //! - an owner is assigned only when the service has no instance left anywhere, so instances of
-//!   two epochs (two sites) never coexist in the state;
+//!   two sites never coexist in the state; within one ownership, a spec update
+//!   ([`Command::UpdateService`]) that changes what an instance runs bumps the epoch without
+//!   touching the instances, so instances of the owner's epochs `owner_epoch..=epoch` (old and
+//!   new spec, same site) may coexist while the planner replaces the old ones one at a time;
 //! - every instance command names the epoch it is about, and a command for another epoch is
 //!   refused ([`CommandError::StaleEpoch`]): the epoch is the fencing token;
 //! - every placement of a service gets its own number ([`Instance::placement`]), and a host's
@@ -98,9 +101,13 @@ pub const MAX_INSTANCES: u32 = 64;
 pub struct Service {
     pub spec: ServiceSpec,
     pub created_ms: u64,
-    /// Fencing token: bumps on every ownership assignment. Instances carry the epoch they were
-    /// placed in.
+    /// Fencing token: bumps on every ownership assignment, and on a spec update that changes
+    /// what an instance runs. Instances carry the epoch they were placed in.
     pub epoch: u64,
+    /// The epoch at which the current owner was assigned. Instances of epochs from it up to
+    /// `epoch` belong to the current ownership: after a spec update the ones below `epoch` keep
+    /// running (the previous spec) until the planner replaces them, one at a time.
+    pub owner_epoch: u64,
     /// Site that holds the ownership lease, if any yet.
     pub owner: Option<String>,
     pub owner_since_ms: u64,
@@ -218,6 +225,15 @@ impl ServiceSpec {
             validate_dns_name(name)?;
         }
         Ok(())
+    }
+}
+
+impl ServiceSpec {
+    /// Whether an instance running `self` must be replaced to run `new`: what it runs (command,
+    /// arguments, environment, port) changed. Placement, DNS name and resources apply without a
+    /// restart.
+    pub fn needs_restart_for(&self, new: &ServiceSpec) -> bool {
+        self.kind != new.kind
     }
 }
 
