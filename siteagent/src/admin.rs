@@ -120,7 +120,7 @@ fn router(agent: Shared) -> Router {
         .route("/v1/services", get(services).post(ops::create_service))
         .route(
             "/v1/services/{name}",
-            axum::routing::delete(ops::delete_service),
+            axum::routing::delete(ops::delete_service).put(ops::update_service),
         )
         .route("/v1/services/{name}/switchover", post(ops::switchover))
         .route("/v1/services/{name}/failback", post(ops::failback))
