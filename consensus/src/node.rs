@@ -326,12 +326,17 @@ impl FabricRaft {
         if members.voters.contains(&id) && members.settled {
             return Ok(());
         }
+        let mut caught_up_to = None;
         if members.nodes.get(&id) != Some(&node) {
             tracing::info!(node = id, "admitting node {id} ({node}) as a learner");
-            let index = self.add_learner(id, node).await?;
-            if voter {
-                self.wait_caught_up(id, index, catch_up).await?;
-            }
+            caught_up_to = Some(self.add_learner(id, node).await?);
+        }
+        if voter && !members.voters.contains(&id) {
+            // Also when it was added by an earlier attempt that timed out: it must have caught
+            // up before it votes, or the joint configuration would wait for it.
+            let index =
+                caught_up_to.unwrap_or_else(|| self.metrics().last_log_index.unwrap_or_default());
+            self.wait_caught_up(id, index, catch_up).await?;
         }
         if voter {
             // Also when it already votes in a joint configuration left by a failed change:

@@ -210,6 +210,17 @@ async fn a_joiner_that_never_catches_up_times_out_without_blocking_other_members
     assert!(err.to_string().contains("node 9 catching up"), "{err}");
     assert!(!n1.members().voters.contains(&9));
 
+    // It asks again (already a learner): it still must catch up before it votes.
+    let again = tokio::time::timeout(
+        Duration::from_secs(5),
+        n1.admit(9, node(9), true, Duration::from_millis(500)),
+    )
+    .await
+    .expect("a second attempt is bounded too")
+    .expect_err("still not caught up");
+    assert!(matches!(again, ProposeError::TimedOut { .. }), "{again:?}");
+    assert!(!n1.members().voters.contains(&9));
+
     for n in [n4, n3, n2, n1] {
         n.shutdown().await;
     }
