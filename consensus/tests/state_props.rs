@@ -398,10 +398,11 @@ fn a_names_epochs_never_go_backwards_across_delete_and_create() {
                         high
                     );
                     for (host, inst) in &svc.instances {
-                        let new = before
-                            .services
-                            .get(name)
-                            .is_none_or(|b| b.instances.get(host) != Some(inst));
+                        // A new placement (not an older instance revoked or kept through a
+                        // spec update).
+                        let new = before.services.get(name).is_none_or(|b| {
+                            b.instances.get(host).map(|i| i.placement) != Some(inst.placement)
+                        });
                         prop_assert!(
                             !new || inst.epoch >= high,
                             "{} on host {} under epoch {} after {}, but had {}",
