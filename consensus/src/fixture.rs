@@ -78,12 +78,35 @@ pub fn place(service: &str, host: NodeId, epoch: u64) -> Command {
     }
 }
 
-pub fn running(service: &str, host: NodeId, epoch: u64) -> Command {
+/// The host's report that placement `placement` of `service` runs on it.
+pub fn running(service: &str, host: NodeId, epoch: u64, placement: u64) -> Command {
     Command::InstanceRunning {
         service: service.into(),
         host,
         epoch,
+        placement,
     }
+}
+
+/// The host's report that placement `placement` of `service` has stopped on it.
+pub fn stopped(service: &str, host: NodeId, epoch: u64, placement: u64) -> Command {
+    Command::InstanceStopped {
+        service: service.into(),
+        host,
+        epoch,
+        placement,
+    }
+}
+
+/// The placement number of `service`'s instance on `host` (panics when there is none: a broken
+/// fixture).
+pub fn placement_of(state: &FabricState, service: &str, host: NodeId) -> u64 {
+    state
+        .services
+        .get(service)
+        .and_then(|s| s.instances.get(&host))
+        .map(|i| i.placement)
+        .unwrap_or_else(|| panic!("fixture: no instance of {service} on host {host}"))
 }
 
 pub fn revoke(service: &str, host: NodeId, epoch: u64) -> Command {

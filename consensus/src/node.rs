@@ -69,7 +69,15 @@ pub enum ProposeError {
     NotLeader(#[from] NotLeader),
     #[error("raft: {0}")]
     Raft(String),
+    /// A bounded wait ran out; nothing is held any more and the caller may ask again.
+    #[error("{what} did not finish within {after:?}")]
+    TimedOut { what: String, after: Duration },
 }
+
+/// How long one membership change (a configuration entry, or the two of a joint change) may
+/// take to commit. It needs only the current voters, so it takes long only without a quorum;
+/// the change lock is not held past it.
+pub const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who is in the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +97,12 @@ pub struct FabricRaft {
     raft: Raft,
     state: StateHandle,
     closed: ClosedSignal,
+    /// Leader side: one membership change at a time. Two changes racing each other make
+    /// openraft refuse the second step of one of them, which would leave a joint configuration
+    /// behind. Held only across a change itself, which is bounded
+    /// ([`MEMBERSHIP_CHANGE_TIMEOUT`]) — never across a wait for a joiner to catch up, so a
+    /// joiner that dies meanwhile cannot block `members promote/remove`.
+    membership: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl FabricRaft {
@@ -123,6 +137,7 @@ impl FabricRaft {
             raft,
             state,
             closed,
+            membership: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -247,37 +262,132 @@ impl FabricRaft {
         Ok(self.state.read(f))
     }
 
-    /// Adds a non-voter and waits until it has caught up.
-    pub async fn add_learner(&self, id: NodeId, node: FabricNode) -> Result<(), ProposeError> {
+    /// Adds a non-voter (or refreshes its address) without waiting for it to catch up; returns
+    /// the log index of the configuration that names it, which [`Self::wait_caught_up`] waits
+    /// for.
+    pub async fn add_learner(&self, id: NodeId, node: FabricNode) -> Result<u64, ProposeError> {
+        let _one_at_a_time = self.membership.lock().await;
+        let what = format!("adding node {id} as a learner");
+        let added = bounded(&what, MEMBERSHIP_CHANGE_TIMEOUT, async {
+            self.raft
+                .add_learner(id, node, false)
+                .await
+                .map_err(|e| self.membership_error(e))
+        })
+        .await?;
+        Ok(added.log_id.index)
+    }
+
+    /// Leader side: waits until the leader has replicated to `id` up to `index`, for at most
+    /// `timeout`. Holds nothing meanwhile.
+    pub async fn wait_caught_up(
+        &self,
+        id: NodeId,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<(), ProposeError> {
+        let caught_up = |m: &RaftMetrics| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&id))
+                .and_then(|matched| matched.as_ref())
+                .is_some_and(|matched| matched.index >= index)
+        };
         self.raft
-            .add_learner(id, node, true)
+            .wait(Some(timeout))
+            .metrics(caught_up, format!("node {id} catches up"))
             .await
             .map(|_| ())
-            .map_err(|e| self.membership_error(e))
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => ProposeError::TimedOut {
+                    what: format!("node {id} catching up to log index {index}"),
+                    after: timeout,
+                },
+                e => ProposeError::Raft(e.to_string()),
+            })
+    }
+
+    /// Admits node `id`: adds it as a learner and, when it should vote, waits (up to
+    /// `catch_up`) until it has caught up and promotes it. Only the two changes hold the
+    /// membership lock, each bounded; the wait holds nothing, so a joiner that dies while
+    /// catching up leaves other membership changes free and gets [`ProposeError::TimedOut`]
+    /// (it asks again).
+    pub async fn admit(
+        &self,
+        id: NodeId,
+        node: FabricNode,
+        voter: bool,
+        catch_up: Duration,
+    ) -> Result<(), ProposeError> {
+        if self.metrics().current_leader != Some(self.id) {
+            return Err(ProposeError::NotLeader(self.not_leader()));
+        }
+        let members = self.members();
+        if members.voters.contains(&id) && members.settled {
+            return Ok(());
+        }
+        let mut caught_up_to = None;
+        if members.nodes.get(&id) != Some(&node) {
+            tracing::info!(node = id, "admitting node {id} ({node}) as a learner");
+            caught_up_to = Some(self.add_learner(id, node).await?);
+        }
+        if voter && !members.voters.contains(&id) {
+            // Also when it was added by an earlier attempt that timed out: it must have caught
+            // up before it votes, or the joint configuration would wait for it.
+            let index =
+                caught_up_to.unwrap_or_else(|| self.metrics().last_log_index.unwrap_or_default());
+            self.wait_caught_up(id, index, catch_up).await?;
+        }
+        if voter {
+            // Also when it already votes in a joint configuration left by a failed change:
+            // the same change again finishes it.
+            tracing::info!(node = id, "promoting node {id} to voter");
+            self.promote(id).await?;
+        }
+        Ok(())
     }
 
     /// Makes a learner a voter.
     pub async fn promote(&self, id: NodeId) -> Result<(), ProposeError> {
-        self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
-            .await
+        let _one_at_a_time = self.membership.lock().await;
+        self.change(
+            format!("promoting node {id}"),
+            ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+        )
+        .await
     }
 
     /// Removes a member: a voter is removed from the voters first, then the node itself.
     pub async fn remove(&self, id: NodeId) -> Result<(), ProposeError> {
+        let _one_at_a_time = self.membership.lock().await;
         if self.members().voters.contains(&id) {
-            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
-                .await?;
+            self.change(
+                format!("removing node {id} from the voters"),
+                ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+            )
+            .await?;
         }
-        self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
-            .await
+        self.change(
+            format!("removing node {id}"),
+            ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+        )
+        .await
     }
 
-    async fn change(&self, c: ChangeMembers<NodeId, FabricNode>) -> Result<(), ProposeError> {
-        self.raft
-            .change_membership(c, false)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.membership_error(e))
+    /// One membership change, bounded. The caller holds the membership lock.
+    async fn change(
+        &self,
+        what: String,
+        c: ChangeMembers<NodeId, FabricNode>,
+    ) -> Result<(), ProposeError> {
+        bounded(&what, MEMBERSHIP_CHANGE_TIMEOUT, async {
+            self.raft
+                .change_membership(c, false)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.membership_error(e))
+        })
+        .await
     }
 
     fn membership_error(
@@ -319,4 +429,19 @@ impl FabricRaft {
             tracing::warn!("raft store still open 10 s after shutdown");
         }
     }
+}
+
+/// Runs `f` for at most `after`; a change still in flight then goes on inside Raft, but the
+/// caller (and the membership lock it holds) is released.
+async fn bounded<T>(
+    what: &str,
+    after: Duration,
+    f: impl Future<Output = Result<T, ProposeError>>,
+) -> Result<T, ProposeError> {
+    tokio::time::timeout(after, f).await.unwrap_or_else(|_| {
+        Err(ProposeError::TimedOut {
+            what: what.to_string(),
+            after,
+        })
+    })
 }

@@ -323,6 +323,14 @@ pub enum Command {
     CreateService {
         spec: ServiceSpec,
     },
+    /// Operator: change the spec of service `name` in place, same owner and instances. When
+    /// what an instance runs changes ([`ServiceSpec::needs_restart_for`]) the epoch goes up by
+    /// one and the planner replaces the instances one at a time under it; otherwise the new
+    /// spec simply applies. An unchanged spec is a no-op.
+    UpdateService {
+        name: String,
+        spec: ServiceSpec,
+    },
     /// Operator: revoke every instance, then remove the service once they are stopped or
     /// their lease has run out.
     DeleteService {
@@ -352,6 +360,8 @@ pub enum Command {
         service: String,
         host: NodeId,
         epoch: u64,
+        /// The [`Instance::placement`] it is about.
+        placement: u64,
     },
     /// Planner: the instance must stop.
     RevokeInstance {
@@ -367,6 +377,8 @@ pub enum Command {
         service: String,
         host: NodeId,
         epoch: u64,
+        /// The [`Instance::placement`] it is about.
+        placement: u64,
     },
     /// Planner: a revoked instance whose host never confirmed the stop; its lease has run out.
     ForgetInstance {
@@ -413,6 +425,15 @@ pub enum CommandError {
     #[error("service `{service}`: epoch {got} is stale (current {current})")]
     StaleEpoch {
         service: String,
+        current: u64,
+        got: u64,
+    },
+    #[error(
+        "service `{service}`: the report is about placement {got} on host {host}, but the instance there now is placement {current} (a late report about an earlier placement)"
+    )]
+    StalePlacement {
+        service: String,
+        host: NodeId,
         current: u64,
         got: u64,
     },
@@ -984,6 +1005,7 @@ mod tests {
             service: "web".into(),
             host: 1,
             epoch: 1,
+            placement: 1,
         }))
         .expect("stopped");
         assert!(matches!(
@@ -1004,6 +1026,7 @@ mod tests {
                 service: "web".into(),
                 host: 1,
                 epoch: 0,
+                placement: 1,
             })),
             Err(CommandError::StaleEpoch { got: 0, .. })
         ));
@@ -1012,10 +1035,176 @@ mod tests {
                 service: "web".into(),
                 host: 2,
                 epoch: 1,
+                placement: 1,
             })),
             Err(CommandError::UnknownInstance { host: 2, .. })
         ));
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_replayed_stop_of_an_earlier_placement_cannot_remove_the_newer_one_on_the_same_host_and_epoch()
+     {
+        use crate::fixture::{apply, place, revoke, running, stopped};
+        let mut s = placed();
+        assert_eq!(s.services["web"].instances[&1].placement, 1);
+        apply(&mut s, running("web", 1, 1, 1));
+        apply(&mut s, revoke("web", 1, 1));
+        apply(&mut s, stopped("web", 1, 1, 1));
+        // Placed again on the same host under the same epoch: a new placement.
+        apply(&mut s, place("web", 1, 1));
+        assert_eq!(s.services["web"].instances[&1].placement, 2);
+        apply(&mut s, running("web", 1, 1, 2));
+        let before = s.clone();
+        for replay in [stopped("web", 1, 1, 1), running("web", 1, 1, 1)] {
+            let err = s
+                .apply(&prop(replay))
+                .expect_err("a report about placement 1");
+            assert_eq!(
+                err,
+                CommandError::StalePlacement {
+                    service: "web".into(),
+                    host: 1,
+                    current: 2,
+                    got: 1,
+                }
+            );
+            assert!(err.to_string().contains("earlier placement"), "{err}");
+        }
+        assert_eq!(s, before, "a stale report changed the state");
+        assert_eq!(
+            s.services["web"].instances[&1].state,
+            InstanceState::Running
+        );
+        apply(&mut s, stopped("web", 1, 1, 2));
+        assert!(s.services["web"].instances.is_empty());
+    }
+
+    fn update(spec: ServiceSpec) -> Command {
+        Command::UpdateService {
+            name: "web".into(),
+            spec,
+        }
+    }
+
+    /// `web`'s spec in [`placed`] with `FOO=bar` added to its environment.
+    fn web_with_env() -> ServiceSpec {
+        let mut spec = spec("web", &["s1", "s2"]);
+        let WorkloadKind::Process(p) = &mut spec.kind;
+        p.env.insert("FOO".into(), "bar".into());
+        spec
+    }
+
+    #[test]
+    fn an_update_of_what_instances_run_bumps_the_epoch_and_keeps_owner_and_instances() {
+        use crate::fixture::{apply, place, revoke, running, stopped};
+        let mut s = placed();
+        apply(&mut s, running("web", 1, 1, 1));
+        s.apply(&prop(update(web_with_env()))).expect("update");
+        let web = &s.services["web"];
+        assert_eq!((web.epoch, web.owner_epoch), (2, 1));
+        assert_eq!(web.owner.as_deref(), Some("s1"));
+        assert_eq!(web.spec, web_with_env());
+        assert_eq!(web.instances[&1].epoch, 1, "the old instance stays");
+        assert_eq!(web.instances[&1].state, InstanceState::Running);
+        assert!(
+            s.events
+                .back()
+                .is_some_and(|e| e.message.contains("replaced one at a time under epoch 2")),
+            "{:?}",
+            s.events.back()
+        );
+        // Reports about the old instance still apply; new placements only under epoch 2.
+        apply(&mut s, revoke("web", 1, 1));
+        apply(&mut s, stopped("web", 1, 1, 1));
+        assert!(matches!(
+            s.apply(&prop(place("web", 1, 1))),
+            Err(CommandError::StaleEpoch { current: 2, .. })
+        ));
+        apply(&mut s, place("web", 1, 2));
+        apply(&mut s, running("web", 1, 2, 2));
+        // A move after the update continues above it.
+        assert!(matches!(
+            s.apply(&prop(assign(2))),
+            Err(CommandError::StaleEpoch { current: 2, .. })
+        ));
+        apply(&mut s, revoke("web", 1, 2));
+        apply(&mut s, stopped("web", 1, 2, 2));
+        apply(&mut s, assign(3));
+        assert_eq!(
+            (s.services["web"].epoch, s.services["web"].owner_epoch),
+            (3, 3)
+        );
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_or_nothing_instances_run_does_not_bump_the_epoch() {
+        let mut s = placed();
+        let events = s.events.len();
+        s.apply(&prop(update(spec("web", &["s1", "s2"]))))
+            .expect("same spec");
+        assert_eq!(s.events.len(), events, "a no-op recorded an event");
+        assert_eq!(s.services["web"].epoch, 1);
+        let mut more = spec("web", &["s1", "s2"]);
+        more.placement.instances = 2;
+        s.apply(&prop(update(more.clone()))).expect("scale");
+        assert_eq!(s.services["web"].epoch, 1);
+        assert_eq!(s.services["web"].spec, more);
+        assert!(
+            s.events
+                .back()
+                .is_some_and(|e| e.message.contains("no restart"))
+        );
+    }
+
+    #[test]
+    fn updates_are_refused_for_unknown_renamed_deleting_or_invalid_specs_and_change_nothing() {
+        let mut s = placed();
+        s.apply(&prop(Command::CreateService {
+            spec: spec("api", &["s1"]),
+        }))
+        .expect("api");
+        let before = s.clone();
+        let check = |s: &mut FabricState, cmd: Command, want: &str| {
+            let err = s.apply(&prop(cmd)).expect_err(want);
+            assert!(err.to_string().contains(want), "{err}");
+        };
+        let mut unknown = spec("nope", &["s1"]);
+        unknown.dns_name = None;
+        check(
+            &mut s,
+            Command::UpdateService {
+                name: "nope".into(),
+                spec: unknown,
+            },
+            "unknown service `nope`",
+        );
+        check(
+            &mut s,
+            update(spec("web2", &["s1", "s2"])),
+            "cannot rename service `web` to `web2`",
+        );
+        let mut bad_port = web_with_env();
+        let WorkloadKind::Process(p) = &mut bad_port.kind;
+        p.port = 0;
+        check(&mut s, update(bad_port), "kind.process.port");
+        check(
+            &mut s,
+            update(spec("web", &["s1", "s9"])),
+            "unknown site `s9`",
+        );
+        let mut taken = web_with_env();
+        taken.dns_name = Some("api".into());
+        check(&mut s, update(taken), "already the name of service `api`");
+        check(
+            &mut s,
+            update(spec("web", &["s2"])),
+            "site `s1` owns service `web`",
+        );
+        assert_eq!(s, before, "a refused update changed the state");
+        s.apply(&prop(Command::DeleteService { name: "web".into() }))
+            .expect("delete");
+        check(&mut s, update(web_with_env()), "being deleted");
     }
 
     #[test]
@@ -1132,6 +1321,7 @@ mod tests {
             service: "web".into(),
             host: 1,
             epoch: 1,
+            placement: 1,
         }))
         .expect("stopped");
         assert!(!s.services.contains_key("web"));

@@ -152,3 +152,76 @@ async fn shutdown_releases_the_store_so_the_node_restarts_with_its_state() {
         .expect("apply");
     again.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_that_never_catches_up_times_out_without_blocking_other_membership_changes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let net = MemNetwork::new();
+    let n1 = start(&net, dir.path(), 1).await;
+    n1.bootstrap(node(1)).await.expect("bootstrap");
+    wait_leader(&n1, 1).await;
+    let n2 = start(&net, dir.path(), 2).await;
+    let n3 = start(&net, dir.path(), 3).await;
+    let n4 = start(&net, dir.path(), 4).await;
+    for id in [2, 3] {
+        n1.admit(id, node(id), true, Duration::from_secs(10))
+            .await
+            .expect("admit");
+    }
+
+    // Node 9 asks to join as a voter and then never answers (it is not on the network).
+    let catch_up = Duration::from_secs(4);
+    let stuck = tokio::spawn({
+        let n1 = n1.clone();
+        async move { n1.admit(9, node(9), true, catch_up).await }
+    });
+    n1.raft()
+        .wait(Some(Duration::from_secs(5)))
+        .metrics(
+            |m| m.membership_config.membership().get_node(&9).is_some(),
+            "node 9 is a learner",
+        )
+        .await
+        .expect("node 9 added as a learner");
+
+    // Meanwhile other changes go through, well before the joiner's wait runs out.
+    let bound = Duration::from_secs(3);
+    tokio::time::timeout(bound, n1.admit(4, node(4), true, bound))
+        .await
+        .expect("admitting node 4 waited on the stuck joiner")
+        .expect("admit 4");
+    tokio::time::timeout(bound, n1.remove(3))
+        .await
+        .expect("removing node 3 waited on the stuck joiner")
+        .expect("remove 3");
+    assert!(!stuck.is_finished(), "the joiner's wait ended too early");
+    let m = n1.members();
+    assert_eq!(m.voters, [1, 2, 4].into());
+    assert!(m.learners.contains(&9));
+
+    let err = stuck
+        .await
+        .expect("join task")
+        .expect_err("node 9 never caught up");
+    assert!(
+        matches!(&err, ProposeError::TimedOut { after, .. } if *after == catch_up),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("node 9 catching up"), "{err}");
+    assert!(!n1.members().voters.contains(&9));
+
+    // It asks again (already a learner): it still must catch up before it votes.
+    let again = tokio::time::timeout(
+        Duration::from_secs(5),
+        n1.admit(9, node(9), true, Duration::from_millis(500)),
+    )
+    .await
+    .expect("a second attempt is bounded too")
+    .expect_err("still not caught up");
+    assert!(matches!(again, ProposeError::TimedOut { .. }), "{again:?}");
+    assert!(!n1.members().voters.contains(&9));
+
+    for n in [n4, n3, n2, n1] {
+        n.shutdown().await;
+    }
+}

@@ -17,6 +17,7 @@ use std::net::IpAddr;
 
 use consensus::state::{
     Capacity, Command, FabricState, Health, LeaseTerms, Proposal, ServiceSpec, SiteAdmin,
+    WorkloadKind,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -102,10 +103,12 @@ fn create_service() -> impl Strategy<Value = Command> {
         })
 }
 
-/// The instance commands share a shape: a service, a host, an epoch.
+/// The instance commands share a shape: a service, a host, an epoch (and for a host's report,
+/// a placement number: small, so that reports often name the current placement and sometimes
+/// an earlier one).
 fn instance_command() -> impl Strategy<Value = Command> {
-    (0..6u8, service(), host(), epoch(), any::<bool>()).prop_map(
-        |(kind, service, host, epoch, planned)| match kind {
+    (0..6u8, service(), host(), epoch(), any::<bool>(), 1..=4u64).prop_map(
+        |(kind, service, host, epoch, planned, placement)| match kind {
             0 | 5 => Command::PlaceInstance {
                 service,
                 host,
@@ -116,6 +119,7 @@ fn instance_command() -> impl Strategy<Value = Command> {
                 service,
                 host,
                 epoch,
+                placement,
             },
             2 => Command::RevokeInstance {
                 service,
@@ -128,6 +132,7 @@ fn instance_command() -> impl Strategy<Value = Command> {
                 service,
                 host,
                 epoch,
+                placement,
             },
             _ => Command::ForgetInstance {
                 service,
@@ -165,6 +170,17 @@ fn command() -> impl Strategy<Value = Command> {
             up,
         }),
         2 => create_service(),
+        1 => (create_service(), 8080..=8082u16).prop_map(|(create, port)| match create {
+            Command::CreateService { mut spec } => {
+                let WorkloadKind::Process(p) = &mut spec.kind;
+                p.port = port;
+                Command::UpdateService {
+                    name: spec.name.clone(),
+                    spec,
+                }
+            }
+            other => other,
+        }),
         1 => service().prop_map(|name| Command::DeleteService { name }),
         1 => (service(), prop::option::of(site()))
             .prop_map(|(service, site)| Command::SetServiceTarget { service, site }),
@@ -382,10 +398,11 @@ fn a_names_epochs_never_go_backwards_across_delete_and_create() {
                         high
                     );
                     for (host, inst) in &svc.instances {
-                        let new = before
-                            .services
-                            .get(name)
-                            .is_none_or(|b| b.instances.get(host) != Some(inst));
+                        // A new placement (not an older instance revoked or kept through a
+                        // spec update).
+                        let new = before.services.get(name).is_none_or(|b| {
+                            b.instances.get(host).map(|i| i.placement) != Some(inst.placement)
+                        });
                         prop_assert!(
                             !new || inst.epoch >= high,
                             "{} on host {} under epoch {} after {}, but had {}",
@@ -396,6 +413,16 @@ fn a_names_epochs_never_go_backwards_across_delete_and_create() {
                             high
                         );
                     }
+                    prop_assert!(
+                        svc.instances
+                            .values()
+                            .all(|i| (svc.owner_epoch..=svc.epoch).contains(&i.epoch)),
+                        "{} has instances outside its ownership's epochs {}..={} after {}",
+                        name,
+                        svc.owner_epoch,
+                        svc.epoch,
+                        p
+                    );
                     let top = svc
                         .instances
                         .values()

@@ -354,6 +354,7 @@ mod tests {
             },
             created_ms: 0,
             epoch: 1,
+            owner_epoch: 1,
             owner: Some("s1".into()),
             owner_since_ms: 0,
             target: None,
@@ -362,12 +363,14 @@ mod tests {
                 Instance {
                     host: 1,
                     epoch: 1,
+                    placement: 1,
                     state: InstanceState::Revoked,
                     since_ms: 0,
                 },
             )]
             .into(),
             deleting: None,
+            placements: 1,
         }
     }
 

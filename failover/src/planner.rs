@@ -12,6 +12,9 @@
 //! - inside its site: an instance on a down host is revoked and its slot reused only after the
 //!   same wait; an instance on a drained host is replaced first and revoked once the replacement
 //!   runs (make-before-break, still one site).
+//! - after a spec update (the epoch went up, owner and instances kept), the instances of older
+//!   epochs are replaced one at a time: revoke one (planned), let its slot be refilled under
+//!   the new epoch, and revoke the next only once that one runs and nothing is stopping.
 //! - hosts are chosen by capacity, anti-affinity and load, deterministically.
 //! - a deleting service is planned like a move to nowhere: its revoked instances are given up
 //!   after the same wait, and it is never assigned or placed (the state removes it once its
@@ -465,6 +468,29 @@ fn plan_site(
         }
     }
 
+    // After a spec update: replace the instances of older epochs one at a time, each only
+    // when nothing is stopping, every instance of the current epoch runs and none is missing,
+    // so with two instances or more one always serves.
+    let settled = occupied == 0
+        && drained.is_empty()
+        && good.len() >= want
+        && good
+            .iter()
+            .filter(|i| i.epoch == svc.epoch)
+            .all(|i| i.state == InstanceState::Running);
+    if settled && let Some(old) = good.iter().take(want).find(|i| i.epoch < svc.epoch) {
+        actions.push(Action::Revoke {
+            service: name.into(),
+            host: old.host,
+            epoch: old.epoch,
+            planned: true,
+            reason: format!(
+                "spec updated: replaced by an instance under epoch {}",
+                svc.epoch
+            ),
+        });
+    }
+
     let need = want.saturating_sub(good.len().min(want) + occupied);
     if need == 0 {
         return;
@@ -529,6 +555,7 @@ pub fn simulate(
                     let host_up = s.hosts.get(&host).is_some_and(|h| h.health == Health::Up);
                     let follow = if host_up {
                         Command::InstanceStopped {
+                            placement: placement_of(&s, &service, host),
                             service,
                             host,
                             epoch,
@@ -554,12 +581,14 @@ pub fn simulate(
                     epoch,
                     ..
                 } => {
+                    let placement = placement_of(&s, &service, host);
                     apply(
                         &mut s,
                         Command::InstanceRunning {
                             service,
                             host,
                             epoch,
+                            placement,
                         },
                     )?;
                 }
@@ -568,6 +597,16 @@ pub fn simulate(
         }
     }
     Ok(all)
+}
+
+/// The placement number of `service`'s instance on `host` (0 when there is none, which the
+/// state machine refuses as unknown).
+fn placement_of(state: &FabricState, service: &str, host: NodeId) -> u64 {
+    state
+        .services
+        .get(service)
+        .and_then(|s| s.instances.get(&host))
+        .map_or(0, |i| i.placement)
 }
 
 #[cfg(test)]

@@ -142,6 +142,23 @@ impl Client {
         self.send(|c, url| c.delete(url), path).await
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let body = serde_json::to_vec(body)?;
+        self.send(
+            |c, url| {
+                c.put(url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+            },
+            path,
+        )
+        .await
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

@@ -120,7 +120,7 @@ fn router(agent: Shared) -> Router {
         .route("/v1/services", get(services).post(ops::create_service))
         .route(
             "/v1/services/{name}",
-            axum::routing::delete(ops::delete_service),
+            axum::routing::delete(ops::delete_service).put(ops::update_service),
         )
         .route("/v1/services/{name}/switchover", post(ops::switchover))
         .route("/v1/services/{name}/failback", post(ops::failback))
@@ -474,7 +474,7 @@ async fn membership_change(
     promote: bool,
 ) -> Result<Json<WriteResult>, Failure> {
     let raft = agent.cluster.raft();
-    let _one_at_a_time = agent.cluster.membership_change_lock().await;
+    // One change at a time and each bounded: `FabricRaft` holds its membership lock.
     let result = if promote {
         raft.promote(id).await
     } else {

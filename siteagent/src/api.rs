@@ -147,6 +147,73 @@ pub struct OperationResult {
     pub plan: Vec<PlanStep>,
     /// State revision after the change (absent on a dry run).
     pub revision: Option<u64>,
+    /// For a spec update: every field that changes, old → new.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spec_changes: Vec<SpecChange>,
+}
+
+/// One field of a service spec that an update changes; absent values are `null`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecChange {
+    /// Dotted path, as in the spec file: `kind.process.env.GREETING`, `placement.instances`.
+    pub field: String,
+    /// The value now, as JSON.
+    pub old: String,
+    /// The value after the update, as JSON.
+    pub new: String,
+}
+
+impl SpecChange {
+    /// Every leaf field whose value differs between `old` and `new`, in path order. Lists are
+    /// compared whole (`placement.sites`, `kind.process.args`).
+    pub fn between(
+        old: &consensus::state::ServiceSpec,
+        new: &consensus::state::ServiceSpec,
+    ) -> Vec<SpecChange> {
+        fn flatten(
+            prefix: &str,
+            v: &serde_json::Value,
+            out: &mut std::collections::BTreeMap<String, String>,
+        ) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        let path = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        flatten(&path, v, out);
+                    }
+                }
+                leaf => {
+                    out.insert(prefix.to_string(), leaf.to_string());
+                }
+            }
+        }
+        let fields = |spec| {
+            let mut out = std::collections::BTreeMap::new();
+            if let Ok(v) = serde_json::to_value(spec) {
+                flatten("", &v, &mut out);
+            }
+            out
+        };
+        let (old, new) = (fields(old), fields(new));
+        let null = "null".to_string();
+        old.keys()
+            .chain(new.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|field| {
+                let (o, n) = (old.get(field), new.get(field));
+                (o != n).then(|| SpecChange {
+                    field: field.clone(),
+                    old: o.unwrap_or(&null).clone(),
+                    new: n.unwrap_or(&null).clone(),
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,4 +271,36 @@ pub struct ApiError {
     /// `not_found`, `internal`.
     pub kind: String,
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consensus::state::{ServiceSpec, WorkloadKind};
+
+    #[test]
+    fn spec_changes_list_every_changed_leaf_with_absent_values_as_null() {
+        let old = ServiceSpec::process("web", &["s1", "s2"], "fabric-demo", 8080);
+        assert!(SpecChange::between(&old, &old).is_empty());
+        let mut new = old.clone();
+        let WorkloadKind::Process(p) = &mut new.kind;
+        p.env.insert("NOTE".into(), "v2".into());
+        p.port = 8081;
+        new.placement.instances = 2;
+        new.dns_name = None;
+        let changes: Vec<(String, String, String)> = SpecChange::between(&old, &new)
+            .into_iter()
+            .map(|c| (c.field, c.old, c.new))
+            .collect();
+        let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+        assert_eq!(
+            changes,
+            [
+                s("dns_name", "\"web\"", "null"),
+                s("kind.process.env.NOTE", "null", "\"v2\""),
+                s("kind.process.port", "8080", "8081"),
+                s("placement.instances", "1", "2"),
+            ]
+        );
+    }
 }

@@ -50,6 +50,10 @@ const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// relay it.
 pub const RELAY_AFTER: Duration = Duration::from_millis(250);
 
+/// How long the leader waits for a joining voter to catch up before it answers the join with
+/// a timeout (the joiner asks again).
+const ADMIT_CATCH_UP: Duration = Duration::from_secs(30);
+
 /// This node as a member of the cluster.
 pub struct Cluster {
     id: u64,
@@ -60,10 +64,6 @@ pub struct Cluster {
     peers: Vec<SocketAddr>,
     /// Whether this node should vote once admitted.
     voter: bool,
-    /// Leader side: one membership change at a time. Two admissions racing each other make
-    /// openraft refuse the second step of one of them, which would leave a joint configuration
-    /// behind.
-    membership: tokio::sync::Mutex<()>,
     /// Leader side: when this node last confirmed each host's lease (majority clock).
     confirmations: std::sync::Mutex<BTreeMap<u64, Instant>>,
     /// Whether the previous confirmation of this node's own lease needed a relay: if so the
@@ -88,7 +88,6 @@ impl Cluster {
             raft,
             peers,
             voter,
-            membership: tokio::sync::Mutex::new(()),
             confirmations: std::sync::Mutex::new(BTreeMap::new()),
             relayed_last: AtomicBool::new(false),
             heard: Heard::default(),
@@ -356,6 +355,10 @@ impl Cluster {
             let leader = match local(self.raft.clone()).await {
                 Ok(t) => return Ok(t.into_reply()),
                 Err(ProposeError::NotLeader(NotLeader { leader })) => leader,
+                Err(e @ ProposeError::TimedOut { .. }) => {
+                    last = e.to_string();
+                    None
+                }
                 Err(ProposeError::Raft(e)) => {
                     last = e;
                     None
@@ -410,35 +413,13 @@ impl Cluster {
         }
     }
 
-    /// Held across a membership change so changes run one at a time on this node.
-    pub async fn membership_change_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.membership.lock().await
-    }
-
-    /// Leader side of admission: adds `id` as a learner (waiting for it to catch up), then
-    /// promotes it when it should vote.
+    /// Leader side of admission: adds `id` as a learner, then (when it should vote) waits up
+    /// to [`ADMIT_CATCH_UP`] for it to catch up and promotes it. Membership changes run one at
+    /// a time, but the wait holds no lock ([`FabricRaft::admit`]): a joiner that dies while
+    /// catching up gets a timeout (and asks again) instead of blocking `members
+    /// promote/remove`.
     pub async fn admit(&self, id: u64, node: FabricNode, voter: bool) -> Result<(), ProposeError> {
-        if self.raft.metrics().current_leader != Some(self.id) {
-            return Err(ProposeError::NotLeader(NotLeader {
-                leader: self.raft.leader(),
-            }));
-        }
-        let _one_at_a_time = self.membership_change_lock().await;
-        let members = self.raft.members();
-        if members.voters.contains(&id) && members.settled {
-            return Ok(());
-        }
-        if members.nodes.get(&id) != Some(&node) {
-            tracing::info!(node = id, "admitting node {id} ({node}) as a learner");
-            self.raft.add_learner(id, node).await?;
-        }
-        if voter {
-            // Also when it already votes in a joint configuration left by a failed change:
-            // the same change again finishes it.
-            tracing::info!(node = id, "promoting node {id} to voter");
-            self.raft.promote(id).await?;
-        }
-        Ok(())
+        self.raft.admit(id, node, voter, ADMIT_CATCH_UP).await
     }
 
     fn is_member(&self) -> bool {

@@ -23,7 +23,12 @@ use crate::zone;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Assignment {
     pub epoch: u64,
+    /// The instance's placement number, named in every report about it.
+    pub placement: u64,
     pub state: InstanceState,
+    /// Placed under an older epoch of the current ownership, before a spec update: it keeps
+    /// running (and is fed) until the planner replaces it, but is never started again.
+    pub outdated: bool,
     pub spec: ServiceSpec,
 }
 
@@ -34,7 +39,7 @@ pub struct LeaseRead {
     pub revision: u64,
     /// The lease terms the fabric agreed on, if any.
     pub lease_terms: Option<LeaseTerms>,
-    /// The host's instances under their service's current epoch in its owner site.
+    /// The host's instances of the current ownership (see [`assignments`]).
     pub assigned: BTreeMap<String, Assignment>,
     /// [`zone::digest`] of that state's zone.
     pub zone_digest: u64,
@@ -50,23 +55,29 @@ pub fn lease_read(s: &FabricState, host: u64, site: &str) -> LeaseRead {
     }
 }
 
-/// This host's instances under their service's current epoch in its owner site.
+/// This host's instances of the current ownership of services owned by its site: under the
+/// service's epoch, or under an older one since the owner was assigned (not yet replaced after
+/// a spec update).
 fn assignments(s: &FabricState, host: u64, site: &str) -> BTreeMap<String, Assignment> {
     s.services
         .values()
         .filter(|svc| svc.owner.as_deref() == Some(site))
         .filter_map(|svc| {
             let inst = svc.instances.get(&host)?;
-            (inst.epoch == svc.epoch).then(|| {
-                (
-                    svc.spec.name.clone(),
-                    Assignment {
-                        epoch: inst.epoch,
-                        state: inst.state,
-                        spec: svc.spec.clone(),
-                    },
-                )
-            })
+            (svc.owner_epoch..=svc.epoch)
+                .contains(&inst.epoch)
+                .then(|| {
+                    (
+                        svc.spec.name.clone(),
+                        Assignment {
+                            epoch: inst.epoch,
+                            placement: inst.placement,
+                            state: inst.state,
+                            outdated: inst.epoch < svc.epoch,
+                            spec: svc.spec.clone(),
+                        },
+                    )
+                })
         })
         .collect()
 }

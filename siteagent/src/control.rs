@@ -66,6 +66,7 @@ impl From<ProposeError> for ControlReply {
         match e {
             ProposeError::NotLeader(n) => ControlReply::NotLeader(n),
             ProposeError::Raft(e) => ControlReply::Failed(e),
+            e @ ProposeError::TimedOut { .. } => ControlReply::Failed(e.to_string()),
         }
     }
 }
@@ -134,6 +135,7 @@ mod tests {
             service: "web".into(),
             host: 1,
             epoch: 1,
+            placement: 1,
         });
         let err = authorize(&peer, &forged).expect_err("forged");
         assert!(err.contains("node 2 may not report for node 1"), "{err}");

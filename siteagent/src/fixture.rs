@@ -6,13 +6,15 @@
 
 use consensus::state::{FabricState, ServiceSpec};
 
-pub use consensus::fixture::{apply, host_health, observe, place, revoke, running, site_health};
+pub use consensus::fixture::{
+    apply, host_health, observe, place, revoke, running, site_health, stopped,
+};
 use consensus::fixture::{assign, host, site};
 
 /// [`placed`], with `web` reported running on host 11.
 pub fn fabric() -> FabricState {
     let mut state = placed();
-    apply(&mut state, running("web", 11, 1));
+    apply(&mut state, running("web", 11, 1, 1));
     state
 }
 

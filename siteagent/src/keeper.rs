@@ -9,8 +9,11 @@
 //! (self-fencing). A frozen or dead agent feeds nothing, and its guards fence for it.
 //!
 //! Invariant: a workload is started or fed only from a state read by a successful confirmation
-//! that names this host's instance under the service's current epoch, and only with the deadline
-//! that confirmation earned; nothing is started once that deadline has passed.
+//! that names this host's instance under an epoch of the current ownership in this site, and
+//! only with the deadline that confirmation earned; nothing is started once that deadline has
+//! passed. Only the service's current epoch is ever started: an instance of an older epoch (a
+//! spec update is replacing it) keeps running until revoked, and is reported stopped when it is
+//! not running here.
 //!
 //! Does not: decide where anything runs (the leader's planner does), nor talk to Raft or the WAN
 //! itself: it reads and reports through a [`Fabric`], so [`Keeper::round`] runs in unit tests
@@ -253,13 +256,20 @@ impl<F: Fabric> Keeper<F> {
                         }
                         driver.forget(name);
                         if let Some(a) = wanted.filter(|a| a.epoch == *epoch) {
-                            self.report(name, Report::Stopped(a.epoch));
+                            self.report(name, Report::Stopped(a.epoch, a.placement));
                         }
                     }
                 },
                 WorkloadStatus::Exited { epoch, reason, .. } => {
                     driver.forget(name);
-                    if let Some(a) = wanted.filter(|a| a.state != InstanceState::Revoked) {
+                    if let Some(a) = wanted.filter(|a| a.outdated && a.epoch == *epoch) {
+                        // Not started again under the old spec: gone, so the planner replaces
+                        // it now rather than in its turn.
+                        tracing::warn!(
+                            "{name} (epoch {epoch}, before a spec update) exited: {reason}"
+                        );
+                        self.report(name, Report::Stopped(a.epoch, a.placement));
+                    } else if let Some(a) = wanted.filter(|a| a.state != InstanceState::Revoked) {
                         let delay = self.backoff.exited(name, now);
                         tracing::warn!(
                             "{name} (epoch {epoch}) exited: {reason}; starting it again in {delay:?}"
@@ -277,8 +287,9 @@ impl<F: Fabric> Keeper<F> {
             if present.contains(name) {
                 continue;
             }
-            if a.state == InstanceState::Revoked {
-                self.report(name, Report::Stopped(a.epoch));
+            if a.state == InstanceState::Revoked || a.outdated {
+                // Revoked, or of an older spec and not running here: nothing to start.
+                self.report(name, Report::Stopped(a.epoch, a.placement));
                 continue;
             }
             if !self.backoff.may_start(name, now) {
@@ -293,14 +304,14 @@ impl<F: Fabric> Keeper<F> {
                 Ok(()) => {
                     self.backoff.started(name, now);
                     tracing::info!("started {name} (epoch {})", a.epoch);
-                    self.report(name, Report::Running(a.epoch));
+                    self.report(name, Report::Running(a.epoch, a.placement));
                 }
                 Err(e) => tracing::warn!("cannot start {name}: {e}"),
             }
         }
         for (name, a) in &assigned {
             if a.state == InstanceState::Assigned && present.contains(name) {
-                self.report(name, Report::Running(a.epoch));
+                self.report(name, Report::Running(a.epoch, a.placement));
             }
         }
     }
@@ -380,8 +391,10 @@ impl Backoff {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Report {
-    Running(u64),
-    Stopped(u64),
+    /// Running, under (epoch, placement).
+    Running(u64, u64),
+    /// Stopped, under (epoch, placement).
+    Stopped(u64, u64),
     Note(String),
 }
 
@@ -402,15 +415,17 @@ impl Reports {
         let (fabric, service, busy) = (fabric.clone(), service.to_string(), self.in_flight.clone());
         tokio::spawn(async move {
             let command = match report {
-                Report::Running(epoch) => Command::InstanceRunning {
+                Report::Running(epoch, placement) => Command::InstanceRunning {
                     service: service.clone(),
                     host,
                     epoch,
+                    placement,
                 },
-                Report::Stopped(epoch) => Command::InstanceStopped {
+                Report::Stopped(epoch, placement) => Command::InstanceStopped {
                     service: service.clone(),
                     host,
                     epoch,
+                    placement,
                 },
                 Report::Note(message) => Command::RecordEvent { message },
             };
@@ -524,7 +539,7 @@ mod tests {
         assert!(
             rig.fabric
                 .proposed()
-                .contains(&fixture::running("web", 11, 1)),
+                .contains(&fixture::running("web", 11, 1, 1)),
             "{:?}",
             rig.fabric.proposed()
         );
@@ -600,11 +615,7 @@ mod tests {
         assert!(rig.fabric.apply(fixture::revoke("web", 11, 1)).is_ok());
         rig.round().await;
         assert_eq!(rig.running_epoch("web"), None);
-        let stopped = Command::InstanceStopped {
-            service: "web".into(),
-            host: 11,
-            epoch: 1,
-        };
+        let stopped = fixture::stopped("web", 11, 1, 1);
         assert!(
             rig.fabric.proposed().contains(&stopped),
             "{:?}",
@@ -680,6 +691,95 @@ mod tests {
             "web was started past the deadline: {:?}",
             rig.driver.list()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_of_the_spec_before_an_update_keeps_running_until_replaced() {
+        let mut rig = rig(fixture::fabric());
+        rig.round().await;
+        assert_eq!(rig.running_epoch("web"), Some(1));
+        let mut spec = rig.fabric.state().services["web"].spec.clone();
+        let WorkloadKind::Process(p) = &mut spec.kind;
+        p.env.insert("GREETING".into(), "hello".into());
+        assert!(
+            rig.fabric
+                .apply(Command::UpdateService {
+                    name: "web".into(),
+                    spec,
+                })
+                .is_ok()
+        );
+        assert_eq!(rig.fabric.state().services["web"].epoch, 2);
+        advance(2 * S).await;
+        let sent = rig.round().await;
+        assert_eq!(rig.running_epoch("web"), Some(1), "stopped before replaced");
+        assert_eq!(
+            rig.driver.deadline("web"),
+            Some(sent + 5 * S),
+            "the old instance's guard was not fed"
+        );
+        assert!(
+            !rig.fabric
+                .proposed()
+                .iter()
+                .any(|c| matches!(c, Command::InstanceStopped { .. })),
+            "{:?}",
+            rig.fabric.proposed()
+        );
+        assert_eq!(rig.lease.held(), ["web".to_string()].into());
+
+        // The planner replaces it: revoke, then place under epoch 2.
+        assert!(rig.fabric.apply(fixture::revoke("web", 11, 1)).is_ok());
+        rig.round().await;
+        assert_eq!(rig.running_epoch("web"), None);
+        assert!(
+            rig.fabric
+                .proposed()
+                .contains(&fixture::stopped("web", 11, 1, 1)),
+            "{:?}",
+            rig.fabric.proposed()
+        );
+        assert!(rig.fabric.apply(fixture::place("web", 11, 2)).is_ok());
+        rig.round().await;
+        assert_eq!(rig.running_epoch("web"), Some(2));
+        assert!(
+            rig.fabric
+                .proposed()
+                .contains(&fixture::running("web", 11, 2, 2)),
+            "{:?}",
+            rig.fabric.proposed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outdated_instance_not_running_here_is_reported_stopped_not_started() {
+        let mut state = fixture::fabric();
+        let mut spec = state.services["web"].spec.clone();
+        let WorkloadKind::Process(p) = &mut spec.kind;
+        p.args.push("--v2".into());
+        fixture::apply(
+            &mut state,
+            Command::UpdateService {
+                name: "web".into(),
+                spec,
+            },
+        );
+        // This agent restarted: nothing runs locally.
+        let mut rig = rig(state);
+        rig.round().await;
+        assert_eq!(
+            rig.running_epoch("web"),
+            None,
+            "started under the old epoch"
+        );
+        assert!(
+            rig.fabric
+                .proposed()
+                .contains(&fixture::stopped("web", 11, 1, 1)),
+            "{:?}",
+            rig.fabric.proposed()
+        );
+        assert!(rig.fabric.state().services["web"].instances.is_empty());
     }
 
     #[test]

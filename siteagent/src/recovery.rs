@@ -109,7 +109,7 @@ mod tests {
             r.observe(&state, t0 + 3 * S).is_empty(),
             "assigned is not serving"
         );
-        fixture::apply(&mut state, fixture::running("web", 12, 1));
+        fixture::apply(&mut state, fixture::running("web", 12, 1, 2));
         assert_eq!(r.observe(&state, t0 + 5 * S), vec![("web".into(), 4 * S)]);
         assert!(r.observe(&state, t0 + 6 * S).is_empty(), "reported once");
     }
@@ -121,7 +121,7 @@ mod tests {
         let mut r = Recovery::default();
         assert!(r.observe(&state, t0).is_empty());
         assert!(!r.is_move(&state, "web", 11));
-        fixture::apply(&mut state, fixture::running("web", 11, 1));
+        fixture::apply(&mut state, fixture::running("web", 11, 1, 1));
         assert!(r.observe(&state, t0 + S).is_empty());
     }
 
@@ -135,7 +135,7 @@ mod tests {
         assert!(r.is_move(&state, "web", 12));
         fixture::apply(&mut state, fixture::revoke("web", 11, 1));
         fixture::apply(&mut state, fixture::place("web", 12, 1));
-        fixture::apply(&mut state, fixture::running("web", 12, 1));
+        fixture::apply(&mut state, fixture::running("web", 12, 1, 2));
         assert!(
             r.observe(&state, t0 + S).is_empty(),
             "unknown start, no RTO"

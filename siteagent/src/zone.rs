@@ -6,15 +6,16 @@
 //! So a site that was cut off or frozen answers SERVFAIL from the moment its lease runs out, and
 //! after it is back it answers only from the state that shows what happened meanwhile.
 //!
-//! A name lists the addresses of instances that run under the service's current epoch on healthy
-//! hosts of a healthy owner site; during a move it has none (NODATA) rather than a stale one.
+//! A name lists the addresses of instances that run under the newest running epoch of the
+//! current ownership on healthy hosts of a healthy owner site; during a move it has none
+//! (NODATA) rather than a stale one.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use consensus::node::FabricRaft;
-use consensus::state::{FabricState, Health, Host, InstanceState, Service};
+use consensus::state::{FabricState, Health, Host, Instance, InstanceState, Service};
 use failover::dns::{DnsError, DnsServer};
 use failover::zone::{ZoneConfig, ZoneSnapshot};
 use tokio::sync::watch;
@@ -24,8 +25,10 @@ use crate::clock;
 use crate::config::AgentConfig;
 use crate::lease::LeaseHandle;
 
-/// The hosts that serve `svc` now: those running its current epoch, healthy, in its owner site,
-/// while that site is healthy.
+/// The hosts that serve `svc` now: those running the newest epoch any instance of the current
+/// ownership runs, healthy, in its owner site, while that site is healthy. During a rolling
+/// replacement after a spec update, a name lists the old instances until the first new one
+/// runs and only new ones from then on, so clients that follow DNS see the epoch only go up.
 pub fn serving_hosts<'a>(
     state: &'a FabricState,
     svc: &'a Service,
@@ -35,13 +38,26 @@ pub fn serving_hosts<'a>(
         .as_ref()
         .and_then(|o| state.sites.get(o))
         .is_some_and(|s| s.health == Health::Up);
+    let healthy = move |inst: &'a Instance| {
+        let host = state.hosts.get(&inst.host)?;
+        (owner_up
+            && inst.state == InstanceState::Running
+            && (svc.owner_epoch..=svc.epoch).contains(&inst.epoch)
+            && host.health == Health::Up
+            && Some(&host.site) == svc.owner.as_ref())
+        .then_some((inst.epoch, host))
+    };
+    let newest = svc
+        .instances
+        .values()
+        .filter_map(healthy)
+        .map(|(e, _)| e)
+        .max();
     svc.instances
         .values()
-        .filter(move |inst| {
-            owner_up && inst.state == InstanceState::Running && inst.epoch == svc.epoch
-        })
-        .filter_map(|inst| state.hosts.get(&inst.host))
-        .filter(|h| h.health == Health::Up && Some(&h.site) == svc.owner.as_ref())
+        .filter_map(healthy)
+        .filter(move |(epoch, _)| Some(*epoch) == newest)
+        .map(|(_, host)| host)
 }
 
 /// The names of the zone with their current addresses.
@@ -185,12 +201,53 @@ mod tests {
     }
 
     #[test]
+    fn during_a_rolling_update_a_name_lists_the_old_instances_until_a_new_one_runs() {
+        let mut state = fixture::fabric();
+        let mut spec = state.services["web"].spec.clone();
+        spec.placement.instances = 2;
+        let update = |spec: &ServiceSpec| Command::UpdateService {
+            name: "web".into(),
+            spec: spec.clone(),
+        };
+        fixture::apply(&mut state, update(&spec));
+        fixture::apply(&mut state, fixture::place("web", 12, 1));
+        fixture::apply(&mut state, fixture::running("web", 12, 1, 2));
+        let both: Vec<IpAddr> = vec![
+            "10.0.1.1".parse().expect("ip"),
+            "10.0.1.2".parse().expect("ip"),
+        ];
+        assert_eq!(names(&state).get("web"), Some(&both));
+        let consensus::state::WorkloadKind::Process(p) = &mut spec.kind;
+        p.args.push("--v2".into());
+        fixture::apply(&mut state, update(&spec));
+        assert_eq!(
+            names(&state).get("web"),
+            Some(&both),
+            "old ones until a new one runs"
+        );
+        fixture::apply(&mut state, fixture::revoke("web", 12, 1));
+        fixture::apply(&mut state, fixture::stopped("web", 12, 1, 2));
+        fixture::apply(&mut state, fixture::place("web", 12, 2));
+        assert_eq!(
+            names(&state).get("web"),
+            Some(&vec!["10.0.1.1".parse().expect("ip")])
+        );
+        fixture::apply(&mut state, fixture::running("web", 12, 2, 3));
+        assert_eq!(
+            names(&state).get("web"),
+            Some(&vec!["10.0.1.2".parse().expect("ip")]),
+            "an old instance listed once a new one runs"
+        );
+    }
+
+    #[test]
     fn an_instance_of_an_older_epoch_is_not_listed_and_services_without_a_name_are_absent() {
         let mut state = fixture::fabric();
         // The state machine revokes old instances before it bumps the epoch; the zone does not
         // rely on that ordering, so a running instance of an older epoch is hand-made here.
         if let Some(svc) = state.services.get_mut("web") {
             svc.epoch += 1;
+            svc.owner_epoch = svc.epoch;
         }
         assert_eq!(names(&state).get("web"), Some(&vec![]), "old epoch listed");
         let mut unnamed = ServiceSpec::process("batch", &["s1"], "x", 1);

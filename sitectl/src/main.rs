@@ -64,7 +64,7 @@ enum Cmd {
     /// Change a site: priority, maintenance.
     #[command(subcommand)]
     Site(SiteCmd),
-    /// Services: create, list, delete.
+    /// Services: create, list, update, delete.
     #[command(subcommand)]
     Service(ServiceCmd),
     /// Services with their owner and instances (same as `service list`).

@@ -26,6 +26,15 @@ pub enum ServiceCmd {
         #[arg(long)]
         local: bool,
     },
+    /// Change a service's spec in place from a TOML spec file (same name): same owner; when
+    /// what an instance runs changes, the instances are replaced one at a time under the next
+    /// epoch. `--dry-run` lists the fields that change and the instances to be replaced.
+    Update {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Delete a service; its hosts stop its instances.
     Delete {
         name: String,
@@ -96,6 +105,12 @@ pub async fn service(c: &Client, out: Output, cmd: ServiceCmd) -> anyhow::Result
             let spec = read_spec(&file)?;
             let path = format!("/v1/services?dry_run={dry_run}");
             let r: OperationResult = c.post(&path, &spec).await?;
+            print_operation(out, &r)
+        }
+        ServiceCmd::Update { file, dry_run } => {
+            let spec = read_spec(&file)?;
+            let path = format!("/v1/services/{}?dry_run={dry_run}", spec.name);
+            let r: OperationResult = c.put(&path, &spec).await?;
             print_operation(out, &r)
         }
         ServiceCmd::Delete { name, dry_run } => {

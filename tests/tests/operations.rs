@@ -281,3 +281,163 @@ sites = ["s1"]
     assert_eq!(before, after);
     assert!(after.is_empty(), "{after:?}");
 }
+
+/// One probe as a client does it: resolve `web` at `server`, then `/whoami` at the first
+/// address; retried once at once (a name can list an instance that stops a moment later).
+fn probe_through_dns(server: &str) -> Result<u64, String> {
+    let mut last = String::new();
+    for _ in 0..2 {
+        let d = dig(server, NAME, "A");
+        let Some(ip) = d.addresses().into_iter().next() else {
+            last = format!("no address: {d:?}");
+            continue;
+        };
+        match whoami(&format!("{ip}:8080")) {
+            Ok(me) => return Ok(me.epoch),
+            Err(e) => last = format!("{ip}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+#[test]
+fn a_spec_update_replaces_two_instances_one_at_a_time_under_a_higher_epoch_without_a_failed_probe()
+{
+    let lab = TestLab::up(3, 2);
+    demo(&lab, &["--instances", "2"]);
+    let before = wait_on(&lab, &[1, 2]);
+    let old_epoch = before.epoch;
+    for i in &before.instances {
+        let endpoint = i.endpoints.first().expect("endpoint");
+        assert_eq!(whoami(endpoint).expect("whoami").epoch, old_epoch);
+    }
+
+    // The same spec with one more environment variable.
+    let path = lab.dir().join("services").join("web.toml");
+    let mut spec: consensus::state::ServiceSpec =
+        toml::from_str(&std::fs::read_to_string(&path).expect("demo spec")).expect("parses");
+    let consensus::state::WorkloadKind::Process(p) = &mut spec.kind;
+    p.env.insert("FABRIC_DEMO_NOTE".into(), "v2".into());
+    let v2 = lab.dir().join("web-v2.toml");
+    std::fs::write(&v2, toml::to_string(&spec).expect("toml")).expect("write");
+    let v2 = v2.to_str().expect("utf-8");
+
+    let dry: OperationResult = lab
+        .ctl(&["service", "update", "--file", v2, "--dry-run"])
+        .expect("dry run");
+    assert_eq!(dry.revision, None);
+    assert_eq!(
+        dry.spec_changes
+            .iter()
+            .map(|c| (c.field.as_str(), c.old.as_str(), c.new.as_str()))
+            .collect::<Vec<_>>(),
+        [("kind.process.env.FABRIC_DEMO_NOTE", "null", "\"v2\"")]
+    );
+    assert!(dry.change.contains("one at a time"), "{}", dry.change);
+    let steps: Vec<String> = dry.plan.iter().map(|s| step_key(&s.action)).collect();
+    assert_eq!(
+        steps,
+        [
+            "revoke host 1",
+            "place host 1",
+            "revoke host 2",
+            "place host 2"
+        ],
+        "{:?}",
+        dry.plan
+    );
+    assert_eq!(
+        web(&lab).epoch,
+        old_epoch,
+        "the dry run changed the service"
+    );
+
+    // Probe through DNS the whole time.
+    let server = {
+        let p = lab.proc(3);
+        format!("{}:5300", p.address.rsplit_once(':').expect("ip").0)
+    };
+    assert_eq!(probe_through_dns(&server), Ok(old_epoch));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = std::thread::spawn({
+        let (server, stop) = (server.clone(), stop.clone());
+        move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                seen.push(probe_through_dns(&server));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        }
+    });
+
+    let done: OperationResult = lab
+        .ctl(&["service", "update", "--file", v2])
+        .expect("update");
+    assert!(done.revision.is_some());
+    let after = eventually(Duration::from_secs(60), "both replaced", || {
+        let w = web(&lab);
+        let replaced = w.instances.len() == 2
+            && w.instances
+                .iter()
+                .all(|i| i.epoch == old_epoch + 1 && i.state == InstanceState::Running);
+        Ok(replaced.then_some(w))
+    });
+    eventually(Duration::from_secs(20), "DNS serves the new epoch", || {
+        Ok((probe_through_dns(&server) == Ok(old_epoch + 1)).then_some(()))
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = prober.join().expect("prober");
+
+    assert_eq!(after.owner.as_deref(), Some("s1"), "the update moved it");
+    assert_eq!(after.epoch, old_epoch + 1);
+    for i in &after.instances {
+        let endpoint = i.endpoints.first().expect("endpoint");
+        assert_eq!(whoami(endpoint).expect("whoami").epoch, old_epoch + 1);
+    }
+    let failed: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} probes failed: {failed:?}",
+        failed.len(),
+        seen.len()
+    );
+    let epochs: Vec<u64> = seen
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    assert!(
+        epochs.windows(2).all(|w| w[0] <= w[1]),
+        "clients saw the epoch go back: {epochs:?}"
+    );
+    println!(
+        "{} probes through DNS during the update, none failed; epochs {old_epoch} -> {}",
+        seen.len(),
+        old_epoch + 1
+    );
+
+    // The planner did it as the dry run said; an unchanged spec is a no-op.
+    let revision = done.revision.expect("revision");
+    assert_eq!(planner_steps(&lab, revision), steps);
+    let again: OperationResult = lab
+        .ctl(&["service", "update", "--file", v2])
+        .expect("no-op update");
+    assert!(again.plan.is_empty(), "{:?}", again.plan);
+    assert!(again.spec_changes.is_empty());
+    assert_eq!(web(&lab).epoch, old_epoch + 1);
+
+    // A renamed spec is refused with the reason.
+    spec.name = "web2".into();
+    spec.dns_name = Some("web2".into());
+    let renamed = lab.dir().join("web2.toml");
+    std::fs::write(&renamed, toml::to_string(&spec).expect("toml")).expect("write");
+    let err = lab
+        .ctl::<OperationResult>(&[
+            "service",
+            "update",
+            "--file",
+            renamed.to_str().expect("utf-8"),
+        ])
+        .expect_err("unknown service");
+    assert!(err.to_string().contains("unknown service `web2`"), "{err}");
+}

@@ -1,9 +1,11 @@
 //! Applying the service commands: create/delete, ownership, instances.
 //!
 //! Invariant: the epoch is the fencing token. [`Command::AssignOwner`] must name the next epoch
-//! and finds no instance left; every instance command must name the instance's epoch. So two
+//! and finds no instance left; [`Command::UpdateService`] may bump it too, keeping owner and
+//! instances (the same site), and [`Command::PlaceInstance`] places only under the current one; every instance command must name the instance's epoch. So two
 //! sites never hold instances of one service in the state at the same time, and a late message
-//! about an old placement cannot change a new one. [`Command::PlaceInstance`] never raises the
+//! about an old placement cannot change a new one; a host's report also names the placement, so
+//! a late report about an earlier placement on the same host and epoch cannot either. [`Command::PlaceInstance`] never raises the
 //! live instances (not revoked, not on a drained host) above the spec's `placement.instances`.
 //! A delete revokes every instance and removes the service only when none is left, leaving a
 //! [`Tombstone`] with its epoch; a create of that name starts from the tombstone, so a name's
@@ -15,8 +17,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Command, CommandError, FabricState, Host, Instance, InstanceState, NodeId, Service, Tombstone,
-    invalid,
+    Command, CommandError, FabricState, Host, Instance, InstanceState, NodeId, Service,
+    ServiceSpec, Tombstone, invalid,
 };
 
 /// Instances of `s` that count against `placement.instances`: not revoked (on its way out), and
@@ -90,6 +92,104 @@ impl FabricState {
         )))
     }
 
+    /// Checks what a spec names against what exists: its sites, and a DNS name no other
+    /// service has.
+    fn check_spec_references(&self, spec: &ServiceSpec) -> Result<(), CommandError> {
+        if let Some(unknown) = spec
+            .placement
+            .sites
+            .iter()
+            .find(|s| !self.sites.contains_key(*s))
+        {
+            return Err(CommandError::UnknownSite(unknown.clone()));
+        }
+        if let Some(dns) = &spec.dns_name
+            && let Some(other) = self
+                .services
+                .values()
+                .find(|s| s.spec.name != spec.name && s.spec.dns_name.as_ref() == Some(dns))
+        {
+            return Err(invalid(
+                "dns_name",
+                format!(
+                    "`{dns}` is already the name of service `{}`",
+                    other.spec.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Replaces the spec of `name` in place; bumps the epoch when its instances must be
+    /// replaced (the planner then does it one at a time).
+    fn update_service(
+        &mut self,
+        name: &str,
+        spec: &ServiceSpec,
+    ) -> Result<Option<String>, CommandError> {
+        let s = self
+            .services
+            .get(name)
+            .ok_or_else(|| CommandError::UnknownService(name.to_string()))?;
+        if s.deleting.is_some() {
+            return Err(CommandError::Conflict {
+                service: name.to_string(),
+                reason: "it is being deleted; create it again once it is gone".into(),
+            });
+        }
+        if spec.name != name {
+            return Err(invalid(
+                "name",
+                format!(
+                    "an update cannot rename service `{name}` to `{}`: create the new name and delete the old one",
+                    spec.name
+                ),
+            ));
+        }
+        spec.validate()?;
+        self.check_spec_references(spec)?;
+        for (role, site) in [("owns", &s.owner), ("is the move target of", &s.target)] {
+            if let Some(site) = site
+                && !spec.placement.sites.contains(site)
+            {
+                return Err(invalid(
+                    "placement.sites",
+                    format!(
+                        "site `{site}` {role} service `{name}` and must stay in the list; move the service first (sitectl switchover)"
+                    ),
+                ));
+            }
+        }
+        if s.spec == *spec {
+            return Ok(None);
+        }
+        let restart = s.spec.needs_restart_for(spec) && s.owner.is_some();
+        let s = self.service_mut(name)?;
+        s.spec = spec.clone();
+        if !restart {
+            return Ok(Some(format!(
+                "service {name} updated: nothing an instance runs changed, no restart"
+            )));
+        }
+        debug_assert!(s.epoch >= s.owner_epoch, "epochs only go up");
+        s.epoch += 1;
+        let epoch = s.epoch;
+        let old: Vec<String> = s
+            .instances
+            .values()
+            .filter(|i| i.live())
+            .map(|i| format!("host {} (epoch {})", i.host, i.epoch))
+            .collect();
+        Ok(Some(if old.is_empty() {
+            format!("service {name} updated: new instances run it under epoch {epoch}")
+        } else {
+            format!(
+                "service {name} updated: its instances on {} are replaced one at a time under epoch {epoch}",
+                old.join(", ")
+            )
+        }))
+    }
+
     /// Removes a deleting service with no instance left, leaving its tombstone. True if removed.
     fn remove_if_deleted(&mut self, name: &str, now: u64) -> bool {
         let done = self
@@ -150,6 +250,27 @@ impl FabricState {
         Ok(inst)
     }
 
+    /// The instance of `service` on `host` a host's report is about: it must belong to `epoch`
+    /// and be placement `placement`, not an earlier one on the same host.
+    fn reported_instance_mut(
+        &mut self,
+        service: &str,
+        host: NodeId,
+        epoch: u64,
+        placement: u64,
+    ) -> Result<&mut Instance, CommandError> {
+        let inst = self.instance_mut(service, host, epoch)?;
+        if inst.placement != placement {
+            return Err(CommandError::StalePlacement {
+                service: service.to_string(),
+                host,
+                current: inst.placement,
+                got: placement,
+            });
+        }
+        Ok(inst)
+    }
+
     pub(super) fn apply_service_command(
         &mut self,
         now: u64,
@@ -167,28 +288,7 @@ impl FabricState {
                         None => CommandError::ServiceExists(spec.name.clone()),
                     });
                 }
-                if let Some(unknown) = spec
-                    .placement
-                    .sites
-                    .iter()
-                    .find(|s| !self.sites.contains_key(*s))
-                {
-                    return Err(CommandError::UnknownSite(unknown.clone()));
-                }
-                if let Some(dns) = &spec.dns_name
-                    && let Some(other) = self
-                        .services
-                        .values()
-                        .find(|s| s.spec.dns_name.as_ref() == Some(dns))
-                {
-                    return Err(invalid(
-                        "dns_name",
-                        format!(
-                            "`{dns}` is already the name of service `{}`",
-                            other.spec.name
-                        ),
-                    ));
-                }
+                self.check_spec_references(spec)?;
                 // A re-created name continues from its last epoch: fencing tokens never go back.
                 let epoch = self.tombstones.remove(&spec.name).map_or(0, |t| t.epoch);
                 self.services.insert(
@@ -200,8 +300,10 @@ impl FabricState {
                         owner: None,
                         owner_since_ms: now,
                         target: None,
+                        owner_epoch: epoch,
                         instances: Default::default(),
                         deleting: None,
+                        placements: 0,
                     },
                 );
                 Ok(Some(if epoch > 0 {
@@ -214,6 +316,7 @@ impl FabricState {
                 }))
             }
             Command::DeleteService { name } => self.delete_service(now, name),
+            Command::UpdateService { name, spec } => self.update_service(name, spec),
             Command::SetServiceTarget { service, site } => {
                 let s = self.active_service_mut(service)?;
                 if let Some(site) = site
@@ -264,6 +367,7 @@ impl FabricState {
                 debug_assert!(*epoch > s.epoch, "epochs only go up");
                 let old = s.owner.replace(site.clone());
                 s.epoch = *epoch;
+                s.owner_epoch = *epoch;
                 s.owner_since_ms = now;
                 if s.target.as_ref() == Some(site) {
                     s.target = None;
@@ -321,25 +425,29 @@ impl FabricState {
                     });
                 }
                 let s = self.service_mut(service)?;
+                s.placements += 1;
+                let placement = s.placements;
                 s.instances.insert(
                     *host,
                     Instance {
                         host: *host,
                         epoch: *epoch,
+                        placement,
                         state: InstanceState::Assigned,
                         since_ms: now,
                     },
                 );
                 Ok(Some(format!(
-                    "service {service}: instance placed on host {host} (epoch {epoch}): {reason}"
+                    "service {service}: instance placed on host {host} (epoch {epoch}, placement {placement}): {reason}"
                 )))
             }
             Command::InstanceRunning {
                 service,
                 host,
                 epoch,
+                placement,
             } => {
-                let inst = self.instance_mut(service, *host, *epoch)?;
+                let inst = self.reported_instance_mut(service, *host, *epoch, *placement)?;
                 match inst.state {
                     InstanceState::Running => Ok(None),
                     InstanceState::Revoked => Err(CommandError::Conflict {
@@ -377,8 +485,9 @@ impl FabricState {
                 service,
                 host,
                 epoch,
+                placement,
             } => {
-                self.instance_mut(service, *host, *epoch)?;
+                self.reported_instance_mut(service, *host, *epoch, *placement)?;
                 if let Some(s) = self.services.get_mut(service) {
                     s.instances.remove(host);
                 }

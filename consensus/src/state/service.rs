@@ -16,9 +16,16 @@
 //!   [`CommandError::ServiceDeleting`], naming the wait), so an old holder that may still serve
 //!   behind a partition never overlaps a new one;
 //! - an owner is assigned only when the service has no instance left anywhere, so instances of
-//!   two epochs (two sites) never coexist in the state;
+//!   two sites never coexist in the state; within one ownership, a spec update
+//!   ([`Command::UpdateService`]) that changes what an instance runs bumps the epoch without
+//!   touching the instances, so instances of the owner's epochs `owner_epoch..=epoch` (old and
+//!   new spec, same site) may coexist while the planner replaces the old ones one at a time;
 //! - every instance command names the epoch it is about, and a command for another epoch is
-//!   refused ([`CommandError::StaleEpoch`]): the epoch is the fencing token.
+//!   refused ([`CommandError::StaleEpoch`]): the epoch is the fencing token;
+//! - every placement of a service gets its own number ([`Instance::placement`]), and a host's
+//!   report ([`Command::InstanceRunning`], [`Command::InstanceStopped`]) names it: a report
+//!   about an earlier placement on the same host under the same epoch (replayed, or late) is
+//!   refused ([`CommandError::StalePlacement`]) and cannot touch the newer one.
 //!
 //! Decisions (when to revoke, where to place) are not made here but by the planner.
 
@@ -26,6 +33,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(doc)]
+use super::Command;
 use super::{Capacity, CommandError, NodeId, invalid, validate_name};
 
 /// What an operator declares. Parsed from TOML (`sitectl service create --file`) or JSON (admin
@@ -92,9 +101,13 @@ pub const MAX_INSTANCES: u32 = 64;
 pub struct Service {
     pub spec: ServiceSpec,
     pub created_ms: u64,
-    /// Fencing token: bumps on every ownership assignment. Instances carry the epoch they were
-    /// placed in.
+    /// Fencing token: bumps on every ownership assignment, and on a spec update that changes
+    /// what an instance runs. Instances carry the epoch they were placed in.
     pub epoch: u64,
+    /// The epoch at which the current owner was assigned. Instances of epochs from it up to
+    /// `epoch` belong to the current ownership: after a spec update the ones below `epoch` keep
+    /// running (the previous spec) until the planner replaces them, one at a time.
+    pub owner_epoch: u64,
     /// Site that holds the ownership lease, if any yet.
     pub owner: Option<String>,
     pub owner_since_ms: u64,
@@ -105,6 +118,8 @@ pub struct Service {
     /// Unix ms at which an operator deleted it, while its revoked instances still hold their
     /// slots; the service is removed when the last one is stopped or given up.
     pub deleting: Option<u64>,
+    /// How many instances were ever placed; the next one is placement `placements + 1`.
+    pub placements: u64,
 }
 
 /// What a deleted name leaves behind, so that the name's epochs never go backwards.
@@ -121,6 +136,10 @@ pub struct Tombstone {
 pub struct Instance {
     pub host: NodeId,
     pub epoch: u64,
+    /// Which placement of its service this is (1, 2, …; never reused by the service). Host
+    /// reports name it, so a late report about an earlier placement on the same host and epoch
+    /// cannot act on this one.
+    pub placement: u64,
     pub state: InstanceState,
     pub since_ms: u64,
 }
@@ -206,6 +225,15 @@ impl ServiceSpec {
             validate_dns_name(name)?;
         }
         Ok(())
+    }
+}
+
+impl ServiceSpec {
+    /// Whether an instance running `self` must be replaced to run `new`: what it runs (command,
+    /// arguments, environment, port) changed. Placement, DNS name and resources apply without a
+    /// restart.
+    pub fn needs_restart_for(&self, new: &ServiceSpec) -> bool {
+        self.kind != new.kind
     }
 }
 

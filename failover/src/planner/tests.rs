@@ -13,7 +13,7 @@ fn lease() -> LeaseConfig {
     }
 }
 
-use consensus::fixture::{apply, host, site};
+use consensus::fixture::{apply, host, placement_of, running, site, stopped};
 
 /// Sites s1..s3 with hosts 11, 12 (s1), 21, 22 (s2), 31, 32 (s3); service `web` in s1, s2, s3.
 fn fabric() -> FabricState {
@@ -61,27 +61,19 @@ fn settle(state: &mut FabricState, clock: &mut RevocationClock, now: Instant) ->
                     host,
                     epoch,
                     ..
-                } if host_up(state, *host) => apply(
-                    state,
-                    Command::InstanceRunning {
-                        service: service.clone(),
-                        host: *host,
-                        epoch: *epoch,
-                    },
-                ),
+                } if host_up(state, *host) => {
+                    let placement = placement_of(state, service, *host);
+                    apply(state, running(service, *host, *epoch, placement))
+                }
                 Action::Revoke {
                     service,
                     host,
                     epoch,
                     ..
-                } if host_up(state, *host) => apply(
-                    state,
-                    Command::InstanceStopped {
-                        service: service.clone(),
-                        host: *host,
-                        epoch: *epoch,
-                    },
-                ),
+                } if host_up(state, *host) => {
+                    let placement = placement_of(state, service, *host);
+                    apply(state, stopped(service, *host, *epoch, placement))
+                }
                 _ => {}
             }
             all.push(a);
@@ -296,14 +288,7 @@ fn a_deleted_service_whose_owner_is_up_is_removed_once_its_host_confirms_the_sto
     let (mut state, mut clock, t0) = placed();
     apply(&mut state, Command::DeleteService { name: "web".into() });
     assert!(settle(&mut state, &mut clock, t0 + S).is_empty());
-    apply(
-        &mut state,
-        Command::InstanceStopped {
-            service: "web".into(),
-            host: 11,
-            epoch: 1,
-        },
-    );
+    apply(&mut state, stopped("web", 11, 1, 1));
     assert!(!state.services.contains_key("web"));
     assert_eq!(state.tombstones["web"].epoch, 1);
 }
@@ -346,14 +331,7 @@ fn drain_starts_the_replacement_before_stopping_the_old_instance() {
     apply(&mut state, first[0].command());
     // The replacement is placed but not running yet: the old one keeps serving.
     assert!(plan(&state, &clock, t0, &lease()).is_empty());
-    apply(
-        &mut state,
-        Command::InstanceRunning {
-            service: "web".into(),
-            host: 12,
-            epoch: 1,
-        },
-    );
+    apply(&mut state, running("web", 12, 1, 2));
     let second = plan(&state, &clock, t0, &lease());
     assert!(
         matches!(
@@ -450,4 +428,149 @@ fn simulation_refuses_an_invalid_command() {
         site: Some("s9".into()),
     };
     assert!(simulate(&state, Some(&bad), &lease(), t0).is_err());
+}
+
+/// `web` with two instances (hosts 11 and 12 of s1, running under epoch 1), then its spec
+/// updated so that its instances must be replaced (epoch 2).
+fn two_instances_then_updated() -> (FabricState, RevocationClock, Instant) {
+    let (mut state, mut clock, t0) = placed();
+    let mut two = spec("web", &["s1", "s2", "s3"]);
+    two.placement.instances = 2;
+    apply(
+        &mut state,
+        Command::UpdateService {
+            name: "web".into(),
+            spec: two.clone(),
+        },
+    );
+    settle(&mut state, &mut clock, t0);
+    assert_eq!(
+        where_is(&state, "web"),
+        (Some("s1".into()), 1, vec![11, 12])
+    );
+    let consensus::state::WorkloadKind::Process(p) = &mut two.kind;
+    p.args = vec!["--greeting".into(), "hello".into()];
+    apply(
+        &mut state,
+        Command::UpdateService {
+            name: "web".into(),
+            spec: two,
+        },
+    );
+    (state, clock, t0)
+}
+
+fn running_count(state: &FabricState) -> usize {
+    state.services["web"]
+        .instances
+        .values()
+        .filter(|i| i.state == InstanceState::Running)
+        .count()
+}
+
+#[test]
+fn a_spec_update_replaces_instances_one_at_a_time_and_one_always_runs() {
+    let (mut state, mut clock, t0) = two_instances_then_updated();
+    let mut replaced = Vec::new();
+    for step in 0..20 {
+        clock.observe(&state, t0);
+        let actions = plan(&state, &clock, t0, &lease());
+        if actions.is_empty() {
+            break;
+        }
+        assert_eq!(
+            actions.len(),
+            1,
+            "step {step}: more than one at a time: {actions:?}"
+        );
+        let a = &actions[0];
+        apply(&mut state, a.command());
+        assert!(
+            running_count(&state) >= 1,
+            "step {step}: nothing runs after {a:?}"
+        );
+        // Nothing else moves until the host confirms.
+        assert!(plan(&state, &clock, t0, &lease()).is_empty(), "step {step}");
+        match a {
+            Action::Revoke {
+                host,
+                epoch,
+                planned,
+                reason,
+                ..
+            } => {
+                assert_eq!((*epoch, *planned), (1, true), "{a:?}");
+                assert!(reason.contains("spec updated"), "{reason}");
+                replaced.push(*host);
+                let placement = placement_of(&state, "web", *host);
+                apply(&mut state, stopped("web", *host, 1, placement));
+            }
+            Action::Place { host, epoch, .. } => {
+                assert_eq!(*epoch, 2, "{a:?}");
+                let placement = placement_of(&state, "web", *host);
+                apply(&mut state, running("web", *host, 2, placement));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(running_count(&state) >= 1, "step {step}: nothing runs");
+    }
+    assert_eq!(replaced, vec![11, 12]);
+    assert_eq!(
+        where_is(&state, "web"),
+        (Some("s1".into()), 2, vec![11, 12])
+    );
+    assert!(
+        state.services["web"]
+            .instances
+            .values()
+            .all(|i| i.epoch == 2 && i.state == InstanceState::Running)
+    );
+}
+
+#[test]
+fn a_move_during_a_spec_update_revokes_both_generations_and_takes_the_next_epoch() {
+    let (mut state, mut clock, t0) = two_instances_then_updated();
+    // The first replacement is under way (11 replaced at epoch 2, 12 still at epoch 1) ...
+    clock.observe(&state, t0);
+    let first = plan(&state, &clock, t0, &lease());
+    apply(&mut state, first[0].command());
+    let p = placement_of(&state, "web", 11);
+    apply(&mut state, stopped("web", 11, 1, p));
+    clock.observe(&state, t0);
+    let place = plan(&state, &clock, t0, &lease());
+    apply(&mut state, place[0].command());
+    let p = placement_of(&state, "web", 11);
+    apply(&mut state, running("web", 11, 2, p));
+    // ... when s1 goes down.
+    set_site(&mut state, "s1", Health::Down);
+    clock.observe(&state, t0 + S);
+    let actions = plan(&state, &clock, t0 + S, &lease());
+    let mut revoked: Vec<(NodeId, u64)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Revoke { host, epoch, .. } => Some((*host, *epoch)),
+            _ => None,
+        })
+        .collect();
+    revoked.sort();
+    assert_eq!(revoked, vec![(11, 2), (12, 1)], "{actions:?}");
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::AssignOwner { .. })),
+        "assigned before the old instances' leases ran out: {actions:?}"
+    );
+    for a in &actions {
+        apply(&mut state, a.command());
+    }
+    clock.observe(&state, t0 + S);
+    let moved = settle(&mut state, &mut clock, t0 + 7 * S);
+    assert!(
+        moved
+            .iter()
+            .any(|a| matches!(a, Action::AssignOwner { epoch: 3, .. })),
+        "{moved:?}"
+    );
+    let (owner, epoch, _) = where_is(&state, "web");
+    assert_eq!((owner.as_deref(), epoch), (Some("s2"), 3));
 }

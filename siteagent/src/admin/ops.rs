@@ -16,7 +16,7 @@ use serde::Deserialize;
 use wan::Identity;
 
 use super::{Failure, Shared, actor, body, failure};
-use crate::api::{OperationRequest, OperationResult, PlanStep};
+use crate::api::{OperationRequest, OperationResult, PlanStep, SpecChange};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +42,14 @@ async fn operate(
 ) -> Result<Json<OperationResult>, Failure> {
     let state = agent.cluster.read(|s| s.clone()).await?;
     let (command, change) = build(&state)?;
+    let spec_changes = match &command {
+        Command::UpdateService { name, spec } => state
+            .services
+            .get(name)
+            .map(|old| SpecChange::between(&old.spec, spec))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
     let plan = failover::planner::simulate(
         &state,
         Some(&command),
@@ -65,6 +73,7 @@ async fn operate(
             })
             .collect(),
         revision,
+        spec_changes,
     }))
 }
 
@@ -124,6 +133,49 @@ pub(super) async fn delete_service(
         Ok((
             Command::DeleteService { name: name.clone() },
             format!("delete service {name}; its hosts stop their instances"),
+        ))
+    })
+    .await
+}
+
+/// `PUT /v1/services/{name}`: a new spec for an existing service. The state machine checks it
+/// (unknown, renamed, deleting, invalid: refused); the answer lists the fields that change and
+/// the plan, which replaces the instances one at a time when what they run changed.
+pub(super) async fn update_service(
+    State(agent): State<Shared>,
+    Extension(op): Extension<Identity>,
+    Path(name): Path<String>,
+    Query(q): Query<DryRun>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<OperationResult>, Failure> {
+    let spec: ServiceSpec = body(&bytes)?;
+    spec.validate()
+        .map_err(|e| failure(StatusCode::BAD_REQUEST, "bad_request", e))?;
+    operate(&agent, &op, q.dry_run, |s| {
+        let svc = service(s, &name)?;
+        let change = if svc.spec == spec {
+            format!("leave service {name} as it is: the spec is unchanged")
+        } else if svc.spec.needs_restart_for(&spec) && svc.owner.is_some() {
+            let hosts: Vec<String> = svc
+                .instances
+                .values()
+                .filter(|i| i.live())
+                .map(|i| i.host.to_string())
+                .collect();
+            format!(
+                "update service {name} under epoch {}: replace its instances (hosts {}) one at a time",
+                svc.epoch + 1,
+                if hosts.is_empty() { "none".to_string() } else { hosts.join(", ") }
+            )
+        } else {
+            format!("update service {name} in place: nothing an instance runs changes, no restart")
+        };
+        Ok((
+            Command::UpdateService {
+                name: name.clone(),
+                spec,
+            },
+            change,
         ))
     })
     .await

@@ -183,7 +183,16 @@ pub fn operation(r: &OperationResult) -> String {
                 .map(|(i, s)| vec![(i + 1).to_string(), s.description.clone()]),
         )
     };
-    format!("{head} {}\n{plan}", r.change)
+    if r.spec_changes.is_empty() {
+        return format!("{head} {}\n{plan}", r.change);
+    }
+    let changes = table(
+        &["field", "old", "new"],
+        r.spec_changes
+            .iter()
+            .map(|c| vec![c.field.clone(), c.old.clone(), c.new.clone()]),
+    );
+    format!("{head} {}\n{changes}\n{plan}", r.change)
 }
 
 /// `sitectl lab up|status`: every agent of the lab with pid, address, roles and liveness.

@@ -272,6 +272,7 @@ fn an_operation_with_an_empty_plan_says_nothing_moves_and_draws_no_table() {
         change: "drain host 2".into(),
         plan: vec![],
         revision: Some(9),
+        spec_changes: vec![],
     };
     assert_eq!(
         super::operation(&r),
@@ -298,6 +299,7 @@ fn a_dry_run_numbers_the_plan_steps_in_order() {
             step(5, "start web on host 5"),
         ],
         revision: None,
+        spec_changes: vec![],
     };
     let text = super::operation(&r);
     assert!(
@@ -443,4 +445,29 @@ fn failed_expectations_name_only_the_misses_with_their_detail() {
         "rto_max (expected ≤ 12 s, measured 14 s; 2 s over); \
          rpo_max (expected ≤ 12 s, measured 14 s)"
     );
+}
+
+#[test]
+fn an_update_shows_the_changed_fields_before_the_plan() {
+    let r = OperationResult {
+        dry_run: true,
+        change: "update service web under epoch 2".into(),
+        plan: vec![],
+        revision: None,
+        spec_changes: vec![siteagent::api::SpecChange {
+            field: "kind.process.env.NOTE".into(),
+            old: "null".into(),
+            new: "\"v2\"".into(),
+        }],
+    };
+    let text = super::operation(&r);
+    assert!(
+        text.starts_with("dry run: would update service web under epoch 2\n"),
+        "{text}"
+    );
+    assert_eq!(
+        row(&text, "kind.process.env.NOTE"),
+        ["kind.process.env.NOTE", "null", "\"v2\""]
+    );
+    assert!(text.ends_with("plan: nothing moves"), "{text}");
 }
