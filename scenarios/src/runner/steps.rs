@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use consensus::state::Health;
+use consensus::state::{Health, SiteState};
 use emu::table::Direction;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -281,7 +281,7 @@ impl Drill<'_> {
             Action::SwitchoverNext { service } => {
                 let to = self.next_site(service).await?;
                 self.operation(
-                    format!("switchover {service} to {to} (the site after its owner)"),
+                    format!("switchover {service} to {to} (the next active site after its owner)"),
                     &format!("/v1/services/{service}/switchover"),
                     OperationRequest {
                         to: Some(to),
@@ -328,14 +328,30 @@ impl Drill<'_> {
             .into_iter()
             .find(|s| s.name == service)
             .with_context(|| format!("no service {service}"))?;
+        let states: Vec<SiteView> = self
+            .healthy_client()
+            .get("/v1/sites")
+            .await
+            .context("reading the sites")?;
+        let active = |name: &String| {
+            states
+                .iter()
+                .any(|s| &s.name == name && s.state == SiteState::Active)
+        };
         let sites = &svc.spec.placement.sites;
         let at = svc
             .owner
             .as_ref()
             .and_then(|o| sites.iter().position(|s| s == o));
-        let next = at.map_or(0, |i| (i + 1) % sites.len());
-        sites
-            .get(next)
+        let start = at.map_or(0, |i| i + 1);
+        // The next site in its list that the fabric judges able to take it (an operator
+        // switches over to a healthy site); when none is, the plain next one, so the
+        // fabric's refusal shows in the report.
+        let n = sites.len();
+        (0..n)
+            .map(|k| &sites[(start + k) % n])
+            .find(|s| Some(*s) != svc.owner.as_ref() && active(s))
+            .or_else(|| sites.get(start % n.max(1)))
             .cloned()
             .with_context(|| format!("service {service} has no sites"))
     }
