@@ -65,6 +65,7 @@ pub enum FaultKind {
     KillLeader,
     Switchover,
     Drain,
+    Update,
 }
 
 impl FaultKind {
@@ -78,6 +79,7 @@ impl FaultKind {
         FaultKind::KillLeader,
         FaultKind::Switchover,
         FaultKind::Drain,
+        FaultKind::Update,
     ];
 
     /// Needs the link emulator (a topology with links).
@@ -90,7 +92,10 @@ impl FaultKind {
 
     /// A planned operation, left in flight while the next fault hits.
     pub fn is_operation(self) -> bool {
-        matches!(self, FaultKind::Switchover | FaultKind::Drain)
+        matches!(
+            self,
+            FaultKind::Switchover | FaultKind::Drain | FaultKind::Update
+        )
     }
 }
 
@@ -141,6 +146,8 @@ pub enum Fault {
     KillLeader,
     /// Switchover to the site after the current owner.
     Switchover,
+    /// `service update` with a changed environment: a rolling restart under epoch + 1.
+    Update,
     Drain {
         host: u64,
     },
@@ -157,6 +164,7 @@ impl Fault {
             Fault::DegradeLink { .. } => FaultKind::DegradeLink,
             Fault::KillLeader => FaultKind::KillLeader,
             Fault::Switchover => FaultKind::Switchover,
+            Fault::Update => FaultKind::Update,
             Fault::Drain { .. } => FaultKind::Drain,
         }
     }
@@ -199,6 +207,7 @@ impl Fault {
             }
             FaultKind::KillLeader => Fault::KillLeader,
             FaultKind::Switchover => Fault::Switchover,
+            FaultKind::Update => Fault::Update,
             FaultKind::Drain => Fault::Drain { host: host(rng) },
         }
     }
@@ -239,6 +248,9 @@ impl Fault {
             Fault::Switchover => vec![Action::SwitchoverNext {
                 service: service.to_string(),
             }],
+            Fault::Update => vec![Action::UpdateService {
+                service: service.to_string(),
+            }],
             Fault::Drain { host } => vec![Action::Drain { host: *host }],
         }
     }
@@ -260,7 +272,7 @@ impl Fault {
             // The killed leader is known only at run time; a link's own impairment is the
             // topology's: healing everything restores both.
             Fault::DegradeLink { .. } | Fault::KillLeader => vec![Action::HealAll],
-            Fault::Switchover => Vec::new(),
+            Fault::Switchover | Fault::Update => Vec::new(),
             Fault::Drain { host } => vec![Action::Undrain { host: *host }],
         }
     }
@@ -286,6 +298,7 @@ impl fmt::Display for Fault {
             ),
             Fault::KillLeader => f.write_str("kill the Raft leader"),
             Fault::Switchover => f.write_str("switchover to the next site"),
+            Fault::Update => f.write_str("service update (rolling restart)"),
             Fault::Drain { host } => write!(f, "drain host {host}"),
         }
     }

@@ -165,7 +165,10 @@ impl Broken {
             }
             Action::Drain { host } => assert!(self.drained.insert(*host)),
             Action::Undrain { host } => assert!(self.drained.remove(host)),
-            Action::SwitchoverNext { .. } | Action::Wait { .. } | Action::WaitUntil { .. } => {}
+            Action::SwitchoverNext { .. }
+            | Action::UpdateService { .. }
+            | Action::Wait { .. }
+            | Action::WaitUntil { .. } => {}
             other => panic!("the generator does not emit {other:?}"),
         }
     }

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use consensus::state::{Health, SiteState};
+use consensus::state::{Health, SiteState, WorkloadKind};
 use emu::table::Direction;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -18,6 +18,9 @@ use siteagent::api::{OperationRequest, OperationResult, ServiceView, SiteView, S
 use tokio::time::Instant;
 
 use super::{Drill, POLL, lock, say};
+
+/// The environment variable a chaos `update_service` step counts up.
+const UPDATE_VAR: &str = "FABRIC_UPDATE";
 use crate::poll::{Check, poll_until};
 use crate::probe;
 use crate::report::{MarkerKind, ProbeSample};
@@ -278,6 +281,7 @@ impl Drill<'_> {
                     .partition_direction(from, to, Direction::AToB, true)
                     .await?;
             }
+            Action::UpdateService { service } => self.update_service(service).await?,
             Action::SwitchoverNext { service } => {
                 let to = self.next_site(service).await?;
                 self.operation(
@@ -290,6 +294,40 @@ impl Drill<'_> {
                 )
                 .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Updates `service` in place with the next value of `FABRIC_UPDATE` in its environment, so
+    /// what its instances run changes: a rolling restart under the next epoch.
+    async fn update_service(&self, service: &str) -> anyhow::Result<()> {
+        let services: Vec<ServiceView> = self
+            .healthy_client()
+            .get("/v1/services")
+            .await
+            .context("reading the services")?;
+        let mut spec = services
+            .into_iter()
+            .find(|s| s.name == service)
+            .with_context(|| format!("no service {service}"))?
+            .spec;
+        let WorkloadKind::Process(p) = &mut spec.kind;
+        let next = p
+            .env
+            .get(UPDATE_VAR)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        p.env.insert(UPDATE_VAR.into(), next.to_string());
+        let label = format!("update {service} in place ({UPDATE_VAR}={next}): rolling restart");
+        self.mark(MarkerKind::Operation, label.clone());
+        let r: OperationResult = self
+            .healthy_client()
+            .put(&format!("/v1/services/{service}"), &spec)
+            .await
+            .with_context(|| label.clone())?;
+        for step in &r.plan {
+            say(self.opts, format!("           plan: {}", step.description));
         }
         Ok(())
     }

@@ -87,6 +87,7 @@ pub enum ActionKind {
     HealAll,
     PartitionOneWay,
     SwitchoverNext,
+    UpdateService,
 }
 
 /// One checked step of the timeline.
@@ -178,6 +179,11 @@ pub enum Action {
     /// Planned move of `service` to the site after its current owner in the service's site
     /// list (cyclically): a switchover whose target is known only when it runs.
     SwitchoverNext {
+        service: String,
+    },
+    /// `sitectl service update` of `service` with a spec that differs in what the instances
+    /// run (an environment variable counting the updates): a rolling restart, epoch + 1.
+    UpdateService {
         service: String,
     },
 }
@@ -291,6 +297,7 @@ impl Action {
             Action::HealAll => ActionKind::HealAll,
             Action::PartitionOneWay { .. } => ActionKind::PartitionOneWay,
             Action::SwitchoverNext { .. } => ActionKind::SwitchoverNext,
+            Action::UpdateService { .. } => ActionKind::UpdateService,
         }
     }
 
@@ -314,6 +321,7 @@ impl Action {
             self,
             Action::Switchover { .. }
                 | Action::SwitchoverNext { .. }
+                | Action::UpdateService { .. }
                 | Action::Drain { .. }
                 | Action::Undrain { .. }
                 | Action::Maintenance { .. }
@@ -526,6 +534,9 @@ impl StepFile {
                 Action::PartitionOneWay { from, to }
             }
             ActionKind::SwitchoverNext => Action::SwitchoverNext {
+                service: service()?,
+            },
+            ActionKind::UpdateService => Action::UpdateService {
                 service: service()?,
             },
             ActionKind::Switchover => {

@@ -312,6 +312,10 @@ action = "switchover_next"
 service = "web"
 
 [[step]]
+action = "update_service"
+service = "web"
+
+[[step]]
 action = "heal_all"
 "#;
     let text = MINIMAL.replace("[expect]", &format!("{steps}\n[expect]"));
@@ -330,11 +334,14 @@ action = "heal_all"
             Action::SwitchoverNext {
                 service: "web".into()
             },
+            Action::UpdateService {
+                service: "web".into()
+            },
             Action::HealAll,
         ]
     );
     assert!(s.steps[1].action.is_fault() && s.steps[2].action.is_fault());
-    assert!(s.steps[3].action.is_operation());
+    assert!(s.steps[3].action.is_operation() && s.steps[4].action.is_operation());
     let one_end = MINIMAL.replace(
         "[expect]",
         "[[step]]\naction = \"partition_one_way\"\nsite = \"s1\"\n\n[expect]",
