@@ -147,16 +147,7 @@ impl Client {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        let body = serde_json::to_vec(body)?;
-        self.send(
-            |c, url| {
-                c.put(url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-            },
-            path,
-        )
-        .await
+        self.send_json(reqwest::Method::PUT, path, body).await
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(
@@ -164,10 +155,19 @@ impl Client {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
+        self.send_json(reqwest::Method::POST, path, body).await
+    }
+
+    async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
         let body = serde_json::to_vec(body)?;
         self.send(
             |c, url| {
-                c.post(url)
+                c.request(method.clone(), url)
                     .header("content-type", "application/json")
                     .body(body.clone())
             },

@@ -20,6 +20,22 @@ fn lab_with_links() -> (TestLab, tempfile::TempDir) {
     (TestLab::up_with(3, 1, &["--topology", path]), topo_dir)
 }
 
+/// `sitectl lab demo`: the demo service `web`, owned by the first site of its list.
+fn deploy_demo(lab: &TestLab) {
+    let ctx = lab.context();
+    let _: OperationResult = fabric_tests::sitectl_json(&[
+        "--context",
+        &ctx,
+        "--output",
+        "json",
+        "lab",
+        "demo",
+        "--dir",
+        lab.dir_str(),
+    ])
+    .expect("lab demo");
+}
+
 fn admin_of(lab: &TestLab, site: &str) -> String {
     lab.procs()
         .into_iter()
@@ -54,18 +70,7 @@ fn link(lab: &TestLab, how: &str, a: &str, b: &str) {
 #[test]
 fn delete_and_re_create_across_a_partition_never_serves_from_two_sites() {
     let (lab, _topology) = lab_with_links();
-    let ctx = lab.context();
-    let _: OperationResult = fabric_tests::sitectl_json(&[
-        "--context",
-        &ctx,
-        "--output",
-        "json",
-        "lab",
-        "demo",
-        "--dir",
-        lab.dir_str(),
-    ])
-    .expect("lab demo");
+    deploy_demo(&lab);
     let s1_admin = admin_of(&lab, "s1");
     let (site, old_endpoint, old_epoch) =
         eventually(Duration::from_secs(60), "web running in s1", || {
@@ -168,18 +173,7 @@ fn dns_of(lab: &TestLab, site: &str) -> String {
 #[test]
 fn a_cut_between_the_leader_and_the_owner_site_keeps_the_service_served() {
     let (lab, _topology) = lab_with_links();
-    let ctx = lab.context();
-    let _: OperationResult = fabric_tests::sitectl_json(&[
-        "--context",
-        &ctx,
-        "--output",
-        "json",
-        "lab",
-        "demo",
-        "--dir",
-        lab.dir_str(),
-    ])
-    .expect("lab demo");
+    deploy_demo(&lab);
     let any_admin = admin_of(&lab, "s1");
     eventually(Duration::from_secs(60), "web running", || {
         running_at(&lab, &any_admin)
