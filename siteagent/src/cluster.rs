@@ -41,7 +41,7 @@ use wan::{Channel, Handler, Identity, Wan, frame};
 use crate::clock;
 use crate::confirmation::{LeaseRead, lease_read};
 use crate::control::{ControlReply, ControlRequest, HeardReply, authorize, authorize_confirmation};
-use crate::fabric::{Fabric, FabricError};
+use crate::fabric::{Fabric, FabricError, lock};
 
 /// How long a write or read may keep looking for a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -578,11 +578,6 @@ impl Heard {
                 .unwrap_or(u64::MAX),
         })
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Plain values: a panic elsewhere cannot leave them half-updated.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Dispatches incoming WAN streams.

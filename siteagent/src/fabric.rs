@@ -65,7 +65,8 @@ pub trait Fabric: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Applied, FabricError>> + Send;
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks a mutex of plain values: a panic elsewhere cannot leave them half-updated.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

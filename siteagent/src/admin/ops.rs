@@ -106,15 +106,21 @@ fn usable_site(s: &FabricState, name: &str) -> Result<(), Failure> {
     }
 }
 
+/// A service spec from a request body, checked as create and update both require.
+fn valid_spec(bytes: &[u8]) -> Result<ServiceSpec, Failure> {
+    let spec: ServiceSpec = body(bytes)?;
+    spec.validate()
+        .map_err(|e| failure(StatusCode::BAD_REQUEST, "bad_request", e))?;
+    Ok(spec)
+}
+
 pub(super) async fn create_service(
     State(agent): State<Shared>,
     Extension(op): Extension<Identity>,
     Query(q): Query<DryRun>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<OperationResult>, Failure> {
-    let spec: ServiceSpec = body(&bytes)?;
-    spec.validate()
-        .map_err(|e| failure(StatusCode::BAD_REQUEST, "bad_request", e))?;
+    let spec = valid_spec(&bytes)?;
     operate(&agent, &op, q.dry_run, |_| {
         let change = format!("create service {}", spec.name);
         Ok((Command::CreateService { spec }, change))
@@ -148,9 +154,7 @@ pub(super) async fn update_service(
     Query(q): Query<DryRun>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<OperationResult>, Failure> {
-    let spec: ServiceSpec = body(&bytes)?;
-    spec.validate()
-        .map_err(|e| failure(StatusCode::BAD_REQUEST, "bad_request", e))?;
+    let spec = valid_spec(&bytes)?;
     operate(&agent, &op, q.dry_run, |s| {
         let svc = service(s, &name)?;
         let change = if svc.spec == spec {
