@@ -1,0 +1,1 @@
+//! Cross-site replication: see the submodules.
