@@ -15,11 +15,17 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 mod apply_service;
+mod apply_volume;
 mod service;
+mod volume;
 
 pub use service::{
     Instance, InstanceState, MAX_INSTANCES, Placement, ProcessSpec, Service, ServiceSpec,
     Tombstone, WorkloadKind,
+};
+pub use volume::{
+    CopyReport, CopyState, Lag, MAX_VOLUME_SIZE, MIN_VOLUME_SIZE, ReplicaSpec, ReplicationMode,
+    Volume, VolumeCopy, VolumeSpec,
 };
 
 /// Raft node id; every agent has one, and a host's id is its agent's node id.
@@ -219,6 +225,8 @@ pub struct FabricState {
     /// Deleted service names with their last epoch; a name is here or in `services`, never in
     /// both.
     pub tombstones: BTreeMap<String, Tombstone>,
+    /// Block volumes by name.
+    pub volumes: BTreeMap<String, Volume>,
 }
 
 /// A command with the facts the proposer stamped on it.
@@ -391,6 +399,42 @@ pub enum Command {
     RecordEvent {
         message: String,
     },
+    /// Operator: a new volume; its primary copy takes writes under epoch 1.
+    CreateVolume {
+        spec: VolumeSpec,
+    },
+    /// Operator: forget a volume no service uses (its files stay where they are).
+    DeleteVolume {
+        name: String,
+    },
+    /// The primary's agent: how every other copy stands, under the volume's epoch.
+    ReportVolume {
+        volume: String,
+        epoch: u64,
+        host: NodeId,
+        /// Open NBD connections on the primary.
+        writers: u32,
+        copies: BTreeMap<String, CopyReport>,
+    },
+    /// The primary's agent, before it acknowledges any write the copy at `site` lacks: that
+    /// copy is outdated (promoting it takes `--force`). `outdates` is the copy's new count.
+    OutdateCopy {
+        volume: String,
+        site: String,
+        epoch: u64,
+        outdates: u64,
+        reason: String,
+    },
+    /// Planner or operator: the copy at `site` takes the writes from now on, under `epoch`
+    /// (= current + 1). Refused while a service using the volume has an instance anywhere, and
+    /// for a copy that may lack acknowledged writes unless `force`.
+    PromoteVolume {
+        volume: String,
+        site: String,
+        epoch: u64,
+        force: bool,
+        reason: String,
+    },
     /// Agent: it runs with these lease terms. The first sets the fabric's terms; an agent whose
     /// terms differ is refused (and must not hold or grant leases).
     AgreeLeaseTerms {
@@ -451,6 +495,18 @@ pub enum CommandError {
     },
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
+    #[error("unknown volume `{0}`")]
+    UnknownVolume(String),
+    #[error("volume `{0}` already exists")]
+    VolumeExists(String),
+    #[error("volume `{volume}`: epoch {got} is stale (current {current})")]
+    StaleVolumeEpoch {
+        volume: String,
+        current: u64,
+        got: u64,
+    },
+    #[error("volume `{volume}`: {reason}")]
+    VolumeConflict { volume: String, reason: String },
     #[error(
         "node {node} runs with failover {proposed}, but the fabric's agents run with {fabric}; every agent must use the same lease terms"
     )]
@@ -772,6 +828,11 @@ impl FabricState {
                     }
                 }
             }
+            Command::CreateVolume { .. }
+            | Command::DeleteVolume { .. }
+            | Command::ReportVolume { .. }
+            | Command::OutdateCopy { .. }
+            | Command::PromoteVolume { .. } => self.apply_volume_command(now, cmd),
             service_command => self.apply_service_command(now, service_command),
         }
     }

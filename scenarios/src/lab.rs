@@ -718,6 +718,8 @@ impl Lab {
                 cpu_millis: 100,
                 memory_mib: 64,
             },
+            volumes: Vec::new(),
+            max_rpo: None,
         };
         spec.validate()
             .map_err(|e| anyhow!("service {name}: {e}"))?;

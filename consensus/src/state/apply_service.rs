@@ -148,6 +148,16 @@ impl FabricState {
         }
         spec.validate()?;
         self.check_spec_references(spec)?;
+        if spec.volumes != s.spec.volumes {
+            return Err(invalid(
+                "volumes",
+                format!(
+                    "an update cannot change the volumes of service `{name}` ({:?}): create a new service",
+                    s.spec.volumes
+                ),
+            ));
+        }
+        self.check_service_volumes(spec)?;
         for (role, site) in [("owns", &s.owner), ("is the move target of", &s.target)] {
             if let Some(site) = site
                 && !spec.placement.sites.contains(site)
@@ -289,6 +299,7 @@ impl FabricState {
                     });
                 }
                 self.check_spec_references(spec)?;
+                self.check_service_volumes(spec)?;
                 // A re-created name continues from its last epoch: fencing tokens never go back.
                 let epoch = self.tombstones.remove(&spec.name).map_or(0, |t| t.epoch);
                 self.services.insert(
@@ -364,6 +375,14 @@ impl FabricState {
                         ),
                     });
                 }
+                let spec = s.spec.clone();
+                if let Some(reason) = self.volumes_block_owner(&spec, site) {
+                    return Err(CommandError::Conflict {
+                        service: service.clone(),
+                        reason,
+                    });
+                }
+                let s = self.active_service_mut(service)?;
                 debug_assert!(*epoch > s.epoch, "epochs only go up");
                 let old = s.owner.replace(site.clone());
                 s.epoch = *epoch;

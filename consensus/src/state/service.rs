@@ -53,6 +53,14 @@ pub struct ServiceSpec {
     /// What one instance needs from its host.
     #[serde(default)]
     pub resources: Capacity,
+    /// Volumes the service writes to (at most one instance then); the service runs where their
+    /// primary copy is.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Most data a failover may lose: a replica that lags by more is not promoted unless the
+    /// operator forces it. `None`: any lag is accepted.
+    #[serde(default, with = "humantime_serde")]
+    pub max_rpo: Option<std::time::Duration>,
 }
 
 /// The workload driver and its parameters.
@@ -181,6 +189,8 @@ impl ServiceSpec {
             },
             dns_name: Some(name.into()),
             resources: Capacity::default(),
+            volumes: vec![],
+            max_rpo: None,
         }
     }
 

@@ -115,6 +115,8 @@ fn a_written_service_spec_reads_back_the_same() {
             cpu_millis: 100,
             memory_mib: 64,
         },
+        volumes: Vec::new(),
+        max_rpo: None,
     };
     let path = lab.write_spec(&spec).expect("written");
     assert_eq!(read_spec(&path).expect("reads back"), spec);
