@@ -203,7 +203,7 @@ impl VolumeSpec {
                 format!("{} bytes must be from 1 MiB to 16 TiB", self.size),
             ));
         }
-        if self.size % u64::from(self.block_size) != 0 {
+        if !self.size.is_multiple_of(u64::from(self.block_size)) {
             return Err(invalid(
                 "size",
                 format!(
