@@ -29,6 +29,7 @@ use crate::fabric::FabricError;
 use crate::lease::LeaseHandle;
 
 mod ops;
+pub mod volumes;
 
 /// What the admin API serves from.
 pub struct Admin {
@@ -130,6 +131,12 @@ fn router(agent: Shared) -> Router {
             post(ops::maintenance),
         )
         .route("/v1/failover/{site}", post(ops::failover))
+        .route("/v1/volumes", get(volumes::list).post(volumes::create))
+        .route(
+            "/v1/volumes/{name}",
+            get(volumes::show).delete(volumes::delete),
+        )
+        .route("/v1/volumes/{name}/promote", post(volumes::promote))
         .route("/v1/events", get(events).post(note))
         .route("/v1/state", get(state))
         .route("/v1/members", get(members))

@@ -304,3 +304,48 @@ mod tests {
         );
     }
 }
+
+/// `GET /v1/volumes`: a volume with every copy and where it is served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeView {
+    pub name: String,
+    pub size: u64,
+    pub block_size: u32,
+    pub primary: String,
+    pub epoch: u64,
+    pub uid: u64,
+    /// The service that writes to it, if any.
+    pub service: Option<String>,
+    /// Where the primary copy is served: `nbd://ip:port/name`, when a host serves it.
+    pub nbd: Option<String>,
+    /// Open NBD connections on the primary, as last reported.
+    pub writers: u32,
+    pub copies: Vec<CopyView>,
+}
+
+/// One site's copy of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyView {
+    pub site: String,
+    /// The host whose agent holds it now.
+    pub host: Option<u64>,
+    pub mode: consensus::state::ReplicationMode,
+    pub state: consensus::state::CopyState,
+    pub since_ms: u64,
+    pub lag: consensus::state::Lag,
+    /// Unix ms of the primary's last report about it (0: never).
+    pub reported_ms: u64,
+}
+
+/// Body of `POST /v1/volumes/{name}/promote`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Site whose copy becomes the primary.
+    pub site: String,
+    /// Promote even a copy that may lack acknowledged writes (recorded in the event).
+    #[serde(default)]
+    pub force: bool,
+}

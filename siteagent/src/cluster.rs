@@ -159,7 +159,7 @@ impl Cluster {
 
     async fn submit(&self, p: Proposal) -> Result<Applied, FabricError> {
         let result = self
-            .on_leader(ControlRequest::Propose(p.clone()), |raft| {
+            .on_leader(ControlRequest::Propose(Box::new(p.clone())), |raft| {
                 let p = p.clone();
                 async move { raft.propose(p).await }
             })
@@ -637,7 +637,7 @@ impl WanHandler {
                     tracing::warn!("refused a proposal from {peer}: {refusal}");
                     return ControlReply::Failed(refusal);
                 }
-                match raft.propose(p).await {
+                match raft.propose(*p).await {
                     Ok(result) => ControlReply::Proposed(result),
                     Err(e) => e.into(),
                 }

@@ -65,6 +65,8 @@ pub struct AgentConfig {
     pub wan: WanTuning,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub volumes: VolumeConfig,
 }
 
 /// Raft timing. Defaults suit a LAN; on a WAN use heartbeat ≥ 2 × RTT (openraft also uses it
@@ -225,6 +227,39 @@ impl Default for WanTuning {
     }
 }
 
+/// Block volumes this host keeps and serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeConfig {
+    /// Where this site's copies live, one raw file per volume. Every host of a site should see
+    /// the same directory (shared storage): the fabric replicates across sites, and any host of
+    /// the site may take over serving a copy. Default: `<data_dir>/volumes`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// TCP port of the NBD server on this host's workload addresses (the same on every agent).
+    #[serde(default = "defaults::nbd_port")]
+    pub nbd_port: u16,
+    /// A sync replica that has not acknowledged a write for this long is declared outdated (in
+    /// the fabric state) so the primary can go on without it.
+    #[serde(with = "humantime_serde", default = "defaults::sync_timeout")]
+    pub sync_timeout: Duration,
+    /// Most bytes of writes queued for one async replica before it falls back to tracking
+    /// dirty blocks (and a resync when it catches up).
+    #[serde(default = "defaults::journal_bytes")]
+    pub journal_bytes: u64,
+}
+
+impl Default for VolumeConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            nbd_port: defaults::nbd_port(),
+            sync_timeout: defaults::sync_timeout(),
+            journal_bytes: defaults::journal_bytes(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -257,6 +292,18 @@ impl Default for LogConfig {
 /// Every default value, in one place.
 mod defaults {
     use std::time::Duration;
+
+    pub fn nbd_port() -> u16 {
+        10809
+    }
+
+    pub fn sync_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+
+    pub fn journal_bytes() -> u64 {
+        64 << 20
+    }
 
     pub fn site_priority() -> u32 {
         100
@@ -436,6 +483,12 @@ impl AgentConfig {
                 "lease - lease_margin must be more than 8/3 x raft.election_timeout_max, or electing a new Raft leader would fence every agent",
             ));
         }
+        if self.volumes.nbd_port == 0 {
+            return Err(invalid("volumes.nbd_port", "must be 1 to 65535"));
+        }
+        if self.volumes.sync_timeout.is_zero() {
+            return Err(invalid("volumes.sync_timeout", "must be greater than 0"));
+        }
         if f.plan_interval.is_zero() {
             return Err(invalid("failover.plan_interval", "must be greater than 0"));
         }
@@ -464,6 +517,14 @@ impl AgentConfig {
             election_timeout_max: self.raft.election_timeout_max,
             snapshot_after_logs: self.raft.snapshot_after_logs,
         }
+    }
+
+    /// Directory of this site's volume copies.
+    pub fn volume_dir(&self) -> PathBuf {
+        self.volumes
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("volumes"))
     }
 
     /// Addresses of this host's workloads: `host.addresses`, else the WAN IP.

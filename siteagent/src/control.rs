@@ -18,7 +18,7 @@ use crate::confirmation::LeaseRead;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ControlRequest {
     /// Propose on the leader.
-    Propose(Proposal),
+    Propose(Box<Proposal>),
     /// Leader: confirm leadership with a quorum and return the read index.
     ReadIndex,
     /// Confirm the lease of `host` of `site`. The leader reads what the host holds after a read
@@ -79,9 +79,9 @@ pub(crate) fn authorize(peer: &Identity, p: &Proposal) -> Result<(), String> {
         Command::Observe { observer, .. } | Command::AgreeLeaseTerms { node: observer, .. } => {
             Some(*observer)
         }
-        Command::InstanceRunning { host, .. } | Command::InstanceStopped { host, .. } => {
-            Some(*host)
-        }
+        Command::InstanceRunning { host, .. }
+        | Command::InstanceStopped { host, .. }
+        | Command::ReportVolume { host, .. } => Some(*host),
         _ => None,
     };
     match (about, peer.node_id()) {

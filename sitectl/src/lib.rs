@@ -9,5 +9,6 @@ pub mod chaoscmd;
 pub mod labcmd;
 pub mod ops;
 pub mod output;
+pub mod volumecmd;
 
 pub use scenarios::{client, context, lab};

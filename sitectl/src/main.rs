@@ -72,6 +72,14 @@ enum Cmd {
         #[arg(long)]
         local: bool,
     },
+    /// Block volumes: create, list, show, delete, promote.
+    #[command(subcommand)]
+    Volume(sitectl::volumecmd::VolumeCmd),
+    /// Volumes with their primary and copies (same as `volume list`).
+    Volumes {
+        #[arg(long)]
+        local: bool,
+    },
     /// Drain or undrain a host.
     #[command(subcommand)]
     Host(HostCmd),
@@ -338,6 +346,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ServiceCmd::List { local },
             )
             .await?
+        }
+        Cmd::Volume(cmd) => {
+            sitectl::volumecmd::volume(&client(cli.context, cli.endpoint)?, out, cmd).await?
+        }
+        Cmd::Volumes { local } => {
+            let cmd = sitectl::volumecmd::VolumeCmd::List { local };
+            sitectl::volumecmd::volume(&client(cli.context, cli.endpoint)?, out, cmd).await?
         }
         Cmd::Host(cmd) => ops::host(&client(cli.context, cli.endpoint)?, out, cmd).await?,
         Cmd::Switchover {

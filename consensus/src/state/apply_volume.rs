@@ -295,6 +295,30 @@ impl FabricState {
         Ok(())
     }
 
+    /// The host that serves volume `v`'s copy at `site`: the host of the instance of the service
+    /// using it, when that instance is at `site`; otherwise the lowest-numbered up host of
+    /// `site` that is not drained (any up host if all are). Every agent computes the same answer
+    /// from the same state.
+    pub fn volume_server(&self, v: &Volume, site: &str) -> Option<NodeId> {
+        let in_site = |id: &NodeId| self.hosts.get(id).is_some_and(|h| h.site == site);
+        if let Some(svc) = self.service_using(&v.spec.name)
+            && let Some(i) = self.services[svc]
+                .instances
+                .values()
+                .find(|i| i.live() && in_site(&i.host))
+        {
+            return Some(i.host);
+        }
+        let up = || {
+            self.hosts
+                .values()
+                .filter(|h| h.site == site && h.health == super::Health::Up)
+        };
+        up().find(|h| !h.drained)
+            .or_else(|| up().next())
+            .map(|h| h.id)
+    }
+
     /// Why `service` cannot be owned by `site` because of its volumes, if it cannot.
     pub(super) fn volumes_block_owner(&self, spec: &ServiceSpec, site: &str) -> Option<String> {
         spec.volumes.iter().find_map(|name| {

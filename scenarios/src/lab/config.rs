@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use siteagent::config::{
-    AgentConfig, DnsConfig, FailoverConfig, HostConfig, LogConfig, RaftConfig, WanTuning,
+    AgentConfig, DnsConfig, FailoverConfig, HostConfig, LogConfig, RaftConfig, VolumeConfig,
+    WanTuning,
 };
 use wan::TlsFiles;
 
@@ -73,6 +74,11 @@ pub fn agent_config(lab: &LabFile, a: &LabAgent, voters: &[&LabAgent]) -> AgentC
             ..WanTuning::default()
         },
         log: LogConfig::default(),
+        // Every host of a site shares its site's volume directory (the lab's shared storage).
+        volumes: VolumeConfig {
+            dir: Some(PathBuf::from(format!("../../volumes/{}", a.site))),
+            ..VolumeConfig::default()
+        },
     }
 }
 

@@ -25,16 +25,22 @@ pub(super) struct DryRun {
     dry_run: bool,
 }
 
-fn not_found(what: impl ToString) -> Failure {
+impl DryRun {
+    pub(super) fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+}
+
+pub(super) fn not_found(what: impl ToString) -> Failure {
     failure(StatusCode::NOT_FOUND, "not_found", what)
 }
 
-fn conflict(what: impl ToString) -> Failure {
+pub(super) fn conflict(what: impl ToString) -> Failure {
     failure(StatusCode::CONFLICT, "rejected", what)
 }
 
 /// Reads the state, builds the command from it, simulates, and proposes unless `dry_run`.
-async fn operate(
+pub(super) async fn operate(
     agent: &Shared,
     op: &Identity,
     dry_run: bool,
