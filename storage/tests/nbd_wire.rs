@@ -25,6 +25,7 @@ fn limits() -> Limits {
         max_request: MAX,
         max_inflight: 4,
         handshake_timeout: Duration::from_millis(500),
+        max_connections: 3,
     }
 }
 
@@ -308,4 +309,29 @@ async fn shutdown_stops_accepting_and_ends_open_connections() -> anyhow::Result<
     assert_closed(&mut s).await?;
     assert!(NbdClient::connect(&addr.to_string(), "vol").await.is_err());
     Ok(())
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_and_room_comes_back() -> anyhow::Result<()> {
+    let server = Server::start(MIB, limits()).await?;
+    let held: Vec<TcpStream> = vec![
+        raw_session(server.addr, "vol").await?,
+        raw_session(server.addr, "vol").await?,
+        raw_session(server.addr, "vol").await?,
+    ];
+    let mut extra = TcpStream::connect(server.addr).await?;
+    assert_closed(&mut extra)
+        .await
+        .context("a fourth connection")?;
+    drop(held);
+    let mut alive = Err(anyhow::anyhow!("never tried"));
+    for _ in 0..50 {
+        alive = assert_alive(server.addr).await;
+        if alive.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    alive.context("after the held connections closed")?;
+    server.stop().await
 }

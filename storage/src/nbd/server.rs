@@ -19,7 +19,8 @@
 //!   [`proto::MAX_OPTION_DATA`], unknown client flags, an unknown export via EXPORT_NAME) closes
 //!   that connection; anything well-framed gets an error reply. No input panics the server, and
 //!   one connection's failure never stops the others;
-//! - the handshake must finish within [`Limits::handshake_timeout`].
+//! - the handshake must finish within [`Limits::handshake_timeout`], and at most
+//!   [`Limits::max_connections`] connections are served at once.
 //!
 //! `CAN_MULTI_CONN` is advertised because the server keeps no cache of its own: every request
 //! goes straight to the device, whose flush and FUA make every completed write durable (the
@@ -56,6 +57,8 @@ pub struct Limits {
     pub max_inflight: usize,
     /// Time a client has from connecting to entering transmission.
     pub handshake_timeout: Duration,
+    /// Connections served at once; one more is closed right after it is accepted.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -64,6 +67,7 @@ impl Default for Limits {
             max_request: 32 << 20,
             max_inflight: 16,
             handshake_timeout: Duration::from_secs(10),
+            max_connections: 256,
         }
     }
 }
@@ -357,6 +361,9 @@ pub async fn serve(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
+                Ok((_, peer)) if conns.len() >= limits.max_connections => {
+                    tracing::warn!(%peer, "nbd: refusing a connection: {} already open", conns.len());
+                }
                 Ok((stream, peer)) => {
                     let conn = connection(stream, peer, exports.clone(), limits.clone(), shutdown.clone());
                     conns.spawn(conn);
@@ -367,11 +374,22 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(ended) = conns.join_next(), if !conns.is_empty() => log_panic(ended),
         }
     }
     drop(listener);
-    while conns.join_next().await.is_some() {}
+    while let Some(ended) = conns.join_next().await {
+        log_panic(ended);
+    }
+}
+
+/// A panicking connection is a bug; it ends only that connection, and it is logged loudly.
+fn log_panic(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended
+        && e.is_panic()
+    {
+        tracing::error!("nbd: BUG: a connection task panicked: {e}");
+    }
 }
 
 async fn connection(
@@ -507,7 +525,9 @@ async fn transmission(
             _ = shutdown.cancelled() => break,
             read = rd.read_exact(&mut head) => if read.is_err() { break },
         }
-        while inflight.try_join_next().is_some() {}
+        while let Some(ended) = inflight.try_join_next() {
+            log_panic(ended);
+        }
         let req = match Request::decode(&head) {
             Ok(req) => req,
             Err(e) => {
@@ -548,7 +568,9 @@ async fn transmission(
         };
         inflight.spawn(job.run(op));
     }
-    while inflight.join_next().await.is_some() {}
+    while let Some(ended) = inflight.join_next().await {
+        log_panic(ended);
+    }
     drop(tx);
     let _ = writer.await;
 }
