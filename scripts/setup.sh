@@ -3,6 +3,8 @@
 # the tests need beyond the toolchain. Safe to run again; it installs only what is missing.
 #   - dig (bind9-dnsutils): the DNS tests and drills query the fabric's DNS servers with real dig
 #   - curl: the e2e tests read an agent's /metrics with the operator certificate
+#   - qemu-io, qemu-img, qemu-nbd (qemu-utils) and nbdinfo, nbdcopy (libnbd-bin): real NBD clients
+#     and a reference server for the storage and demo tests
 #   - cargo-nextest: the test runner (README "Run the tests")
 set -euo pipefail
 
@@ -15,6 +17,8 @@ fi
 need=()
 command -v dig >/dev/null || need+=(bind9-dnsutils)
 command -v curl >/dev/null || need+=(curl ca-certificates)
+command -v qemu-io >/dev/null || need+=(qemu-utils)
+command -v nbdinfo >/dev/null || need+=(libnbd-bin)
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}"
   "${sudo[@]}" apt-get update -qq
@@ -26,4 +30,5 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
-echo "setup: dig $(dig -v 2>&1 | head -1 | sed 's/^DiG //'), $(cargo nextest --version | head -1)"
+echo "setup: dig $(dig -v 2>&1 | head -1 | sed 's/^DiG //'), $(qemu-io --version | head -1)," \
+  "$(nbdinfo --version | head -1), $(cargo nextest --version | head -1)"

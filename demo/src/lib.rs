@@ -2,16 +2,18 @@
 //! tests and failover drills.
 //!
 //! Owns: its configuration (the `FABRIC_*` environment a driver sets, overridable by flags), the
-//! listening sockets, and two HTTP endpoints: `GET /whoami` (which site, host, epoch and pid
-//! answer) and `GET /healthz`.
+//! listening sockets, and the HTTP endpoints: `GET /whoami` (which site, host, epoch and pid
+//! answer), `GET /healthz`, and its durable records (`POST /write`, `GET /records`, kept on an NBD
+//! volume or a site-shared file: see [`records`]).
 //!
 //! Invariant: it serves only on sockets it bound at start, and it prints exactly one `started`
 //! line before serving and one `stopping` line (with `at_ms`, wall-clock unix ms) once shutdown
 //! begins, so a drill can order its life against another site's.
 //!
-//! Does not: keep state, talk to other instances, or restart itself. It stops when told to
+//! Does not: keep state other than its records, talk to other instances, or restart itself. It stops when told to
 //! (SIGTERM), or when its guard kills it.
 
+pub mod record_log;
 pub mod records;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -43,6 +45,8 @@ pub enum DemoError {
     NothingBound(String),
     #[error("serving failed: {0}")]
     Serve(std::io::Error),
+    #[error("FABRIC_VOLUME_NBD / --volume-nbd: {0}")]
+    VolumeUri(storage::nbd::NbdError),
 }
 
 /// Command line; every flag but `--listen` falls back to the variable a driver sets.
@@ -74,9 +78,13 @@ pub struct DemoArgs {
     #[arg(long, env = "FABRIC_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Root of the site-shared volumes: records go to `<root>/<site>/<service>/records.log`.
-    /// Without it, `POST /write` is refused.
+    /// Without it (and without `--volume-nbd`), `POST /write` is refused.
     #[arg(long, env = "FABRIC_VOLUME_ROOT")]
     pub volume_root: Option<PathBuf>,
+    /// The service's block volume, `nbd://host:port/export`: records go to a log on it.
+    /// Takes precedence over `--volume-root`.
+    #[arg(long, env = "FABRIC_VOLUME_NBD")]
+    pub volume_nbd: Option<String>,
 }
 
 /// Who this instance is; the body of `GET /whoami`.
@@ -110,6 +118,21 @@ impl DemoArgs {
             addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.port));
         }
         Ok(addrs)
+    }
+
+    /// Where records go: the NBD volume if given, else the site-shared file, else nowhere.
+    pub fn records(&self) -> Result<records::Records, DemoError> {
+        if let Some(uri) = &self.volume_nbd {
+            let uri = storage::nbd::parse_uri(uri).map_err(DemoError::VolumeUri)?;
+            return Ok(records::Records::on_volume(uri));
+        }
+        Ok(records::Records::at(self.volume_root.as_ref().map(
+            |root| {
+                root.join(&self.site)
+                    .join(&self.service)
+                    .join("records.log")
+            },
+        )))
     }
 
     pub fn whoami(&self, started_ms: u64) -> Whoami {
@@ -250,12 +273,8 @@ pub async fn serve(
 
 /// Binds and serves the instance `args` describes until `shutdown`.
 pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), DemoError> {
+    let records = args.records()?;
     let listeners = bind(&args.listen_addrs()?)?;
-    let records = records::Records::at(args.volume_root.as_ref().map(|root| {
-        root.join(&args.site)
-            .join(&args.service)
-            .join("records.log")
-    }));
     serve(listeners, args.whoami(unix_ms()), records, shutdown).await
 }
 
@@ -299,6 +318,26 @@ mod tests {
             .filter_map(|s| s.parse().ok())
             .collect();
         assert_eq!(addrs, Some(Some(want)));
+    }
+
+    #[test]
+    fn a_volume_uri_takes_precedence_and_a_bad_one_is_refused_by_name() {
+        let both = args(&[
+            "--volume-root",
+            "/tmp/v",
+            "--volume-nbd",
+            "nbd://127.0.0.1:1/web",
+        ]);
+        let records = both.map(|a| a.records().map(|r| format!("{r:?}")));
+        assert!(
+            matches!(&records, Some(Ok(r)) if r.contains("Volume") && r.contains("web")),
+            "{records:?}"
+        );
+        let bad = args(&["--volume-nbd", "http://x/web"]).map(|a| a.records().err());
+        assert!(
+            matches!(&bad, Some(Some(e @ DemoError::VolumeUri(_))) if e.to_string().contains("http")),
+            "{bad:?}"
+        );
     }
 
     #[test]

@@ -1,11 +1,15 @@
-//! The demo's durable records: `POST /write?seq=N` appends `N` to a file and syncs it before
+//! The demo's durable records: `POST /write?seq=N` appends `N` and makes it durable before
 //! acknowledging; `GET /records` lists every sequence number held. Drills count acknowledged
 //! writes that the serving instance no longer holds afterwards as lost (RPO).
 //!
-//! The file lives on the service's volume: `<volume root>/<site>/<service>/records.log` — a
-//! directory every host of one site shares (like a SAN), and nothing replicates it across sites.
+//! Two places the records can live:
+//! - a block volume over NBD ([`crate::record_log`], `--volume-nbd nbd://host:port/export`),
+//!   the way a VM reaches its disk; the fabric replicates such volumes across sites;
+//! - a file on a site-shared directory: `<volume root>/<site>/<service>/records.log` (like a
+//!   SAN), which nothing replicates across sites. Drills use it until the agent serves volumes.
 //!
-//! Invariant: a write is acknowledged only after it is on disk (fsync of the data).
+//! Invariant: a write is acknowledged only after it is durable (FUA write of its slot, or fsync
+//! of the file); otherwise the client gets 503 with the reason.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,13 +19,26 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use storage::nbd::NbdUri;
 use tokio::sync::Mutex;
 
-/// Where the records file is, if this instance has a volume.
+use crate::record_log::NbdLog;
+
+/// Where the records are kept, if this instance has a volume.
 #[derive(Debug, Clone, Default)]
 pub struct Records {
-    file: Option<Arc<Mutex<PathBuf>>>,
+    backend: Backend,
 }
+
+#[derive(Debug, Clone, Default)]
+enum Backend {
+    #[default]
+    None,
+    File(Arc<Mutex<PathBuf>>),
+    Volume(Arc<NbdLog>),
+}
+
+const NO_VOLUME: &str = "this instance has no volume";
 
 #[derive(Debug, Deserialize)]
 pub struct WriteQuery {
@@ -34,43 +51,65 @@ pub struct RecordList {
 }
 
 impl Records {
+    /// Records in the file at `path` (none: writes are refused).
     pub fn at(path: Option<PathBuf>) -> Self {
         Self {
-            file: path.map(|p| Arc::new(Mutex::new(p))),
+            backend: path.map_or(Backend::None, |p| Backend::File(Arc::new(Mutex::new(p)))),
+        }
+    }
+
+    /// Records on the NBD export `uri` names.
+    pub fn on_volume(uri: NbdUri) -> Self {
+        Self {
+            backend: Backend::Volume(Arc::new(NbdLog::new(uri))),
         }
     }
 
     pub async fn append(&self, seq: u64) -> Result<(), String> {
-        let file = self.file.as_ref().ok_or("this instance has no volume")?;
-        // The lock is held across the blocking write, so appends never interleave.
-        let guard = file.lock().await;
-        let path = guard.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
-            writeln!(f, "{seq}")?;
-            f.sync_data()
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        drop(guard);
-        Ok(())
+        match &self.backend {
+            Backend::None => Err(NO_VOLUME.to_owned()),
+            Backend::File(file) => append_to_file(file, seq).await,
+            Backend::Volume(log) => log.append(seq).await.map_err(|e| e.to_string()),
+        }
     }
 
     pub async fn list(&self) -> Result<Vec<u64>, String> {
-        let file = self.file.as_ref().ok_or("this instance has no volume")?;
-        let path = file.lock().await.clone();
-        match tokio::fs::read_to_string(&path).await {
-            Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+        match &self.backend {
+            Backend::None => Err(NO_VOLUME.to_owned()),
+            Backend::File(file) => list_file(file).await,
+            Backend::Volume(log) => log.list().await.map_err(|e| e.to_string()),
         }
+    }
+}
+
+async fn append_to_file(file: &Mutex<PathBuf>, seq: u64) -> Result<(), String> {
+    // The lock is held across the blocking write, so appends never interleave.
+    let guard = file.lock().await;
+    let path = guard.clone();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        writeln!(f, "{seq}")?;
+        f.sync_data()
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    drop(guard);
+    Ok(())
+}
+
+async fn list_file(file: &Mutex<PathBuf>) -> Result<Vec<u64>, String> {
+    let path = file.lock().await.clone();
+    match tokio::fs::read_to_string(&path).await {
+        Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
