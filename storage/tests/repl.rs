@@ -51,13 +51,25 @@ fn test_cfg() -> ReplConfig {
 }
 
 fn lab(size: u64, replicas: &[Mode], cfg: ReplConfig) -> Lab {
+    let specs: Vec<(Mode, History)> = replicas.iter().map(|m| (*m, History::InSync)).collect();
+    lab_with(size, &specs, cfg, |_| {})
+}
+
+/// A primary and replicas `site0..`; `before` may prepare files in the directory first.
+fn lab_with(
+    size: u64,
+    replicas: &[(Mode, History)],
+    cfg: ReplConfig,
+    before: impl FnOnce(&std::path::Path),
+) -> Lab {
     let dir = tempfile::tempdir().expect("tempdir");
+    before(dir.path());
     let primary_path = dir.path().join("primary.img");
     let local = FileDisk::create(&primary_path, size).expect("primary image");
     let mut specs = Vec::new();
     let mut links: Vec<Arc<MemLink>> = Vec::new();
     let mut by_name: HashMap<String, Arc<dyn storage::repl::Link>> = HashMap::new();
-    for (i, mode) in replicas.iter().enumerate() {
+    for (i, (mode, history)) in replicas.iter().enumerate() {
         let name = format!("site{i}");
         let path = dir.path().join(format!("{name}.img"));
         let store = ReplicaStore::open(&path, "vol", size, cfg.chunk).expect("replica store");
@@ -67,7 +79,7 @@ fn lab(size: u64, replicas: &[Mode], cfg: ReplConfig) -> Lab {
         specs.push(ReplicaSpec {
             name,
             mode: *mode,
-            history: History::InSync,
+            history: *history,
             outdated: false,
         });
     }
@@ -122,19 +134,46 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[derive(Debug, Clone)]
 enum Step {
-    Write { block: u64, blocks: u64, byte: u8 },
-    Zero { block: u64, blocks: u64 },
+    Write {
+        block: u64,
+        blocks: u64,
+        byte: u8,
+    },
+    Zero {
+        block: u64,
+        blocks: u64,
+    },
+    /// Concurrent writes (possibly overlapping).
+    Burst(Vec<(u64, u64, u8)>),
     Cut(usize),
     Heal(usize),
+    /// The replica applies the next request but its reply is lost.
+    LoseReply(usize),
+    /// The replica's process restarts (stream position lost, epoch kept).
+    Restart(usize),
+    Delay(usize, u64),
 }
 
 fn step() -> impl Strategy<Value = Step> {
+    let write = (0..250u64, 1..5u64, any::<u8>());
     prop_oneof![
-        6 => (0..250u64, 1..5u64, any::<u8>()).prop_map(|(block, blocks, byte)| Step::Write { block, blocks, byte }),
+        6 => write.clone().prop_map(|(block, blocks, byte)| Step::Write { block, blocks, byte }),
         1 => (0..250u64, 1..9u64).prop_map(|(block, blocks)| Step::Zero { block, blocks }),
+        2 => proptest::collection::vec(write, 2..6).prop_map(Step::Burst),
         1 => (0..2usize).prop_map(Step::Cut),
         1 => (0..2usize).prop_map(Step::Heal),
+        1 => (0..2usize).prop_map(Step::LoseReply),
+        1 => (0..2usize).prop_map(Step::Restart),
+        1 => (0..2usize, 0..3000u64).prop_map(|(i, us)| Step::Delay(i, us)),
     ]
+}
+
+async fn write_blocks(lab: &Lab, block: u64, blocks: u64, byte: u8) {
+    let data = vec![byte; (blocks * BLOCK) as usize];
+    lab.disk
+        .write(block * BLOCK, data, false)
+        .await
+        .expect("write");
 }
 
 async fn run_steps(lab: &Lab, steps: &[Step]) {
@@ -144,13 +183,7 @@ async fn run_steps(lab: &Lab, steps: &[Step]) {
                 block,
                 blocks,
                 byte,
-            } => {
-                let data = vec![*byte; (blocks * BLOCK) as usize];
-                lab.disk
-                    .write(block * BLOCK, data, false)
-                    .await
-                    .expect("write");
-            }
+            } => write_blocks(lab, *block, *blocks, *byte).await,
             Step::Zero { block, blocks } => {
                 let len = (blocks * BLOCK) as u32;
                 lab.disk
@@ -158,14 +191,23 @@ async fn run_steps(lab: &Lab, steps: &[Step]) {
                     .await
                     .expect("zeroes");
             }
+            Step::Burst(writes) => {
+                let all = writes
+                    .iter()
+                    .map(|&(b, n, byte)| write_blocks(lab, b, n, byte));
+                futures::future::join_all(all).await;
+            }
             Step::Cut(i) => lab.links[*i].partition(true),
             Step::Heal(i) => lab.links[*i].partition(false),
+            Step::LoseReply(i) => lab.links[*i].lose_replies(1),
+            Step::Restart(i) => lab.links[*i].restart_replica().await.expect("restart"),
+            Step::Delay(i, us) => lab.links[*i].set_delay(Duration::from_micros(*us)),
         }
     }
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     /// Whatever the writes and link cuts, once healed and settled every replica file is
     /// byte-identical to the primary's (one sync and one async replica).
@@ -362,6 +404,42 @@ fn a_deposed_primary_is_fenced_by_a_replica_that_saw_a_newer_epoch() {
             0,
             "the replica never took the stale write"
         );
+        lab.disk.shutdown().await;
+    });
+}
+
+#[test]
+fn a_returning_old_primary_is_overwritten_and_its_extra_writes_are_reported_divergent() {
+    runtime().block_on(async {
+        // site0 was the primary before: it holds a write (block 9) this primary never saw.
+        let lab = lab_with(
+            256 * BLOCK,
+            &[(Mode::Async, History::Unknown)],
+            test_cfg(),
+            |dir| {
+                let mut image = vec![0u8; (256 * BLOCK) as usize];
+                image[(9 * BLOCK) as usize] = 0xee;
+                std::fs::write(dir.join("site0.img"), image).expect("old primary's image");
+            },
+        );
+        lab.disk
+            .write(3 * BLOCK, vec![3; 4096], false)
+            .await
+            .expect("write");
+        lab.wait_in_sync(Duration::from_secs(5)).await;
+        assert!(lab.replica_file(0) == lab.primary_file());
+        let divergent = lab.disk.divergent();
+        assert_eq!(divergent.len(), 1, "{divergent:?}");
+        assert_eq!(divergent[0].replica, "site0");
+        assert_eq!(divergent[0].divergent, vec![(9 * BLOCK, BLOCK)]);
+        // The write may land before or during the first round; either way it is ours.
+        let ours: Vec<(u64, u64)> = lab
+            .disk
+            .resync_reports()
+            .into_iter()
+            .flat_map(|r| r.written_while_away)
+            .collect();
+        assert!(ours.contains(&(3 * BLOCK, BLOCK)), "{ours:?}");
         lab.disk.shutdown().await;
     });
 }

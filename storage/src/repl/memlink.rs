@@ -6,17 +6,17 @@
 //!
 //! Does not: reorder messages (one request is in flight per replica anyway).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::proto::{FromReplica, ToReplica, decode, encode};
 use super::shell::{Link, LinkError};
-use super::store::ReplicaStore;
+use super::store::{ReplicaStore, StoreError};
 
 #[derive(Debug)]
 pub struct MemLink {
-    store: Arc<ReplicaStore>,
+    store: Mutex<Arc<ReplicaStore>>,
     max_message: usize,
     partitioned: AtomicBool,
     delay_us: AtomicU64,
@@ -28,7 +28,7 @@ pub struct MemLink {
 impl MemLink {
     pub fn new(store: Arc<ReplicaStore>, max_message: usize) -> Self {
         Self {
-            store,
+            store: Mutex::new(store),
             max_message,
             partitioned: AtomicBool::new(false),
             delay_us: AtomicU64::new(0),
@@ -38,8 +38,19 @@ impl MemLink {
         }
     }
 
-    pub fn store(&self) -> &Arc<ReplicaStore> {
-        &self.store
+    /// The replica store behind the link now.
+    pub fn store(&self) -> Arc<ReplicaStore> {
+        self.store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Restarts the replica behind the link (see [`ReplicaStore::restart`]).
+    pub async fn restart_replica(&self) -> Result<(), StoreError> {
+        let fresh = Arc::new(self.store().restart().await?);
+        *self.store.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(())
     }
 
     /// Cuts (true) or heals (false) the link; a reply in flight when cut is lost.
@@ -92,7 +103,7 @@ impl Link for MemLink {
         }
         let msg: ToReplica =
             decode(&frame, self.max_message).map_err(|e| LinkError::Frame(e.to_string()))?;
-        let reply = self.store.handle(msg).await;
+        let reply = self.store().handle(msg).await;
         let frame =
             encode(&reply, self.max_message).map_err(|e| LinkError::Frame(e.to_string()))?;
         self.delay().await;

@@ -175,7 +175,7 @@ impl Peer {
                 self.after_ack(vol, last, out);
             }
             (FromReplica::Hashes { hashes }, Phase::Round(r)) => {
-                if r.remote_hashes(hashes) {
+                if r.remote_hashes(hashes, &self.dirty) {
                     self.advance(vol, last, out);
                 } else {
                     self.protocol_error("hashes not asked for".into(), now, out);
@@ -204,7 +204,7 @@ impl Peer {
             return;
         }
         if let Phase::Round(r) = &mut self.phase
-            && r.local_hashes(hashes)
+            && r.local_hashes(hashes, &self.dirty)
         {
             self.advance(vol, last, out);
         }

@@ -42,7 +42,9 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum History {
     /// It held exactly the primary's data when this primary started: only chunks written
-    /// since are compared.
+    /// since are compared. Only true after a clean stop of both (or when the agent knows the
+    /// copies matched); after the primary crashed, a sync replica may hold a write the
+    /// primary's file lacks, so use `Unknown`.
     InSync,
     /// Unknown (a returning old primary, a copy of unknown age): every chunk is compared, and
     /// chunks that differ but that this primary did not write are reported as divergent.

@@ -97,11 +97,12 @@ impl Round {
     }
 
     /// Records the local hashes; false when none were expected or the count is wrong.
-    pub fn local_hashes(&mut self, hashes: Vec<Hash>) -> bool {
+    /// `written`: the replica's dirty chunks now (written since the round began).
+    pub fn local_hashes(&mut self, hashes: Vec<Hash>, written: &ChunkBits) -> bool {
         match &mut self.hashing {
             Some(h) if h.local.is_none() && h.chunks.len() == hashes.len() => {
                 h.local = Some(hashes);
-                self.compare();
+                self.compare(written);
                 true
             }
             _ => false,
@@ -109,18 +110,19 @@ impl Round {
     }
 
     /// Records the replica's hashes; false when none were expected or the count is wrong.
-    pub fn remote_hashes(&mut self, hashes: Vec<Hash>) -> bool {
+    pub fn remote_hashes(&mut self, hashes: Vec<Hash>, written: &ChunkBits) -> bool {
         match &mut self.hashing {
             Some(h) if h.remote.is_none() && h.chunks.len() == hashes.len() => {
                 h.remote = Some(hashes);
-                self.compare();
+                self.compare(written);
                 true
             }
             _ => false,
         }
     }
 
-    fn compare(&mut self) {
+    /// `written`: chunks the primary wrote since the round began (also not divergent).
+    fn compare(&mut self, written: &ChunkBits) {
         let Some(h) = self
             .hashing
             .take_if(|h| h.local.is_some() && h.remote.is_some())
@@ -136,7 +138,7 @@ impl Round {
                 continue;
             }
             self.to_ship.push_back(i);
-            if self.known.contains(i) || !self.classify {
+            if self.known.contains(i) || written.contains(i) || !self.classify {
                 if self.attribute_known {
                     self.while_away.push(i);
                 }

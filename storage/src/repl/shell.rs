@@ -182,8 +182,15 @@ impl ReplicatedDisk {
         let guard = inner.write_lock.lock().await;
         let (lsn, actions) = {
             let mut core = lock(&inner.core);
+            // Checked again under the core lock: a fence drains the waiters, and a write
+            // numbered after it must not slip through.
+            let fenced = lock(&inner.fenced);
+            if let Some(reason) = fenced.clone() {
+                return Err(DeviceError::Fenced(reason));
+            }
             let (lsn, actions) = core.submit(op.clone(), Instant::now());
             lock(&inner.waiters).insert(lsn, tx);
+            drop(fenced);
             (lsn, actions)
         };
         inner.execute(actions);
@@ -256,7 +263,9 @@ impl Inner {
 
     fn fence(&self, reason: String) {
         tracing::warn!(volume = %self.volume, %reason, "volume fenced");
-        lock(&self.fenced).get_or_insert(reason.clone());
+        // Held while the waiters are failed, so no write registers in between.
+        let mut fenced = lock(&self.fenced);
+        fenced.get_or_insert(reason.clone());
         for (_, w) in lock(&self.waiters).drain() {
             let _ = w.send(Err(DeviceError::Fenced(reason.clone())));
         }

@@ -479,3 +479,72 @@ fn a_replica_that_saw_a_newer_epoch_deposes_the_primary() {
         sim.events
     );
 }
+
+#[test]
+fn a_restarted_replica_refuses_the_gap_and_is_resynced() {
+    let mut sim = connected(vec![spec("c", Mode::Async, History::InSync)]);
+    sim.write(0, 1, 4096);
+    sim.settle();
+    // The replica process restarts: its stream position is gone.
+    let meta = sim.copies["c"].core.meta().clone();
+    sim.copies.get_mut("c").expect("c").core = Replica::new(meta);
+    sim.write(4096, 2, 4096);
+    sim.settle();
+    assert!(
+        sim.events.iter().any(
+            |e| matches!(e, Action::Failed { reason, .. } if reason.contains("expected None"))
+        ),
+        "{:?}",
+        sim.events
+    );
+    assert!(matches!(sim.state("c"), ReplicaState::Disconnected { .. }));
+    sim.up("c");
+    sim.settle();
+    assert_eq!(sim.state("c"), ReplicaState::InSync);
+    assert_eq!(sim.image("c"), &sim.local[..]);
+    assert_eq!(sim.shipped_chunks, vec![1], "only the chunk written since");
+}
+
+#[test]
+fn a_write_larger_than_a_message_is_split_and_completes_once() {
+    let mut sim = Sim::new(vec![spec("b", Mode::Sync, History::InSync)]);
+    sim.p = Primary::new(
+        "vol",
+        1,
+        42,
+        SIZE,
+        ReplConfig {
+            max_message: 16 * 1024,
+            ..cfg()
+        },
+        vec![spec("b", Mode::Sync, History::InSync)],
+        sim.now,
+    )
+    .expect("primary");
+    sim.up("b");
+    sim.settle();
+    let lsn = sim.write(1000, 9, 40_000);
+    assert!(lsn >= 3, "split into pieces, last LSN {lsn}");
+    sim.settle();
+    assert_eq!(sim.completed, vec![lsn]);
+    assert_eq!(sim.image("b"), &sim.local[..]);
+}
+
+#[test]
+fn a_lost_reply_is_not_applied_twice_and_the_stream_resumes() {
+    let mut sim = connected(vec![spec("c", Mode::Async, History::InSync)]);
+    sim.write(0, 1, 512);
+    // The replica applies the write, but its ack is lost with the link.
+    let (name, _, msg) = sim.held.pop_front().expect("write in flight");
+    assert!(sim.call(&name, msg).is_some());
+    sim.down("c");
+    sim.write(512, 2, 512);
+    sim.up("c");
+    sim.settle();
+    assert!(
+        sim.shipped_chunks.is_empty(),
+        "resumed from the replica's position"
+    );
+    assert_eq!(sim.image("c"), &sim.local[..]);
+    assert_eq!(sim.state("c"), ReplicaState::InSync);
+}

@@ -46,6 +46,7 @@ pub struct ReplicaStore {
     disk: FileDisk,
     meta_path: PathBuf,
     core: Mutex<Replica>,
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl ReplicaStore {
@@ -80,7 +81,19 @@ impl ReplicaStore {
             disk,
             meta_path,
             core: Mutex::new(Replica::new(meta)),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Simulates a restart of the replica's process: waits for the request being handled,
+    /// stops this store (it refuses everything from now on) and opens the same files again,
+    /// with the persisted epoch and no stream position.
+    pub async fn restart(&self) -> Result<ReplicaStore, StoreError> {
+        let core = self.core.lock().await;
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let m = core.meta();
+        ReplicaStore::open(self.disk.path(), &m.volume, m.size, m.chunk)
     }
 
     pub fn disk(&self) -> &FileDisk {
@@ -95,6 +108,11 @@ impl ReplicaStore {
     /// Handles one request; never panics on what it carries.
     pub async fn handle(&self, msg: ToReplica) -> FromReplica {
         let mut core = self.core.lock().await;
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            let reason = Refusal::Io("replica store stopped".into());
+            let epoch_seen = core.meta().epoch;
+            return FromReplica::Refused { reason, epoch_seen };
+        }
         let plan = core.handle(msg);
         match self.run(plan, core.meta().chunk).await {
             Ok(reply) => reply,
