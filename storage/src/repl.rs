@@ -38,8 +38,10 @@ pub use proto::{FromReplica, Lsn, Op, ToReplica};
 pub use shell::{Link, LinkError, Outdater, ReplicatedDisk};
 pub use store::ReplicaStore;
 
-/// Replication parameters of one volume. Defaults in [`ReplConfig::default`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Replication parameters of one volume. Defaults in [`ReplConfig::default`]; in config files
+/// durations are humantime strings (`"5s"`, `"100ms"`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ReplConfig {
     /// Bytes per chunk, the unit of dirty tracking, hashing and resync.
     pub chunk: u32,
@@ -49,12 +51,15 @@ pub struct ReplConfig {
     pub journal_limit: u64,
     /// A request without answer, or a sync write waiting on a replica, for this long counts as
     /// a lost replica.
+    #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
     /// Pause before reconnecting to a replica that was lost or refused.
+    #[serde(with = "humantime_serde")]
     pub retry: Duration,
     /// Chunks per hash request.
     pub hash_batch: u64,
     /// How often the shell polls the state machine (timeouts, metrics).
+    #[serde(with = "humantime_serde")]
     pub tick: Duration,
 }
 
@@ -69,5 +74,21 @@ impl Default for ReplConfig {
             hash_batch: 1024,
             tick: Duration::from_millis(100),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_with_some_fields_keeps_the_other_defaults_and_refuses_unknown_ones() {
+        let cfg: ReplConfig =
+            serde_json::from_str(r#"{"chunk": 4096, "ack_timeout": "2s"}"#).expect("parse");
+        assert_eq!(cfg.chunk, 4096);
+        assert_eq!(cfg.ack_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.journal_limit, ReplConfig::default().journal_limit);
+        let err = serde_json::from_str::<ReplConfig>(r#"{"chunks": 4096}"#).expect_err("unknown");
+        assert!(err.to_string().contains("chunks"), "{err}");
     }
 }

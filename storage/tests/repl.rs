@@ -443,3 +443,88 @@ fn a_returning_old_primary_is_overwritten_and_its_extra_writes_are_reported_dive
         lab.disk.shutdown().await;
     });
 }
+
+/// A link whose replica never answers (a black hole on the WAN).
+struct BlackHole;
+
+#[async_trait::async_trait]
+impl storage::repl::Link for BlackHole {
+    async fn call(
+        &self,
+        _msg: storage::repl::ToReplica,
+    ) -> Result<storage::repl::FromReplica, storage::repl::LinkError> {
+        std::future::pending().await
+    }
+}
+
+/// An outdater whose fabric write fails until `allow` is set.
+#[derive(Default)]
+struct GatedOutdater {
+    allow: std::sync::atomic::AtomicBool,
+    attempts: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Outdater for GatedOutdater {
+    async fn outdate(&self, _volume: &str, _replica: &str, _epoch: u64) -> Result<(), String> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.attempts.fetch_add(1, SeqCst);
+        if self.allow.load(SeqCst) {
+            Ok(())
+        } else {
+            Err("no Raft majority".into())
+        }
+    }
+}
+
+#[test]
+fn a_silent_sync_replica_holds_writes_until_the_fabric_records_it_outdated() {
+    runtime().block_on(async {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = FileDisk::create(&dir.path().join("p.img"), 64 * BLOCK).expect("image");
+        let cfg = ReplConfig {
+            ack_timeout: Duration::from_millis(200),
+            ..test_cfg()
+        };
+        let spec = ReplicaSpec {
+            name: "b".into(),
+            mode: Mode::Sync,
+            history: History::InSync,
+            outdated: false,
+        };
+        let primary = Primary::new("vol", 1, 7, 64 * BLOCK, cfg, vec![spec], Instant::now())
+            .expect("primary");
+        let outdater = Arc::new(GatedOutdater::default());
+        let links: HashMap<String, Arc<dyn storage::repl::Link>> =
+            HashMap::from([("b".to_string(), Arc::new(BlackHole) as _)]);
+        let disk = ReplicatedDisk::start(
+            local,
+            primary,
+            links,
+            outdater.clone(),
+            CancellationToken::new(),
+        );
+
+        let writer = {
+            let disk = disk.clone();
+            tokio::spawn(async move { disk.write(0, vec![1; 4096], true).await })
+        };
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(
+            outdater.attempts.load(SeqCst) >= 1,
+            "outdate asked after the timeout"
+        );
+        assert!(
+            !writer.is_finished(),
+            "the write must not complete while the outdate fails"
+        );
+        outdater.allow.store(true, SeqCst);
+        let done = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        done.expect("completes once outdated")
+            .expect("task")
+            .expect("write");
+        assert_eq!(disk.status()[0].state, ReplicaState::Outdated);
+        disk.shutdown().await;
+    });
+}
