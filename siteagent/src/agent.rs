@@ -52,6 +52,8 @@ pub enum StartError {
     Workload(#[from] crate::workload::WorkloadError),
     #[error("failover.lease: {0}")]
     LeaseTerms(CommandError),
+    #[error("volumes: {0}")]
+    Volumes(String),
 }
 
 /// The driver `siteagent` runs workloads with: real processes under `fabric-guard` on agents
@@ -184,12 +186,38 @@ pub async fn run(
 
     let inner = shutdown.child_token();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(wan.clone().serve(
-        Arc::new(WanHandler {
-            cluster: cluster.clone(),
-        }),
-        inner.clone(),
-    ));
+    // Hosts hold volume copies (witnesses and pure voters hold none).
+    let volumes = config.has(AgentRole::Host).then(|| {
+        crate::volumes::Volumes::new(&config, cluster.clone(), lease.clone(), inner.clone())
+    });
+    tasks.spawn(
+        wan.clone().serve(
+            Arc::new(WanHandler {
+                cluster: cluster.clone(),
+                bulk: volumes
+                    .clone()
+                    .map(|v| v as Arc<dyn crate::cluster::BulkHandler>),
+            }),
+            inner.clone(),
+        ),
+    );
+    if let Some(volumes) = &volumes {
+        let addrs = config
+            .workload_addresses()
+            .into_iter()
+            .map(|ip| std::net::SocketAddr::new(ip, config.volumes.nbd_port))
+            .collect();
+        for t in volumes
+            .serve_nbd(addrs)
+            .await
+            .map_err(|e| StartError::Volumes(e.to_string()))?
+        {
+            tasks.spawn(async move {
+                let _ = t.await;
+            });
+        }
+        tasks.spawn(volumes.clone().run(Duration::from_millis(250)));
+    }
     let admin = crate::admin::serve(
         Arc::new(crate::admin::Admin {
             cluster: cluster.clone(),
@@ -216,6 +244,7 @@ pub async fn run(
         id: config.node_id,
         site: config.site.clone(),
         addresses: config.workload_addresses(),
+        nbd_port: config.volumes.nbd_port,
     };
     tasks.spawn(crate::keeper::keeper_loop(
         Keeper::new(cluster.clone(), lease.clone(), driver, host),

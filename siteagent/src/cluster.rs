@@ -583,6 +583,17 @@ impl Heard {
 /// Dispatches incoming WAN streams.
 pub struct WanHandler {
     pub cluster: Arc<Cluster>,
+    /// Serves the `bulk` channel (volume replication), if this agent holds volumes.
+    pub bulk: Option<Arc<dyn BulkHandler>>,
+}
+
+/// Answers requests on the WAN's `bulk` channel (the volume service implements it).
+pub trait BulkHandler: Send + Sync + 'static {
+    fn handle<'a>(
+        &'a self,
+        peer: &'a Identity,
+        request: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<Vec<u8>>> + Send + 'a>>;
 }
 
 impl Handler for WanHandler {
@@ -622,7 +633,14 @@ impl Handler for WanHandler {
                     let reply = self.control(&peer, req).await;
                     Ok(frame::encode(&reply)?)
                 }
-                Channel::Bulk => anyhow::bail!("this agent serves no bulk transfers"),
+                Channel::Bulk => match &self.bulk {
+                    Some(bulk) => {
+                        metrics::counter!("fabric_wan_requests_total", "channel" => "bulk")
+                            .increment(1);
+                        bulk.handle(&peer, request).await
+                    }
+                    None => anyhow::bail!("this agent serves no bulk transfers"),
+                },
             }
         })
     }

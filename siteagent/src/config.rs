@@ -406,6 +406,9 @@ impl AgentConfig {
         if let Some(guard) = &config.host.guard {
             config.host.guard = Some(base.join(guard));
         }
+        if let Some(dir) = &config.volumes.dir {
+            config.volumes.dir = Some(base.join(dir));
+        }
         Ok(config)
     }
 

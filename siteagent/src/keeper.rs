@@ -44,6 +44,8 @@ pub struct Host {
     pub site: String,
     /// Addresses its workloads bind.
     pub addresses: Vec<IpAddr>,
+    /// Port of this host's NBD server, where a workload reaches its volumes.
+    pub nbd_port: u16,
 }
 
 /// The keeper's handles and memory between rounds.
@@ -323,12 +325,34 @@ impl<F: Fabric> Keeper<F> {
 
     fn workload_spec(&self, a: &Assignment) -> WorkloadSpec {
         let WorkloadKind::Process(p) = &a.spec.kind;
+        let mut env = p.env.clone();
+        // The instance runs on the host that serves its volumes' primary copies (the state's
+        // rule), so it reaches them on this host's own NBD server.
+        if let Some(ip) = self.host.addresses.first() {
+            let host = match ip {
+                IpAddr::V6(v6) => format!("[{v6}]"),
+                v4 => v4.to_string(),
+            };
+            let uri = |v: &String| format!("nbd://{host}:{}/{v}", self.host.nbd_port);
+            if let Some(first) = a.spec.volumes.first() {
+                env.insert("FABRIC_VOLUME_NBD".into(), uri(first));
+            }
+            if !a.spec.volumes.is_empty() {
+                let all: Vec<String> = a
+                    .spec
+                    .volumes
+                    .iter()
+                    .map(|v| format!("{v}={}", uri(v)))
+                    .collect();
+                env.insert("FABRIC_VOLUMES".into(), all.join(","));
+            }
+        }
         WorkloadSpec {
             service: a.spec.name.clone(),
             epoch: a.epoch,
             command: p.command.clone(),
             args: p.args.clone(),
-            env: p.env.clone(),
+            env,
             port: p.port,
             addresses: self.host.addresses.clone(),
             site: self.host.site.clone(),
@@ -488,6 +512,7 @@ mod tests {
                 id: 11,
                 site: "s1".into(),
                 addresses: vec![],
+                nbd_port: 10809,
             },
         );
         Rig {

@@ -15,7 +15,8 @@
 //! Module dependencies (`a → b`: a uses b; no cycles, `agent` is the only module that sees all):
 //! ```text
 //! agent    → admin, cluster, config, fabric, health, keeper, leader, lease, metrics, prevote,
-//!            workload, zone
+//!            volumes, workload, zone
+//! volumes  → clock, cluster, config, lease
 //! admin    → api, clock, cluster, config, fabric, lease, metrics
 //! leader   → clock, cluster, fabric, lease, recovery
 //! keeper   → clock, confirmation, fabric, lease, workload
@@ -52,6 +53,7 @@ pub mod lease;
 pub mod metrics;
 pub mod prevote;
 pub mod recovery;
+pub mod volumes;
 pub mod workload;
 pub mod zone;
 

@@ -96,6 +96,14 @@ impl ReplicaStore {
         ReplicaStore::open(self.disk.path(), &m.volume, m.size, m.chunk)
     }
 
+    /// Waits for the request being applied, then refuses everything from now on: the agent
+    /// stops a replica this way before the same file is opened as the primary.
+    pub async fn stop(&self) {
+        let _core = self.core.lock().await;
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn disk(&self) -> &FileDisk {
         &self.disk
     }
