@@ -90,7 +90,8 @@ fn lab_with(
         by_name,
         Arc::new(Recorder::default()),
         CancellationToken::new(),
-    );
+    )
+    .expect("start");
     Lab {
         _dir: dir,
         disk,
@@ -504,7 +505,8 @@ fn a_silent_sync_replica_holds_writes_until_the_fabric_records_it_outdated() {
             links,
             outdater.clone(),
             CancellationToken::new(),
-        );
+        )
+        .expect("start");
 
         let writer = {
             let disk = disk.clone();
@@ -526,5 +528,55 @@ fn a_silent_sync_replica_holds_writes_until_the_fabric_records_it_outdated() {
             .expect("write");
         assert_eq!(disk.status()[0].state, ReplicaState::Outdated);
         disk.shutdown().await;
+    });
+}
+
+#[test]
+fn a_replica_without_a_link_or_a_link_without_a_replica_is_refused_at_start() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = FileDisk::create(&dir.path().join("p.img"), 64 * BLOCK).expect("image");
+        let spec = ReplicaSpec {
+            name: "b".into(),
+            mode: Mode::Sync,
+            history: History::InSync,
+            outdated: false,
+        };
+        let primary = || {
+            Primary::new(
+                "vol",
+                1,
+                7,
+                64 * BLOCK,
+                test_cfg(),
+                vec![spec.clone()],
+                Instant::now(),
+            )
+            .expect("primary")
+        };
+        let none = HashMap::new();
+        let err = ReplicatedDisk::start(
+            local.clone(),
+            primary(),
+            none,
+            Arc::new(Recorder::default()),
+            CancellationToken::new(),
+        );
+        assert_eq!(
+            err.expect_err("no link").to_string(),
+            "replica \"b\" has no link"
+        );
+        let links: HashMap<String, Arc<dyn storage::repl::Link>> = HashMap::from([
+            ("b".to_string(), Arc::new(BlackHole) as _),
+            ("c".to_string(), Arc::new(BlackHole) as _),
+        ]);
+        let err = ReplicatedDisk::start(
+            local,
+            primary(),
+            links,
+            Arc::new(Recorder::default()),
+            CancellationToken::new(),
+        );
+        assert!(matches!(err, Err(storage::repl::ShellError::UnknownReplica(c)) if c == "c"));
     });
 }
