@@ -35,7 +35,7 @@ pub use primary::{
     Action, DiffReport, History, Mode, Primary, ReplicaSpec, ReplicaState, ReplicaStatus,
 };
 pub use proto::{FromReplica, Lsn, Op, ToReplica};
-pub use shell::{Link, LinkError, Outdater, ReplicatedDisk};
+pub use shell::{Link, LinkError, Outdater, ReplicatedDisk, ShellError};
 pub use store::ReplicaStore;
 
 /// Replication parameters of one volume. Defaults in [`ReplConfig::default`]; in config files

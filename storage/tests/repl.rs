@@ -90,7 +90,8 @@ fn lab_with(
         by_name,
         Arc::new(Recorder::default()),
         CancellationToken::new(),
-    );
+    )
+    .expect("start");
     Lab {
         _dir: dir,
         disk,
@@ -259,6 +260,7 @@ fn resync_after_a_partition_ships_at_most_twice_the_changed_bytes() {
         let carried = (sent - before_sent) + (recv - before_recv);
         // Metadata: hashes and chunk indices (≤ 64 B per dirty chunk) plus a few requests.
         let metadata = 64 * 64 + 8 * 1024;
+        eprintln!("resync carried {carried} bytes for {changed} changed");
         assert!(
             carried <= 2 * changed + metadata,
             "carried {carried} bytes for {changed} changed"
@@ -315,8 +317,18 @@ fn sync_writes_acknowledged_before_the_primary_dies_are_on_the_replica() {
 
 #[test]
 fn async_lag_reported_covers_what_the_replica_misses_when_the_primary_stops() {
+    // Streaming from the journal, and after it overflowed into dirty chunks.
+    for journal_limit in [64 << 20, 32 << 10] {
+        async_lag_covers_missing(ReplConfig {
+            journal_limit,
+            ..test_cfg()
+        });
+    }
+}
+
+fn async_lag_covers_missing(cfg: ReplConfig) {
     runtime().block_on(async {
-        let lab = lab(1024 * BLOCK, &[Mode::Async], test_cfg());
+        let lab = lab(1024 * BLOCK, &[Mode::Async], cfg);
         lab.wait_in_sync(Duration::from_secs(5)).await;
         lab.links[0].set_delay(Duration::from_millis(20));
         for block in 0..200u64 {
@@ -325,6 +337,8 @@ fn async_lag_reported_covers_what_the_replica_misses_when_the_primary_stops() {
                 .write(block * BLOCK, vec![byte; 4096], false)
                 .await
                 .expect("write");
+            // Slow enough that some batches arrive (round trip 40 ms), fast enough to lag.
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let status = lab.disk.status().remove(0);
         lab.disk.shutdown().await;
@@ -333,6 +347,11 @@ fn async_lag_reported_covers_what_the_replica_misses_when_the_primary_stops() {
         let missing_blocks = (0..200usize)
             .filter(|b| replica[b * 4096..(b + 1) * 4096] != primary[b * 4096..(b + 1) * 4096])
             .count() as u64;
+        eprintln!(
+            "reported lag {} writes / {} bytes; missing {missing_blocks} writes",
+            status.lag_writes, status.lag_bytes
+        );
+        assert!(missing_blocks < 200, "some batches arrived before the stop");
         assert!(
             missing_blocks > 0,
             "the replica lagged (delay 20 ms per message)"
@@ -504,7 +523,8 @@ fn a_silent_sync_replica_holds_writes_until_the_fabric_records_it_outdated() {
             links,
             outdater.clone(),
             CancellationToken::new(),
-        );
+        )
+        .expect("start");
 
         let writer = {
             let disk = disk.clone();
@@ -526,5 +546,55 @@ fn a_silent_sync_replica_holds_writes_until_the_fabric_records_it_outdated() {
             .expect("write");
         assert_eq!(disk.status()[0].state, ReplicaState::Outdated);
         disk.shutdown().await;
+    });
+}
+
+#[test]
+fn a_replica_without_a_link_or_a_link_without_a_replica_is_refused_at_start() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = FileDisk::create(&dir.path().join("p.img"), 64 * BLOCK).expect("image");
+        let spec = ReplicaSpec {
+            name: "b".into(),
+            mode: Mode::Sync,
+            history: History::InSync,
+            outdated: false,
+        };
+        let primary = || {
+            Primary::new(
+                "vol",
+                1,
+                7,
+                64 * BLOCK,
+                test_cfg(),
+                vec![spec.clone()],
+                Instant::now(),
+            )
+            .expect("primary")
+        };
+        let none = HashMap::new();
+        let err = ReplicatedDisk::start(
+            local.clone(),
+            primary(),
+            none,
+            Arc::new(Recorder::default()),
+            CancellationToken::new(),
+        );
+        assert_eq!(
+            err.expect_err("no link").to_string(),
+            "replica \"b\" has no link"
+        );
+        let links: HashMap<String, Arc<dyn storage::repl::Link>> = HashMap::from([
+            ("b".to_string(), Arc::new(BlackHole) as _),
+            ("c".to_string(), Arc::new(BlackHole) as _),
+        ]);
+        let err = ReplicatedDisk::start(
+            local,
+            primary(),
+            links,
+            Arc::new(Recorder::default()),
+            CancellationToken::new(),
+        );
+        assert!(matches!(err, Err(storage::repl::ShellError::UnknownReplica(c)) if c == "c"));
     });
 }

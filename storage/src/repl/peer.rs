@@ -30,6 +30,9 @@ pub struct Peer {
     pub mode: Mode,
     pub outdated: bool,
     pub outdate_pending: bool,
+    /// An outdated sync replica close to caught up: writes wait for it again, and once it
+    /// acks this LSN (every write that completed without it) it is in sync.
+    rejoin_at: Option<Lsn>,
     pub acked: Lsn,
     history: History,
     phase: Phase,
@@ -49,6 +52,7 @@ impl Peer {
             mode: spec.mode,
             outdated: spec.outdated,
             outdate_pending: false,
+            rejoin_at: None,
             acked: 0,
             history: spec.history,
             phase: Phase::Down,
@@ -64,7 +68,7 @@ impl Peer {
 
     /// Whether writes wait for this replica's acknowledgement.
     pub fn holds(&self) -> bool {
-        self.mode == Mode::Sync && !self.outdated
+        self.mode == Mode::Sync && (!self.outdated || self.rejoin_at.is_some())
     }
 
     pub fn is_down(&self) -> bool {
@@ -81,6 +85,10 @@ impl Peer {
 
     /// Asks for an outdate once, if writes wait for this replica.
     pub fn lost(&mut self, out: &mut Vec<Action>) {
+        if self.rejoin_at.take().is_some() {
+            // Still recorded outdated in the fabric: writes simply stop waiting for it.
+            return;
+        }
         if self.holds() && !self.outdate_pending {
             self.outdate_pending = true;
             out.push(Action::Outdate(self.name.clone()));
@@ -232,12 +240,22 @@ impl Peer {
         }
     }
 
-    /// Clears `outdated` once a sync replica streams with nothing left to ship.
-    pub fn maybe_in_sync(&mut self, out: &mut Vec<Action>) {
-        let caught_up = matches!(self.phase, Phase::Streaming)
-            && self.journal_intact
-            && self.journal.is_empty();
-        if self.mode == Mode::Sync && self.outdated && !self.outdate_pending && caught_up {
+    /// Brings an outdated sync replica back. Caught up (`acked == last`): in sync at once.
+    /// Otherwise, on an ack (`at_ack`: evidence it is alive) with at most one batch left,
+    /// writes wait for it again, and once it has acked every write that completed without it,
+    /// it is in sync ([`Action::InSync`]). Under steady writes the journal is never empty,
+    /// hence the two steps.
+    pub fn maybe_in_sync(&mut self, vol: &Volume, last: Lsn, at_ack: bool, out: &mut Vec<Action>) {
+        let streaming = matches!(self.phase, Phase::Streaming) && self.journal_intact;
+        if self.mode != Mode::Sync || !self.outdated || self.outdate_pending || !streaming {
+            return;
+        }
+        let one_batch = vol.cfg.max_message.saturating_sub(MESSAGE_OVERHEAD);
+        if at_ack && self.rejoin_at.is_none() && self.journal.bytes() <= one_batch {
+            self.rejoin_at = Some(last);
+        }
+        if self.acked >= self.rejoin_at.unwrap_or(last) {
+            self.rejoin_at = None;
             self.outdated = false;
             out.push(Action::InSync(self.name.clone()));
         }
@@ -352,18 +370,16 @@ impl Peer {
             return;
         }
         let max = vol.cfg.max_message.saturating_sub(MESSAGE_OVERHEAD);
-        match self.journal.batch(max) {
-            Some((first_lsn, ops)) => {
-                let msg = ToReplica::Writes {
-                    volume: vol.name.clone(),
-                    epoch: vol.epoch,
-                    first_lsn,
-                    ops,
-                };
-                self.send(msg, out);
-            }
-            None => self.maybe_in_sync(out),
+        if let Some((first_lsn, ops)) = self.journal.batch(max) {
+            let msg = ToReplica::Writes {
+                volume: vol.name.clone(),
+                epoch: vol.epoch,
+                first_lsn,
+                ops,
+            };
+            self.send(msg, out);
         }
+        self.maybe_in_sync(vol, last, true, out);
     }
 
     fn start_round(&mut self, vol: &Volume, last: Lsn, out: &mut Vec<Action>) {
@@ -371,6 +387,8 @@ impl Peer {
             self.journal.is_empty(),
             "a round starts with the journal drained"
         );
+        // A resync is not "close": writes stop waiting for an outdated replica again.
+        self.rejoin_at = None;
         let known = self.dirty.take();
         self.phase = Phase::Round(Box::new(Round::new(self.history, known, vol.chunks)));
         self.advance(vol, last, out);

@@ -322,7 +322,7 @@ impl Primary {
         if let Some(p) = self.peers.iter_mut().find(|p| p.name == replica) {
             p.outdated = true;
             p.outdate_pending = false;
-            p.maybe_in_sync(&mut out);
+            p.maybe_in_sync(&self.vol, self.last, false, &mut out);
         }
         self.completions(out)
     }

@@ -44,6 +44,15 @@ pub enum LinkError {
     Frame(String),
 }
 
+/// The replicated disk cannot start.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ShellError {
+    #[error("replica {0:?} has no link")]
+    NoLink(String),
+    #[error("a link is given for {0:?}, which is not a replica of this volume")]
+    UnknownReplica(String),
+}
+
 /// A request/reply channel to one replica (the agent implements it over the WAN bulk stream).
 #[async_trait::async_trait]
 pub trait Link: Send + Sync {
@@ -104,7 +113,18 @@ impl ReplicatedDisk {
         links: HashMap<String, Arc<dyn Link>>,
         outdater: Arc<dyn Outdater>,
         shutdown: CancellationToken,
-    ) -> Self {
+    ) -> Result<Self, ShellError> {
+        let names: Vec<String> = primary
+            .status(Instant::now())
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        if let Some(missing) = names.iter().find(|n| !links.contains_key(*n)) {
+            return Err(ShellError::NoLink(missing.clone()));
+        }
+        if let Some(extra) = links.keys().find(|l| !names.contains(l)) {
+            return Err(ShellError::UnknownReplica(extra.clone()));
+        }
         let vol = primary.volume().clone();
         let mut queues = HashMap::new();
         let mut receivers = Vec::new();
@@ -134,7 +154,7 @@ impl ReplicatedDisk {
                 .spawn(replica_loop(inner.clone(), name, link, rx));
         }
         inner.tasks.spawn(ticker(inner.clone()));
-        Self { inner }
+        Ok(Self { inner })
     }
 
     /// Where each replica stands.
@@ -196,7 +216,7 @@ impl ReplicatedDisk {
         inner.execute(actions);
         let local = match op {
             Op::Write { offset, data } => inner.disk.write(offset, data, fua).await,
-            Op::Zeroes { offset, len } => inner.disk.write_zeroes(offset, len as u32, fua).await,
+            Op::Zeroes { offset, len } => write_zeroes(&inner.disk, offset, len, fua).await,
         };
         drop(guard);
         if let Err(e) = local {
@@ -380,7 +400,8 @@ async fn replica_loop(
     }
 }
 
-/// Reads or hashes local chunks under the write lock (so every numbered write is in them).
+/// Reads or hashes local chunks, each under the write lock: a chunk read then holds every write
+/// numbered before it (later ones mark it dirty again), and writes wait one chunk at most.
 async fn local_chunks(
     inner: Arc<Inner>,
     replica: String,
@@ -388,18 +409,29 @@ async fn local_chunks(
     chunks: Vec<u64>,
     hash: bool,
 ) {
-    let _guard = inner.write_lock.lock().await;
     let chunk = inner.cfg.chunk;
+    let mut data = Vec::with_capacity(chunks.len());
+    let mut hashes = Vec::with_capacity(chunks.len());
+    for i in chunks {
+        let _guard = inner.write_lock.lock().await;
+        let read = if hash {
+            hash_chunks(&inner.disk, chunk, &[i])
+                .await
+                .map(|h| hashes.extend(h))
+        } else {
+            read_chunks(&inner.disk, chunk, &[i])
+                .await
+                .map(|d| data.extend(d))
+        };
+        if let Err(e) = read {
+            inner.fence(format!("reading local chunk {i} failed: {e}"));
+            return;
+        }
+    }
     if hash {
-        match hash_chunks(&inner.disk, chunk, &chunks).await {
-            Ok(h) => inner.apply(|c, _| c.handle_hashes(&replica, ticket, h)),
-            Err(e) => inner.fence(format!("hashing local chunks failed: {e}")),
-        }
+        inner.apply(|c, _| c.handle_hashes(&replica, ticket, hashes));
     } else {
-        match read_chunks(&inner.disk, chunk, &chunks).await {
-            Ok(data) => inner.apply(|c, _| c.handle_chunks(&replica, ticket, data)),
-            Err(e) => inner.fence(format!("reading local chunks failed: {e}")),
-        }
+        inner.apply(|c, _| c.handle_chunks(&replica, ticket, data));
     }
 }
 
@@ -447,6 +479,19 @@ async fn ticker(inner: Arc<Inner>) {
             metrics::gauge!("storage_replica_lag_seconds", &labels).set(s.lag_age.as_secs_f64());
         }
     }
+}
+
+/// Writes zeroes in pieces of at most 1 MiB (a TRIM may cover the whole volume).
+async fn write_zeroes(disk: &FileDisk, offset: u64, len: u64, fua: bool) -> DeviceResult<()> {
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(1 << 20);
+        let last = done + n == len;
+        disk.write_zeroes(offset + done, n as u32, fua && last)
+            .await?;
+        done += n;
+    }
+    Ok(())
 }
 
 /// Locks a std mutex; a poisoned one (a panic elsewhere) still holds consistent data here.

@@ -548,3 +548,69 @@ fn a_lost_reply_is_not_applied_twice_and_the_stream_resumes() {
     assert_eq!(sim.image("c"), &sim.local[..]);
     assert_eq!(sim.state("c"), ReplicaState::InSync);
 }
+
+#[test]
+fn an_outdated_sync_replica_rejoins_under_steady_writes_and_only_then_holds_them() {
+    let mut sim = connected(vec![spec("b", Mode::Sync, History::InSync)]);
+    sim.down("b");
+    let acts = sim.p.outdated("b");
+    sim.take(acts);
+    for i in 0..5 {
+        sim.write(i * 4096, 1, 4096);
+    }
+    sim.up("b");
+    // Steady load: a new write lands before every reply, so the journal is never empty.
+    let mut rejoined_at = None;
+    for i in 0..40u64 {
+        let lsn = sim.write((i % 64) * 4096, i as u8, 512);
+        if rejoined_at.is_none() && !sim.completed.contains(&lsn) {
+            rejoined_at = Some(lsn);
+        }
+        if let Some(a) = sim.local_io.pop_front() {
+            sim.do_local(a);
+        }
+        sim.deliver_one();
+    }
+    let first_held = rejoined_at.expect("writes wait for the replica again");
+    assert!(
+        sim.events.contains(&Action::InSync("b".into())),
+        "{:?}",
+        sim.events
+    );
+    sim.settle();
+    assert!(sim.completed.contains(&first_held));
+    assert_eq!(sim.image("b"), &sim.local[..]);
+}
+
+#[test]
+fn a_rejoining_replica_lost_again_releases_writes_without_a_new_outdate() {
+    let mut sim = connected(vec![spec("b", Mode::Sync, History::InSync)]);
+    sim.down("b");
+    let acts = sim.p.outdated("b");
+    sim.take(acts);
+    sim.write(0, 1, 4096);
+    sim.up("b");
+    let mut held = None;
+    for i in 0..40u64 {
+        let lsn = sim.write((i % 64) * 4096, i as u8, 512);
+        if !sim.completed.contains(&lsn) {
+            held = Some(lsn);
+            break;
+        }
+        if let Some(a) = sim.local_io.pop_front() {
+            sim.do_local(a);
+        }
+        sim.deliver_one();
+    }
+    let held = held.expect("held by the rejoining replica");
+    assert!(
+        !sim.events.contains(&Action::InSync("b".into())),
+        "not in sync yet"
+    );
+    sim.down("b");
+    assert!(
+        sim.completed.contains(&held),
+        "released: the fabric still records it outdated"
+    );
+    assert_eq!(sim.outdates, vec!["b".to_string()], "no second outdate");
+}
