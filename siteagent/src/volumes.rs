@@ -281,7 +281,7 @@ impl Volumes {
             me: self.me,
         });
         let disk =
-            ReplicatedDisk::start(disk, primary, links, outdater, self.shutdown.child_token());
+            ReplicatedDisk::start(disk, primary, links, outdater, self.shutdown.child_token())?;
         Ok(Held::Primary(Arc::new(PrimaryCopy {
             disk,
             epoch: w.epoch,
