@@ -26,6 +26,7 @@ fn limits() -> Limits {
         max_inflight: 4,
         handshake_timeout: Duration::from_millis(500),
         max_connections: 3,
+        drain_timeout: Duration::from_millis(300),
     }
 }
 
@@ -334,4 +335,30 @@ async fn connections_beyond_the_limit_are_closed_and_room_comes_back() -> anyhow
     }
     alive.context("after the held connections closed")?;
     server.stop().await
+}
+
+#[tokio::test]
+async fn shutdown_is_not_held_up_by_a_stalled_payload_or_a_client_that_never_reads()
+-> anyhow::Result<()> {
+    let server = Server::start(MIB, limits()).await?;
+    let mut stalled = raw_session(server.addr, "vol").await?;
+    let mut partial = request(Command::Write, 0, 1, 0, 4096);
+    partial.extend_from_slice(&[7; 100]);
+    stalled.write_all(&partial).await?;
+    let mut deaf = raw_session(server.addr, "vol").await?;
+    let mut reads = Vec::new();
+    for cookie in 0..64 {
+        reads.extend(request(Command::Read, 0, cookie, 0, MAX));
+    }
+    deaf.write_all(&reads).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    server.stop().await.context("stop")?;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop((stalled, deaf));
+    Ok(())
 }

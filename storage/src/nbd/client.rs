@@ -445,8 +445,7 @@ impl NbdClient {
 
     /// Writes `data` at `offset`; with `fua` the server makes it durable before replying.
     pub async fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> Result<(), NbdError> {
-        let len =
-            u32::try_from(data.len()).map_err(|_| NbdError::TooLarge { len: data.len() })?;
+        let len = u32::try_from(data.len()).map_err(|_| NbdError::TooLarge { len: data.len() })?;
         self.request(Command::Write, fua_flag(fua), offset, len, data)
             .await
             .map(drop)

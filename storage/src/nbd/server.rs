@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -59,6 +59,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Connections served at once; one more is closed right after it is accepted.
     pub max_connections: usize,
+    /// After shutdown, how long accepted requests may take to be answered before the
+    /// connection is dropped with them unanswered (a client that stops reading its replies).
+    pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -68,6 +71,7 @@ impl Default for Limits {
             max_inflight: 16,
             handshake_timeout: Duration::from_secs(10),
             max_connections: 256,
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -349,7 +353,8 @@ enum ConnError {
 }
 
 /// Accepts connections on `listener` and serves `exports` until `shutdown`; then stops
-/// accepting, lets every connection finish its in-flight requests, and returns.
+/// accepting and reading requests, answers the requests already accepted (within
+/// [`Limits::drain_timeout`]), closes every connection, and returns.
 pub async fn serve(
     listener: TcpListener,
     exports: Arc<dyn Exports>,
@@ -509,70 +514,108 @@ async fn transmission(
     shutdown: CancellationToken,
 ) {
     let (mut rd, wr) = stream.into_split();
-    let depth = limits.max_inflight.max(1);
-    let (tx, rx) = mpsc::channel(depth);
-    let writer = tokio::spawn(write_replies(wr, rx));
-    let permits = Arc::new(Semaphore::new(depth));
-    let export: Arc<str> = session.name.as_str().into();
-    let (size, read_only) = (session.device.size(), session.device.read_only());
+    let (tx, rx) = mpsc::channel(limits.max_inflight.max(1));
+    let mut writer = tokio::spawn(write_replies(wr, rx));
     let mut inflight = JoinSet::new();
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let mut head = [0; proto::REQUEST_LEN];
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            read = rd.read_exact(&mut head) => if read.is_err() { break },
-        }
-        while let Some(ended) = inflight.try_join_next() {
+    let conn = Conn {
+        peer,
+        export: session.name.as_str().into(),
+        session: &session,
+        limits: &limits,
+        replies: &tx,
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = conn.read_requests(&mut rd, &mut inflight) => {}
+    }
+    // Whatever was accepted is answered; a client that stops reading its replies gets
+    // `drain_timeout` after shutdown before its requests are abandoned.
+    let drained = async {
+        while let Some(ended) = inflight.join_next().await {
             log_panic(ended);
         }
-        let req = match Request::decode(&head) {
-            Ok(req) => req,
-            Err(e) => {
-                tracing::info!(%peer, export = %export, "nbd: closing: {e}");
-                break;
-            }
-        };
-        metrics::counter!("fabric_nbd_requests_total", "export" => export.to_string(), "command" => req.command.name()).increment(1);
-        let job = Job {
-            cookie: req.cookie,
-            command: req.command,
-            export: export.clone(),
-            device: session.device.clone(),
-            replies: tx.clone(),
-            chunk: limits.max_request.max(4096),
-            _permit: permit,
-        };
-        let op = match plan(&req, size, read_only, &limits) {
-            Plan::Disconnect => break,
-            Plan::Refuse { errno, drain, why } => {
-                tracing::debug!(%peer, export = %export, "nbd: {} refused: {why}", req.command.name());
-                if drain_payload(&mut rd, drain).await.is_err() {
-                    break;
-                }
-                job.reply(Err(errno), Vec::new()).await;
-                continue;
-            }
-            Plan::Read { offset, len } => Op::Read { offset, len },
-            Plan::Write { offset, len, fua } => {
-                let mut data = vec![0; len as usize];
-                if rd.read_exact(&mut data).await.is_err() {
-                    break;
-                }
-                Op::Write { offset, data, fua }
-            }
-            Plan::Zero { offset, len, fua } => Op::Zero { offset, len, fua },
-            Plan::Flush => Op::Flush,
-        };
-        inflight.spawn(job.run(op));
+        drop(tx);
+        let _ = (&mut writer).await;
+    };
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(limits.drain_timeout).await;
+    };
+    tokio::select! {
+        _ = drained => {}
+        _ = deadline => tracing::warn!(%peer, "nbd: shutting down with requests unanswered"),
     }
-    while let Some(ended) = inflight.join_next().await {
-        log_panic(ended);
+    writer.abort();
+}
+
+/// What one connection's request loop needs.
+struct Conn<'a> {
+    peer: SocketAddr,
+    export: Arc<str>,
+    session: &'a Session,
+    limits: &'a Limits,
+    replies: &'a mpsc::Sender<Vec<u8>>,
+}
+
+impl Conn<'_> {
+    /// Reads requests until the client disconnects or sends what cannot be framed, handing each
+    /// to a task in `inflight` (at most `max_inflight` at once).
+    async fn read_requests(&self, rd: &mut OwnedReadHalf, inflight: &mut JoinSet<()>) {
+        let permits = Arc::new(Semaphore::new(self.limits.max_inflight.max(1)));
+        let device = &self.session.device;
+        let (size, read_only) = (device.size(), device.read_only());
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let mut head = [0; proto::REQUEST_LEN];
+            if rd.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            while let Some(ended) = inflight.try_join_next() {
+                log_panic(ended);
+            }
+            let req = match Request::decode(&head) {
+                Ok(req) => req,
+                Err(e) => {
+                    tracing::info!(peer = %self.peer, export = %self.export, "nbd: closing: {e}");
+                    return;
+                }
+            };
+            metrics::counter!("fabric_nbd_requests_total", "export" => self.export.to_string(), "command" => req.command.name()).increment(1);
+            let job = Job {
+                cookie: req.cookie,
+                command: req.command,
+                export: self.export.clone(),
+                device: device.clone(),
+                replies: self.replies.clone(),
+                chunk: self.limits.max_request.max(4096),
+                _permit: permit,
+            };
+            let op = match plan(&req, size, read_only, self.limits) {
+                Plan::Disconnect => return,
+                Plan::Refuse { errno, drain, why } => {
+                    tracing::debug!(peer = %self.peer, export = %self.export, "nbd: {} refused: {why}", req.command.name());
+                    if drain_payload(rd, drain).await.is_err() {
+                        return;
+                    }
+                    job.reply(Err(errno), Vec::new()).await;
+                    continue;
+                }
+                Plan::Read { offset, len } => Op::Read { offset, len },
+                Plan::Write { offset, len, fua } => {
+                    let mut data = vec![0; len as usize];
+                    if rd.read_exact(&mut data).await.is_err() {
+                        return;
+                    }
+                    Op::Write { offset, data, fua }
+                }
+                Plan::Zero { offset, len, fua } => Op::Zero { offset, len, fua },
+                Plan::Flush => Op::Flush,
+            };
+            inflight.spawn(job.run(op));
+        }
     }
-    drop(tx);
-    let _ = writer.await;
 }
 
 /// Reads and discards `len` payload bytes without buffering them.
