@@ -243,7 +243,7 @@ async fn pipelined_requests_get_whole_replies_matched_by_cookie() -> anyhow::Res
 async fn the_client_reads_writes_zeroes_trims_and_flushes() -> anyhow::Result<()> {
     let server = Server::start(MIB, limits()).await?;
     let addr = server.addr.to_string();
-    assert_eq!(NbdClient::list_exports(&addr).await?, ["ro", "vol"]);
+    assert_eq!(NbdClient::list_exports(&addr).await?, ["rec", "ro", "vol"]);
     let mut c = NbdClient::connect(&addr, "vol").await?;
     assert_eq!(c.size(), MIB);
     assert_eq!(c.max_block(), Some(MAX));
