@@ -362,3 +362,43 @@ async fn shutdown_is_not_held_up_by_a_stalled_payload_or_a_client_that_never_rea
     drop((stalled, deaf));
     Ok(())
 }
+
+#[tokio::test]
+async fn random_operations_through_the_client_match_an_in_memory_model() -> anyhow::Result<()> {
+    let size = 256 * 1024u64;
+    let server = Server::start(size, limits()).await?;
+    let mut model = vec![0u8; size as usize];
+    let mut c = NbdClient::connect(&server.addr.to_string(), "vol").await?;
+    let dice = pattern(4 * 400, 99);
+    for (i, d) in dice.chunks_exact(4).enumerate() {
+        let offset = u64::from(u16::from_le_bytes([d[1], d[2]])) * 4 % size;
+        let len = (u32::from(d[3]) * 97 + 1).min((size - offset) as u32);
+        let (at, end) = (offset as usize, offset as usize + len as usize);
+        match d[0] % 5 {
+            0 => {
+                let data = pattern(len as usize, i as u64 + 1);
+                c.write(offset, &data, d[3] % 2 == 0).await?;
+                model[at..end].copy_from_slice(&data);
+            }
+            1 => {
+                c.write_zeroes(offset, len, false).await?;
+                model[at..end].fill(0);
+            }
+            2 => {
+                c.trim(offset, len).await?;
+                model[at..end].fill(0);
+            }
+            3 => c.flush().await?,
+            _ => assert!(
+                c.read(offset, len).await? == model[at..end],
+                "op {i}: read differs"
+            ),
+        }
+    }
+    c.disconnect().await?;
+    assert!(
+        std::fs::read(&server.vol)? == model,
+        "the file differs from the model"
+    );
+    server.stop().await
+}

@@ -432,4 +432,36 @@ mod tests {
             assert_eq!(refused(plan(&r, 8192, read_only, &l)), Some(want), "{r:?}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn no_plan_reaches_outside_the_export_or_over_the_limit(
+            flags in proptest::prelude::any::<u16>(),
+            code in 0u16..10,
+            offset in proptest::prelude::any::<u64>(),
+            len in proptest::prelude::any::<u32>(),
+            size in 0u64..(1 << 40),
+            read_only in proptest::prelude::any::<bool>(),
+        ) {
+            let l = limits();
+            let r = Request { flags, command: Command::from_code(code), cookie: 1, offset, len };
+            match plan(&r, size, read_only, &l) {
+                Plan::Read { offset, len } => {
+                    proptest::prop_assert!(len <= l.max_request);
+                    proptest::prop_assert!(check_range(offset, u64::from(len), size).is_ok());
+                }
+                Plan::Write { offset, len, .. } | Plan::Zero { offset, len, .. } => {
+                    proptest::prop_assert!(!read_only);
+                    proptest::prop_assert!(check_range(offset, u64::from(len), size).is_ok());
+                    proptest::prop_assert!(r.command != Command::Write || len <= l.max_request);
+                }
+                Plan::Refuse { drain, .. } => {
+                    // A refused WRITE's payload is always drained, so the stream stays framed.
+                    let want = if r.command == Command::Write { len } else { 0 };
+                    proptest::prop_assert_eq!(drain, want);
+                }
+                Plan::Flush | Plan::Disconnect => {}
+            }
+        }
+    }
 }
