@@ -125,6 +125,10 @@ impl NbdLog {
         }
     }
 
+    pub fn uri(&self) -> &NbdUri {
+        &self.uri
+    }
+
     /// Appends `seq`; `Ok` means it is durable on the volume.
     pub async fn append(&self, seq: u64) -> Result<(), LogError> {
         let mut st = self.state.lock().await;
