@@ -11,11 +11,12 @@
 //!   server's reply: an acknowledged record is durable on the volume;
 //! - appends are serialised (one lock), so slot `i + 1` is written only after slot `i` is
 //!   confirmed and the log never has a gap below an acknowledged record;
-//! - a broken connection is replaced (the server may have moved to another host of the site);
-//!   a write whose reply was lost is retried to the same slot with the same bytes, which is
-//!   idempotent; when no attempt is confirmed the append fails and is not acknowledged. A record
-//!   whose confirmation was lost may still be on the volume; it is listed, never counted as
-//!   acknowledged, and the next append reuses its slot.
+//! - a broken connection is replaced (the server may have moved to another host of the site,
+//!   even to another copy of the volume) and the log rescanned before the next write. A write
+//!   whose reply was lost is confirmed by finding it at the end of the log (then flushed), else
+//!   written again; when no attempt is confirmed the append fails and is not acknowledged. A
+//!   record whose confirmation was lost may still be on the volume: it is listed, but was never
+//!   acknowledged, so nobody counts on it.
 //!
 //! Does not: share the volume between writers (the fabric's fencing keeps one instance per
 //! service serving), compact, or grow the volume: a full log refuses appends.
@@ -124,85 +125,115 @@ impl NbdLog {
         }
     }
 
+    pub fn uri(&self) -> &NbdUri {
+        &self.uri
+    }
+
     /// Appends `seq`; `Ok` means it is durable on the volume.
     pub async fn append(&self, seq: u64) -> Result<(), LogError> {
         let mut st = self.state.lock().await;
-        let unconfirmed = |source| LogError::Unconfirmed {
-            seq,
-            uri: self.uri.to_string(),
-            source,
-        };
-        let (end, capacity) = match st.end {
-            Some(known) => known,
-            None => {
-                let (seqs, capacity) = self.retrying(&mut st, scan).await.map_err(unconfirmed)?;
-                (seqs.len() as u64, capacity)
-            }
-        };
-        st.end = Some((end, capacity));
-        if end >= capacity {
-            return Err(LogError::Full {
+        // The slot of an earlier attempt whose confirmation was lost, if any.
+        let mut attempted: Option<u64> = None;
+        let outcome = self
+            .retrying(&mut st, async move |client, end| {
+                let (at, capacity) = match *end {
+                    Some(known) => known,
+                    None => {
+                        let (seqs, capacity) = scan(client).await?;
+                        let at = seqs.len() as u64;
+                        *end = Some((at, capacity));
+                        if attempted.is_some_and(|slot| slot + 1 == at) && seqs.last() == Some(&seq)
+                        {
+                            // It landed before the connection broke; make sure it is durable.
+                            client.flush().await?;
+                            return Ok(Appended::Yes);
+                        }
+                        (at, capacity)
+                    }
+                };
+                if at >= capacity {
+                    return Ok(Appended::Full(capacity));
+                }
+                attempted = Some(at);
+                client
+                    .write(slot_offset(at), &encode_slot(at, seq), true)
+                    .await?;
+                *end = Some((at + 1, capacity));
+                Ok(Appended::Yes)
+            })
+            .await
+            .map_err(|source| LogError::Unconfirmed {
+                seq,
+                uri: self.uri.to_string(),
+                source,
+            })?;
+        match outcome {
+            Appended::Yes => Ok(()),
+            Appended::Full(capacity) => Err(LogError::Full {
                 uri: self.uri.to_string(),
                 capacity,
-            });
+            }),
         }
-        let slot = encode_slot(end, seq);
-        self.retrying(&mut st, async move |c| {
-            c.write(slot_offset(end), &slot, true).await
-        })
-        .await
-        .map_err(unconfirmed)?;
-        st.end = Some((end + 1, capacity));
-        Ok(())
     }
 
     /// Every record on the volume, in slot order.
     pub async fn list(&self) -> Result<Vec<u64>, LogError> {
         let mut st = self.state.lock().await;
-        let (seqs, capacity) =
-            self.retrying(&mut st, scan)
-                .await
-                .map_err(|source| LogError::Read {
-                    uri: self.uri.to_string(),
-                    source,
-                })?;
-        st.end = Some((seqs.len() as u64, capacity));
-        Ok(seqs)
+        self.retrying(&mut st, async |client, end| {
+            let (seqs, capacity) = scan(client).await?;
+            *end = Some((seqs.len() as u64, capacity));
+            Ok(seqs)
+        })
+        .await
+        .map_err(|source| LogError::Read {
+            uri: self.uri.to_string(),
+            source,
+        })
     }
 
-    /// Runs `op` on a connected client, reconnecting and retrying when the connection breaks.
-    /// An NBD error reply (EIO, EPERM, ...) is not retried.
+    /// Runs `op` on a connected client and the known end of the log, reconnecting and retrying
+    /// when the connection breaks. A new connection forgets the end, so `op` scans again: the
+    /// server may now serve another copy of the volume. An NBD error reply (EIO, EPERM, ...) is
+    /// not retried.
     async fn retrying<T>(
         &self,
         st: &mut LogState,
-        mut op: impl AsyncFnMut(&mut NbdClient) -> Result<T, NbdError>,
+        mut op: impl AsyncFnMut(&mut NbdClient, &mut Option<(u64, u64)>) -> Result<T, NbdError>,
     ) -> Result<T, NbdError> {
         let mut attempt = 1;
         loop {
-            let result = match st.client.as_mut() {
-                Some(client) => op(client).await,
+            let LogState { client, end } = &mut *st;
+            let result = match client.as_mut() {
+                Some(c) => op(c, end).await,
                 None => match NbdClient::connect_uri(&self.uri, NBD_TIMEOUT).await {
-                    Ok(client) => op(st.client.insert(client)).await,
+                    Ok(c) => {
+                        *end = None;
+                        op(client.insert(c), end).await
+                    }
                     Err(e) => Err(e),
                 },
             };
             match result {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_connection() && attempt < ATTEMPTS => {
+                Err(e) if e.is_connection() => {
+                    (st.client, st.end) = (None, None);
+                    if attempt >= ATTEMPTS {
+                        return Err(e);
+                    }
                     tracing::warn!(uri = %self.uri, attempt, "record log: reconnecting: {e}");
-                    st.client = None;
                     tokio::time::sleep(BACKOFF * attempt).await;
                     attempt += 1;
                 }
-                Err(e) => {
-                    if e.is_connection() {
-                        st.client = None;
-                    }
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
+}
+
+/// What an append came to, short of a connection failure.
+enum Appended {
+    Yes,
+    Full(u64),
 }
 
 /// Reads slots from the start until one does not validate: the records and the capacity.

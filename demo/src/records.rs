@@ -65,6 +65,14 @@ impl Records {
         }
     }
 
+    /// The NBD volume the records are on, if they are on one.
+    pub fn volume(&self) -> Option<&NbdUri> {
+        match &self.backend {
+            Backend::Volume(log) => Some(log.uri()),
+            Backend::None | Backend::File(_) => None,
+        }
+    }
+
     pub async fn append(&self, seq: u64) -> Result<(), String> {
         match &self.backend {
             Backend::None => Err(NO_VOLUME.to_owned()),

@@ -41,7 +41,13 @@ async fn ok(tool: &str, package: &str, args: &[&str]) -> anyhow::Result<String> 
 }
 
 async fn qemu_io(uri: &str, cmds: &[&str]) -> anyhow::Result<String> {
-    let mut args = vec!["-f", "raw", uri];
+    qemu_io_cached(uri, "writethrough", cmds).await
+}
+
+/// qemu-io with a cache mode: `writethrough` (its default) sets FUA on every write,
+/// `writeback` only where a command asks for it (`-f`).
+async fn qemu_io_cached(uri: &str, cache: &str, cmds: &[&str]) -> anyhow::Result<String> {
+    let mut args = vec!["-f", "raw", "-t", cache, uri];
     for c in cmds {
         args.extend(["-c", c]);
     }
@@ -109,6 +115,34 @@ async fn qemu_io_writes_zeroes_discards_and_flushes_and_qemu_img_sees_the_same_b
 }
 
 #[tokio::test]
+async fn qemu_io_fua_and_flush_reach_the_device() -> anyhow::Result<()> {
+    let server = Server::start(MIB, Limits::default()).await?;
+    qemu_io_cached(
+        &server.uri("rec"),
+        "writeback",
+        &[
+            "write -f -P 1 0 4k",
+            "write -P 2 4k 4k",
+            "write -z -f 8k 4k",
+            "discard 12k 4k",
+            "flush",
+        ],
+    )
+    .await?;
+    let ops = server.rec.ops();
+    for want in [
+        ("write", 0, 4096, true),
+        ("write", 4096, 4096, false),
+        ("zero", 8192, 4096, true),
+        ("zero", 12288, 4096, false),
+        ("flush", 0, 0, false),
+    ] {
+        assert!(ops.contains(&want), "{want:?} missing from {ops:?}");
+    }
+    server.stop().await
+}
+
+#[tokio::test]
 async fn nbdinfo_reports_size_read_only_and_the_export_list() -> anyhow::Result<()> {
     let server = Server::start(4 * MIB, Limits::default()).await?;
     let size = ok("nbdinfo", "libnbd-bin", &["--size", &server.uri("vol")]).await?;
@@ -149,7 +183,7 @@ async fn nbdinfo_reports_size_read_only_and_the_export_list() -> anyhow::Result<
         .filter_map(|e| e["export-name"].as_str())
         .collect();
     names.sort_unstable();
-    assert_eq!(names, ["ro", "vol"], "{list}");
+    assert_eq!(names, ["rec", "ro", "vol"], "{list}");
     server.stop().await
 }
 

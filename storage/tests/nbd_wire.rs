@@ -26,6 +26,7 @@ fn limits() -> Limits {
         max_inflight: 4,
         handshake_timeout: Duration::from_millis(500),
         max_connections: 3,
+        drain_timeout: Duration::from_millis(300),
     }
 }
 
@@ -242,7 +243,7 @@ async fn pipelined_requests_get_whole_replies_matched_by_cookie() -> anyhow::Res
 async fn the_client_reads_writes_zeroes_trims_and_flushes() -> anyhow::Result<()> {
     let server = Server::start(MIB, limits()).await?;
     let addr = server.addr.to_string();
-    assert_eq!(NbdClient::list_exports(&addr).await?, ["ro", "vol"]);
+    assert_eq!(NbdClient::list_exports(&addr).await?, ["rec", "ro", "vol"]);
     let mut c = NbdClient::connect(&addr, "vol").await?;
     assert_eq!(c.size(), MIB);
     assert_eq!(c.max_block(), Some(MAX));
@@ -333,5 +334,71 @@ async fn connections_beyond_the_limit_are_closed_and_room_comes_back() -> anyhow
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     alive.context("after the held connections closed")?;
+    server.stop().await
+}
+
+#[tokio::test]
+async fn shutdown_is_not_held_up_by_a_stalled_payload_or_a_client_that_never_reads()
+-> anyhow::Result<()> {
+    let server = Server::start(MIB, limits()).await?;
+    let mut stalled = raw_session(server.addr, "vol").await?;
+    let mut partial = request(Command::Write, 0, 1, 0, 4096);
+    partial.extend_from_slice(&[7; 100]);
+    stalled.write_all(&partial).await?;
+    let mut deaf = raw_session(server.addr, "vol").await?;
+    let mut reads = Vec::new();
+    for cookie in 0..64 {
+        reads.extend(request(Command::Read, 0, cookie, 0, MAX));
+    }
+    deaf.write_all(&reads).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    server.stop().await.context("stop")?;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop((stalled, deaf));
+    Ok(())
+}
+
+#[tokio::test]
+async fn random_operations_through_the_client_match_an_in_memory_model() -> anyhow::Result<()> {
+    let size = 256 * 1024u64;
+    let server = Server::start(size, limits()).await?;
+    let mut model = vec![0u8; size as usize];
+    let mut c = NbdClient::connect(&server.addr.to_string(), "vol").await?;
+    let dice = pattern(4 * 400, 99);
+    for (i, d) in dice.chunks_exact(4).enumerate() {
+        let offset = u64::from(u16::from_le_bytes([d[1], d[2]])) * 4 % size;
+        let len = (u32::from(d[3]) * 97 + 1).min((size - offset) as u32);
+        let (at, end) = (offset as usize, offset as usize + len as usize);
+        match d[0] % 5 {
+            0 => {
+                let data = pattern(len as usize, i as u64 + 1);
+                c.write(offset, &data, d[3] % 2 == 0).await?;
+                model[at..end].copy_from_slice(&data);
+            }
+            1 => {
+                c.write_zeroes(offset, len, false).await?;
+                model[at..end].fill(0);
+            }
+            2 => {
+                c.trim(offset, len).await?;
+                model[at..end].fill(0);
+            }
+            3 => c.flush().await?,
+            _ => assert!(
+                c.read(offset, len).await? == model[at..end],
+                "op {i}: read differs"
+            ),
+        }
+    }
+    c.disconnect().await?;
+    assert!(
+        std::fs::read(&server.vol)? == model,
+        "the file differs from the model"
+    );
     server.stop().await
 }

@@ -70,6 +70,8 @@ pub enum NbdError {
     },
     #[error("NBD reply for cookie {got} while waiting for {want}")]
     CookieMismatch { want: u64, got: u64 },
+    #[error("NBD request of {len} bytes does not fit the protocol's 32-bit length")]
+    TooLarge { len: usize },
 }
 
 impl NbdError {
@@ -81,9 +83,14 @@ impl NbdError {
         }
     }
 
-    /// Whether the connection is broken or out of step (reconnect before the next request).
+    /// Whether the connection is broken, out of step, or shutting down (ESHUTDOWN, after which
+    /// the protocol has the client disconnect): reconnect before the next request.
     pub fn is_connection(&self) -> bool {
-        !matches!(self, NbdError::Errno { .. } | NbdError::BadUri { .. })
+        match self {
+            NbdError::Errno { errno, .. } => *errno == crate::device::errno::ESHUTDOWN,
+            NbdError::BadUri { .. } | NbdError::TooLarge { .. } => false,
+            _ => true,
+        }
     }
 }
 
@@ -438,13 +445,7 @@ impl NbdClient {
 
     /// Writes `data` at `offset`; with `fua` the server makes it durable before replying.
     pub async fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> Result<(), NbdError> {
-        let len = u32::try_from(data.len()).map_err(|_| NbdError::Errno {
-            command: "WRITE",
-            offset,
-            len: data.len() as u64,
-            errno: crate::device::errno::EINVAL,
-            name: "EINVAL",
-        })?;
+        let len = u32::try_from(data.len()).map_err(|_| NbdError::TooLarge { len: data.len() })?;
         self.request(Command::Write, fua_flag(fua), offset, len, data)
             .await
             .map(drop)

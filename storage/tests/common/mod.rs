@@ -1,5 +1,6 @@
 //! An in-process NBD server on 127.0.0.1:0 exporting raw files from a tempdir: `vol` (writable)
-//! and `ro` (the same kind of file behind a read-only device).
+//! `ro` (the same kind of file behind a read-only device) and `rec` (a disk that records what
+//! reaches it).
 
 #![allow(dead_code)]
 
@@ -36,8 +37,53 @@ impl BlockDevice for ReadOnly {
     }
 }
 
+/// What reached a device: (operation, offset, length, fua).
+pub type Op = (&'static str, u64, u64, bool);
+
+/// A disk that records every write, zeroing and flush that reaches it.
+pub struct Recording {
+    pub disk: FileDisk,
+    pub ops: std::sync::Mutex<Vec<Op>>,
+}
+
+impl Recording {
+    fn note(&self, op: Op) {
+        if let Ok(mut ops) = self.ops.lock() {
+            ops.push(op);
+        }
+    }
+
+    pub fn ops(&self) -> Vec<Op> {
+        self.ops.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+}
+
+#[async_trait::async_trait]
+impl BlockDevice for Recording {
+    fn size(&self) -> u64 {
+        self.disk.size()
+    }
+    async fn read(&self, offset: u64, len: u32) -> DeviceResult<Vec<u8>> {
+        self.disk.read(offset, len).await
+    }
+    async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> DeviceResult<()> {
+        self.note(("write", offset, data.len() as u64, fua));
+        self.disk.write(offset, data, fua).await
+    }
+    async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> DeviceResult<()> {
+        self.note(("zero", offset, u64::from(len), fua));
+        self.disk.write_zeroes(offset, len, fua).await
+    }
+    async fn flush(&self) -> DeviceResult<()> {
+        self.note(("flush", 0, 0, false));
+        self.disk.flush().await
+    }
+}
+
 pub struct Server {
     pub addr: SocketAddr,
+    /// The device behind export `rec`.
+    pub rec: Arc<Recording>,
     /// The file behind export `vol`.
     pub vol: PathBuf,
     pub dir: tempfile::TempDir,
@@ -51,9 +97,14 @@ impl Server {
         let vol = dir.path().join("vol.img");
         let disk = FileDisk::create(&vol, size)?;
         let ro = FileDisk::create(&dir.path().join("ro.img"), size)?;
+        let rec = Arc::new(Recording {
+            disk: FileDisk::create(&dir.path().join("rec.img"), size)?,
+            ops: Default::default(),
+        });
         let exports = StaticExports::new()
             .with("vol", Arc::new(disk))
-            .with("ro", Arc::new(ReadOnly(ro)));
+            .with("ro", Arc::new(ReadOnly(ro)))
+            .with("rec", rec.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
@@ -65,6 +116,7 @@ impl Server {
         ));
         Ok(Self {
             addr,
+            rec,
             vol,
             dir,
             shutdown,
