@@ -435,6 +435,11 @@ pub enum Command {
         force: bool,
         reason: String,
     },
+    /// Operator: promoting a copy of `volume` that lacks writes is accepted (forced failover).
+    AcceptVolumeLoss {
+        volume: String,
+        reason: String,
+    },
     /// Agent: it runs with these lease terms. The first sets the fabric's terms; an agent whose
     /// terms differ is refused (and must not hold or grant leases).
     AgreeLeaseTerms {
@@ -832,7 +837,8 @@ impl FabricState {
             | Command::DeleteVolume { .. }
             | Command::ReportVolume { .. }
             | Command::OutdateCopy { .. }
-            | Command::PromoteVolume { .. } => self.apply_volume_command(now, cmd),
+            | Command::PromoteVolume { .. }
+            | Command::AcceptVolumeLoss { .. } => self.apply_volume_command(now, cmd),
             service_command => self.apply_service_command(now, service_command),
         }
     }

@@ -63,6 +63,17 @@ pub enum Action {
         epoch: u64,
         reason: String,
     },
+    /// Make the copy of `volume` at `site` the primary (under `epoch`), before `service` moves
+    /// there. `force` when it may lack writes (within the service's max RPO, or accepted by an
+    /// operator).
+    Promote {
+        service: String,
+        volume: String,
+        site: String,
+        epoch: u64,
+        force: bool,
+        reason: String,
+    },
 }
 
 impl Action {
@@ -114,6 +125,20 @@ impl Action {
                 epoch,
                 reason,
             },
+            Action::Promote {
+                volume,
+                site,
+                epoch,
+                force,
+                reason,
+                ..
+            } => Command::PromoteVolume {
+                volume,
+                site,
+                epoch,
+                force,
+                reason,
+            },
         }
     }
 
@@ -122,7 +147,8 @@ impl Action {
             Action::Revoke { service, .. }
             | Action::Forget { service, .. }
             | Action::AssignOwner { service, .. }
-            | Action::Place { service, .. } => service,
+            | Action::Place { service, .. }
+            | Action::Promote { service, .. } => service,
         }
     }
 
@@ -157,6 +183,16 @@ impl Action {
                 epoch,
                 reason,
             } => format!("start {service} on host {host} (epoch {epoch}): {reason}"),
+            Action::Promote {
+                service,
+                volume,
+                site,
+                epoch,
+                reason,
+                ..
+            } => format!(
+                "promote the copy of volume {volume} at site {site} to primary (epoch {epoch}) for {service}: {reason}"
+            ),
         }
     }
 }
@@ -229,6 +265,9 @@ fn site_problem(
     }
     if s.admin == SiteAdmin::Maintenance {
         return Some(format!("site {site} is in maintenance"));
+    }
+    if let Some(problem) = volume::site_problem(state, svc, site) {
+        return Some(problem);
     }
     let keeps_one = svc.instances.values().any(|i| {
         i.state != InstanceState::Revoked
@@ -386,6 +425,7 @@ fn plan_move(
     forget_expired(svc, name, revocations, now, lease, actions);
     if svc.instances.is_empty()
         && let Some(site) = desired
+        && volume::ready(state, svc, name, &site, actions)
     {
         let reason = if svc.owner.is_none() {
             "first placement: the first usable site of its list".to_string()
@@ -552,6 +592,7 @@ pub fn simulate(
                     epoch,
                     ..
                 } => {
+                    let name = service.clone();
                     let host_up = s.hosts.get(&host).is_some_and(|h| h.health == Health::Up);
                     let follow = if host_up {
                         Command::InstanceStopped {
@@ -574,6 +615,8 @@ pub fn simulate(
                         forget.command()
                     };
                     apply(&mut s, follow)?;
+                    // The stopped instance's NBD connection closes with it.
+                    volume::writers_gone(&mut s, &name);
                 }
                 Action::Place {
                     service,
@@ -592,7 +635,7 @@ pub fn simulate(
                         },
                     )?;
                 }
-                Action::Forget { .. } | Action::AssignOwner { .. } => {}
+                Action::Forget { .. } | Action::AssignOwner { .. } | Action::Promote { .. } => {}
             }
         }
     }
@@ -608,6 +651,8 @@ fn placement_of(state: &FabricState, service: &str, host: NodeId) -> u64 {
         .and_then(|s| s.instances.get(&host))
         .map_or(0, |i| i.placement)
 }
+
+mod volume;
 
 #[cfg(test)]
 mod tests;

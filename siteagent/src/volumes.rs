@@ -108,7 +108,8 @@ struct PrimaryCopy {
     epoch: u64,
     /// The count of outdates of each replica, as the state had it at start plus ours since.
     outdates: Arc<Mutex<BTreeMap<String, u64>>>,
-    last_report: Mutex<Option<(Instant, BTreeMap<String, CopyReport>)>>,
+    /// When the last report was recorded, with the writers and copies it said.
+    last_report: Mutex<Option<(Instant, u32, BTreeMap<String, CopyReport>)>>,
     divergences_reported: Mutex<usize>,
     writers: Arc<std::sync::atomic::AtomicU32>,
 }
@@ -304,8 +305,13 @@ impl Volumes {
         for (name, p) in primaries {
             self.report_divergence(&name, &p).await;
             let copies = copy_reports(&p);
+            let writers = p.writers.load(std::sync::atomic::Ordering::Relaxed);
             let due = match &*lock(&p.last_report) {
-                Some((at, last)) => *last != copies || at.elapsed() >= Duration::from_secs(5),
+                Some((at, last_writers, last)) => {
+                    *last != copies
+                        || *last_writers != writers
+                        || at.elapsed() >= Duration::from_secs(5)
+                }
                 None => true,
             };
             let stale_in_state = state.volumes.get(&name).is_none_or(|v| v.epoch != p.epoch);
@@ -316,11 +322,11 @@ impl Volumes {
                 volume: name.clone(),
                 epoch: p.epoch,
                 host: self.me,
-                writers: p.writers.load(std::sync::atomic::Ordering::Relaxed),
+                writers,
                 copies: copies.clone(),
             };
             match self.cluster.propose(self.cluster.actor(), cmd).await {
-                Ok(_) => *lock(&p.last_report) = Some((Instant::now(), copies)),
+                Ok(_) => *lock(&p.last_report) = Some((Instant::now(), writers, copies)),
                 Err(e) => tracing::debug!(volume = %name, "report not recorded: {e}"),
             }
         }

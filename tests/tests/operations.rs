@@ -52,6 +52,7 @@ fn wait_on(lab: &TestLab, hosts: &[u64]) -> ServiceView {
 fn step_key(action: &Action) -> String {
     match action {
         Action::AssignOwner { site, .. } => format!("assign_owner site {site}"),
+        Action::Promote { volume, site, .. } => format!("promote {volume} at site {site}"),
         Action::Place { host, .. } => format!("place host {host}"),
         Action::Revoke { host, .. } => format!("revoke host {host}"),
         Action::Forget { host, .. } => format!("forget host {host}"),

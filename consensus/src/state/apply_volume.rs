@@ -95,6 +95,16 @@ impl FabricState {
                 force,
                 reason,
             } => self.promote_volume(now, volume, site, *epoch, *force, reason),
+            Command::AcceptVolumeLoss { volume, reason } => {
+                let v = self
+                    .volumes
+                    .get_mut(volume)
+                    .ok_or_else(|| CommandError::UnknownVolume(volume.clone()))?;
+                v.accept_loss = Some(reason.clone());
+                Ok(Some(format!(
+                    "volume {volume}: losing writes its copies lack is accepted for the next promotion: {reason}"
+                )))
+            }
             _ => unreachable!("apply_volume_command is called with volume commands only"),
         }
     }
@@ -231,6 +241,7 @@ impl FabricState {
         v.epoch = epoch;
         v.reporter = None;
         v.writers = 0;
+        v.accept_loss = None;
         // The demoted copy takes the promoted one's mode, and may hold writes the new primary
         // lacks: it resyncs before it counts as a copy again.
         let new_mode = v.copies[site].mode;

@@ -110,8 +110,11 @@ pub struct Volume {
     pub copies: BTreeMap<String, VolumeCopy>,
     /// The agent that last reported as the primary's server, and when (unix ms).
     pub reporter: Option<NodeId>,
-    /// Whether the primary has open writers (NBD connections) as of its last report.
+    /// Open writers (NBD connections) on the primary as of its last report.
     pub writers: u32,
+    /// An operator accepted losing what the copies lack (`sitectl failover --force`): the
+    /// planner may promote a copy beyond the RPO gate. Cleared by the next promotion.
+    pub accept_loss: Option<String>,
 }
 
 /// One site's copy.
@@ -271,6 +274,7 @@ impl Volume {
             copies,
             reporter: None,
             writers: 0,
+            accept_loss: None,
         }
     }
 

@@ -415,6 +415,7 @@ fn simulation_of_a_lost_site_includes_giving_up_its_instances() {
             Action::Forget { .. } => "forget",
             Action::AssignOwner { .. } => "assign",
             Action::Place { .. } => "place",
+            Action::Promote { .. } => "promote",
         })
         .collect();
     assert_eq!(kinds, ["revoke", "forget", "assign", "place"]);
@@ -573,4 +574,207 @@ fn a_move_during_a_spec_update_revokes_both_generations_and_takes_the_next_epoch
     );
     let (owner, epoch, _) = where_is(&state, "web");
     assert_eq!((owner.as_deref(), epoch), (Some("s2"), 3));
+}
+
+mod volumes {
+    use consensus::state::{CopyReport, CopyState, Lag, VolumeSpec};
+
+    use super::*;
+
+    /// `db` (s1 primary, s2 sync, s3 async) used by `pg` (s1, s2, s3), running in s1.
+    fn fabric_with_volume(max_rpo: Option<Duration>) -> (FabricState, RevocationClock) {
+        let mut state = fabric();
+        apply(
+            &mut state,
+            Command::CreateVolume {
+                spec: VolumeSpec {
+                    name: "db".into(),
+                    size: 1 << 20,
+                    block_size: 4096,
+                    primary: "s1".into(),
+                    replicas: vec![
+                        "s2:sync".parse().expect("s2"),
+                        "s3:async".parse().expect("s3"),
+                    ],
+                },
+            },
+        );
+        let mut pg = spec("pg", &["s1", "s2", "s3"]);
+        pg.volumes = vec!["db".into()];
+        pg.max_rpo = max_rpo;
+        apply(&mut state, Command::CreateService { spec: pg });
+        let mut clock = RevocationClock::default();
+        settle(&mut state, &mut clock, Instant::now());
+        assert_eq!(where_is(&state, "pg").0.as_deref(), Some("s1"));
+        (state, clock)
+    }
+
+    fn report(state: &mut FabricState, writers: u32, copies: &[(&str, CopyState, u64)]) {
+        let epoch = state.volumes["db"].epoch;
+        let primary = state.volumes["db"].primary.clone();
+        let host = state
+            .hosts
+            .values()
+            .find(|h| h.site == primary)
+            .expect("host")
+            .id;
+        apply(
+            state,
+            Command::ReportVolume {
+                volume: "db".into(),
+                epoch,
+                host,
+                writers,
+                copies: copies
+                    .iter()
+                    .map(|(site, state, age_ms)| {
+                        let lag = Lag {
+                            writes: u64::from(*age_ms > 0),
+                            age_ms: *age_ms,
+                            ..Lag::default()
+                        };
+                        (
+                            site.to_string(),
+                            CopyReport {
+                                state: *state,
+                                lag,
+                                outdates: 0,
+                            },
+                        )
+                    })
+                    .collect(),
+            },
+        );
+    }
+
+    /// Site s1 goes down; the leader revokes its instance and gives it up once its lease ran
+    /// out. Returns every action.
+    fn lose_s1(state: &mut FabricState, clock: &mut RevocationClock) -> Vec<Action> {
+        set_site(state, "s1", Health::Down);
+        let t = Instant::now();
+        let mut actions = settle(state, clock, t + S);
+        actions.extend(settle(state, clock, t + 10 * S));
+        actions
+    }
+
+    fn promotions(actions: &[Action]) -> Vec<(String, bool)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Promote { site, force, .. } => Some((site.clone(), *force)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_site_loss_promotes_the_in_sync_copy_before_the_service_moves() {
+        let (mut state, mut clock) = fabric_with_volume(None);
+        report(
+            &mut state,
+            1,
+            &[
+                ("s2", CopyState::InSync, 0),
+                ("s3", CopyState::Lagging, 900),
+            ],
+        );
+        let actions = lose_s1(&mut state, &mut clock);
+        assert_eq!(promotions(&actions), vec![("s2".to_string(), false)]);
+        let promote_at = actions
+            .iter()
+            .position(|a| matches!(a, Action::Promote { .. }));
+        let assign_at = actions
+            .iter()
+            .position(|a| matches!(a, Action::AssignOwner { .. }));
+        assert!(promote_at < assign_at, "{actions:?}");
+        assert_eq!(state.volumes["db"].primary, "s2");
+        assert_eq!(where_is(&state, "pg").0.as_deref(), Some("s2"));
+    }
+
+    #[test]
+    fn an_outdated_copy_is_skipped_and_a_copy_beyond_the_max_rpo_holds_the_service_back() {
+        let (mut state, mut clock) = fabric_with_volume(Some(Duration::from_millis(500)));
+        apply(
+            &mut state,
+            Command::OutdateCopy {
+                volume: "db".into(),
+                site: "s2".into(),
+                epoch: 1,
+                outdates: 1,
+                reason: "test".into(),
+            },
+        );
+        report(&mut state, 1, &[("s3", CopyState::Lagging, 900)]);
+        let actions = lose_s1(&mut state, &mut clock);
+        assert!(promotions(&actions).is_empty(), "{actions:?}");
+        assert_eq!(state.volumes["db"].primary, "s1");
+        assert!(
+            state.services["pg"].instances.is_empty(),
+            "its instances stop"
+        );
+        // The operator accepts the loss: the next usable site's copy is promoted, forced.
+        apply(
+            &mut state,
+            Command::AcceptVolumeLoss {
+                volume: "db".into(),
+                reason: "operator forced it".into(),
+            },
+        );
+        let actions = settle(&mut state, &mut clock, Instant::now() + 20 * S);
+        assert_eq!(promotions(&actions), vec![("s2".to_string(), true)]);
+        assert_eq!(where_is(&state, "pg").0.as_deref(), Some("s2"));
+        assert!(state.volumes["db"].accept_loss.is_none(), "used up");
+    }
+
+    #[test]
+    fn an_async_copy_within_the_max_rpo_takes_the_failover_forced_with_its_lag() {
+        let (mut state, mut clock) = fabric_with_volume(Some(Duration::from_secs(2)));
+        // s2 (sync) is outdated; s3 lags by 900 ms, within 2 s.
+        apply(
+            &mut state,
+            Command::OutdateCopy {
+                volume: "db".into(),
+                site: "s2".into(),
+                epoch: 1,
+                outdates: 1,
+                reason: "test".into(),
+            },
+        );
+        report(&mut state, 1, &[("s3", CopyState::Lagging, 900)]);
+        let actions = lose_s1(&mut state, &mut clock);
+        assert_eq!(promotions(&actions), vec![("s3".to_string(), true)]);
+        let reason = actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Promote { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .expect("promote");
+        assert!(reason.contains("within the max RPO"), "{reason}");
+        assert_eq!(where_is(&state, "pg").0.as_deref(), Some("s3"));
+    }
+
+    #[test]
+    fn a_switchover_waits_until_the_copy_is_in_sync_and_the_writer_is_gone() {
+        let (mut state, mut clock) = fabric_with_volume(None);
+        report(&mut state, 1, &[("s3", CopyState::Lagging, 300)]);
+        apply(
+            &mut state,
+            Command::SetServiceTarget {
+                service: "pg".into(),
+                site: Some("s3".into()),
+            },
+        );
+        let now = Instant::now();
+        let actions = settle(&mut state, &mut clock, now);
+        assert!(promotions(&actions).is_empty(), "{actions:?}");
+        assert!(state.services["pg"].instances.is_empty(), "stopped first");
+        // Drained, but the report still counts a writer: wait.
+        report(&mut state, 1, &[("s3", CopyState::InSync, 0)]);
+        assert!(promotions(&settle(&mut state, &mut clock, now)).is_empty());
+        report(&mut state, 0, &[("s3", CopyState::InSync, 0)]);
+        let actions = settle(&mut state, &mut clock, now);
+        assert_eq!(promotions(&actions), vec![("s3".to_string(), false)]);
+        assert_eq!(where_is(&state, "pg").0.as_deref(), Some("s3"));
+    }
 }

@@ -351,11 +351,43 @@ pub(super) async fn maintenance(
     set_site_admin(agent, op, name, request(&bytes)?, admin).await
 }
 
+/// `POST /v1/failover/{site}`: declares the site lost. With `force`, it also accepts losing
+/// what the replicas of the site's volumes lack (the RPO gate no longer holds the services back);
+/// each such volume gets an event saying so.
 pub(super) async fn failover(
     State(agent): State<Shared>,
     Extension(op): Extension<Identity>,
     Path(site): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Json<OperationResult>, Failure> {
-    set_site_admin(agent, op, site, request(&bytes)?, SiteAdmin::Lost).await
+    let req = request(&bytes)?;
+    let (force, dry_run) = (req.force, req.dry_run);
+    let result = set_site_admin(
+        agent.clone(),
+        op.clone(),
+        site.clone(),
+        req,
+        SiteAdmin::Lost,
+    )
+    .await?;
+    if force && !dry_run {
+        let volumes: Vec<String> = agent
+            .cluster
+            .read(|s| {
+                s.volumes
+                    .values()
+                    .filter(|v| v.primary == site)
+                    .map(|v| v.spec.name.clone())
+                    .collect()
+            })
+            .await?;
+        for volume in volumes {
+            let reason = format!("{} forced the failover of site {site}", actor(&op));
+            agent
+                .cluster
+                .propose(actor(&op), Command::AcceptVolumeLoss { volume, reason })
+                .await?;
+        }
+    }
+    Ok(result)
 }
