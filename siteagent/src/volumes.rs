@@ -108,11 +108,13 @@ struct PrimaryCopy {
     epoch: u64,
     /// The count of outdates of each replica, as the state had it at start plus ours since.
     outdates: Arc<Mutex<BTreeMap<String, u64>>>,
-    /// When the last report was recorded, with the writers and copies it said.
-    last_report: Mutex<Option<(Instant, u32, BTreeMap<String, CopyReport>)>>,
+    last_report: Mutex<Option<LastReport>>,
     divergences_reported: Mutex<usize>,
     writers: Arc<std::sync::atomic::AtomicU32>,
 }
+
+/// When the last report was recorded, with the writers and copies it said.
+type LastReport = (Instant, u32, BTreeMap<String, CopyReport>);
 
 /// The volume service of one agent; see the module docs.
 pub struct Volumes {
