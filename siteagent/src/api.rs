@@ -320,6 +320,9 @@ pub struct VolumeView {
     pub nbd: Option<String>,
     /// Open NBD connections on the primary, as last reported.
     pub writers: u32,
+    /// The host whose agent last reported as the primary (under this epoch): it holds the
+    /// primary copy open.
+    pub reporter: Option<u64>,
     pub copies: Vec<CopyView>,
 }
 

@@ -459,6 +459,9 @@ fn copy_reports(p: &PrimaryCopy) -> BTreeMap<String, CopyReport> {
             };
             let (state, lag) = match s.state {
                 ReplicaState::InSync => (CopyState::InSync, lag),
+                // A streaming sync replica's unacknowledged writes are not acknowledged to any
+                // client either: it holds every acknowledged write.
+                ReplicaState::Lagging { .. } if s.mode == Mode::Sync => (CopyState::InSync, lag),
                 ReplicaState::Lagging { .. } | ReplicaState::Disconnected { .. } => {
                     (CopyState::Lagging, lag)
                 }
@@ -601,6 +604,12 @@ impl Link for WanLink {
             .parse()
             .map_err(|_| LinkError::Unreachable(format!("host {id} has a bad address {addr}")))?;
         let body = encode(&msg, self.max_frame).map_err(|e| LinkError::Frame(e.to_string()))?;
+        metrics::counter!(
+            "fabric_volume_sent_bytes_total",
+            "volume" => self.volume.clone(),
+            "site" => self.site.clone()
+        )
+        .increment(body.len() as u64);
         let reply = self
             .wan
             .call(addr, Some(id), Channel::Bulk, &body)

@@ -149,3 +149,142 @@ fn writes_through_qemu_io_reach_every_copy_byte_for_byte() {
         .expect("qemu-img runs");
     assert_eq!(out.status.code(), Some(1), "a differing copy is noticed");
 }
+
+/// Node id of the (only) agent of `site`.
+fn node_of(lab: &TestLab, site: &str) -> u64 {
+    lab.procs()
+        .into_iter()
+        .find(|p| p.site == site)
+        .map(|p| p.node)
+        .expect("an agent in the site")
+}
+
+/// Waits until `name` is served by a host of `site` (after a promotion) and returns the URI.
+fn served_at(lab: &TestLab, name: &str, site: &str) -> storage::nbd::client::NbdUri {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{name} served at {site}"),
+        || {
+            let v = show(lab, name)?;
+            // The primary's host has reported under the current epoch: it holds the copy open.
+            let host = v
+                .copies
+                .iter()
+                .find(|c| c.site == site)
+                .and_then(|c| c.host);
+            Ok(match (&v.nbd, host) {
+                (Some(uri), Some(h)) if v.primary == site && v.reporter == Some(h) => {
+                    Some(storage::nbd::client::parse_uri(uri)?)
+                }
+                _ => None,
+            })
+        },
+    )
+}
+
+/// 4 KiB block `i` as the writer below fills it.
+fn block(i: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4096);
+    while b.len() < 4096 {
+        b.extend_from_slice(&i.to_le_bytes());
+        b.extend_from_slice(b"fabric!!");
+    }
+    b
+}
+
+/// Writes block after block with FUA until the connection fails or `stop` is set; returns
+/// the indices whose write was acknowledged.
+fn write_stream(
+    uri: storage::nbd::client::NbdUri,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u64>> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mut acked = Vec::new();
+            let Ok(mut c) =
+                storage::nbd::client::NbdClient::connect(&uri.addr(), &uri.export).await
+            else {
+                return acked;
+            };
+            for i in 0..2048u64 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let data = block(i);
+                let write = c.write(i * 4096, &data, true);
+                match tokio::time::timeout(Duration::from_secs(10), write).await {
+                    Ok(Ok(())) => acked.push(i),
+                    _ => break,
+                }
+            }
+            acked
+        })
+    })
+}
+
+/// Which of `acked` blocks the copy served at `uri` lacks.
+fn missing(uri: &storage::nbd::client::NbdUri, acked: &[u64]) -> Vec<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut c = storage::nbd::client::NbdClient::connect(&uri.addr(), &uri.export)
+            .await
+            .expect("connect to the promoted copy");
+        let mut lacking = Vec::new();
+        for &i in acked {
+            if c.read(i * 4096, 4096).await.expect("read") != block(i) {
+                lacking.push(i);
+            }
+        }
+        lacking
+    })
+}
+
+#[test]
+fn sync_replica_holds_every_acknowledged_write_after_the_primary_is_killed() {
+    let lab = TestLab::up(3, 1);
+    create(
+        &lab,
+        &[
+            "db",
+            "--size",
+            "16MiB",
+            "--primary",
+            "s1",
+            "--replica",
+            "s2:sync",
+        ],
+    );
+    let uri = served_at(&lab, "db", "s1");
+    // A new primary first compares every chunk with its replicas; until then a sync replica
+    // is `resyncing` and writes do not wait for it (the state would refuse to promote it).
+    wait_in_sync(&lab, "db", 0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = write_stream(uri, stop.clone());
+    std::thread::sleep(Duration::from_millis(1500));
+    lab.kill9(node_of(&lab, "s1"));
+    let acked = writer.join().expect("writer");
+    assert!(
+        acked.len() >= 10,
+        "the stream made progress: {}",
+        acked.len()
+    );
+    let r: OperationResult = lab
+        .ctl(&["volume", "promote", "db", "--site", "s2"])
+        .expect("an in-sync sync replica is promoted without --force");
+    assert!(r.change.contains("promote"), "{r:?}");
+    let uri = served_at(&lab, "db", "s2");
+    let lacking = missing(&uri, &acked);
+    assert!(
+        lacking.is_empty(),
+        "{} of {} acknowledged writes are missing on the promoted copy: {lacking:?}",
+        lacking.len(),
+        acked.len()
+    );
+}

@@ -34,6 +34,7 @@ fn view(s: &FabricState, v: &Volume, nbd_port: u16) -> VolumeView {
         service: s.service_using(&v.spec.name).map(str::to_string),
         nbd: nbd_address(s, v, nbd_port),
         writers: v.writers,
+        reporter: v.reporter,
         copies: v
             .copies
             .iter()
