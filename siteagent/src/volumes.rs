@@ -557,6 +557,11 @@ impl BulkHandler for Volumes {
     ) -> Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<u8>>> + Send + 'a>> {
         Box::pin(async move {
             let msg: ToReplica = decode(&request, self.max_frame)?;
+            metrics::counter!(
+                "fabric_volume_received_bytes_total",
+                "volume" => msg.volume().to_string()
+            )
+            .increment(request.len() as u64);
             let reply = match self.replica(msg.volume()) {
                 Some(store) => store.handle(msg).await,
                 None => {
@@ -604,12 +609,6 @@ impl Link for WanLink {
             .parse()
             .map_err(|_| LinkError::Unreachable(format!("host {id} has a bad address {addr}")))?;
         let body = encode(&msg, self.max_frame).map_err(|e| LinkError::Frame(e.to_string()))?;
-        metrics::counter!(
-            "fabric_volume_sent_bytes_total",
-            "volume" => self.volume.clone(),
-            "site" => self.site.clone()
-        )
-        .increment(body.len() as u64);
         let reply = self
             .wan
             .call(addr, Some(id), Channel::Bulk, &body)
@@ -618,6 +617,13 @@ impl Link for WanLink {
                 wan::WanError::Timeout { after, .. } => LinkError::Timeout(after),
                 e => LinkError::Unreachable(e.to_string()),
             })?;
+        // Bytes the replica received and answered (attempts that got no answer do not count).
+        metrics::counter!(
+            "fabric_volume_sent_bytes_total",
+            "volume" => self.volume.clone(),
+            "site" => self.site.clone()
+        )
+        .increment(body.len() as u64);
         decode(&reply, self.max_frame).map_err(|e| LinkError::Frame(e.to_string()))
     }
 }

@@ -145,6 +145,35 @@ impl TestLab {
         lab
     }
 
+    /// A lab of `sites` × `hosts` whose every link between sites goes through the link
+    /// emulator (2 ms each way), so tests can partition and heal pairs of sites.
+    pub fn up_with_links(sites: u32, hosts: u32) -> Self {
+        let topology = tempfile::Builder::new()
+            .prefix("fabric-topology-")
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        std::fs::write(
+            topology.path(),
+            format!(
+                "sites = {sites}\nhosts_per_site = {hosts}\n\n[[link]]\na = \"*\"\nb = \"*\"\ndelay = \"2ms\"\n"
+            ),
+        )
+        .expect("write topology");
+        let path = topology.path().to_str().expect("utf-8 path").to_string();
+        Self::up_with(sites, hosts, &["--topology", &path])
+    }
+
+    /// `sitectl lab link partition|heal A B`.
+    pub fn link(&self, how: &str, a: &str, b: &str) {
+        let out = sitectl(&["lab", "link", how, "--dir", self.dir_str(), a, b]);
+        assert!(
+            out.status.success(),
+            "lab link {how} {a} {b}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -7,19 +7,6 @@ use consensus::state::{InstanceState, ServiceSpec};
 use fabric_tests::{TestLab, eventually, whoami};
 use siteagent::api::{OperationResult, ServiceView, Status};
 
-/// Three sites of one host each, every link through the emulator.
-fn lab_with_links() -> (TestLab, tempfile::TempDir) {
-    let topo_dir = tempfile::tempdir().expect("temp dir");
-    let topology = topo_dir.path().join("topology.toml");
-    std::fs::write(
-        &topology,
-        "sites = 3\nhosts_per_site = 1\n\n[[link]]\na = \"*\"\nb = \"*\"\ndelay = \"2ms\"\n",
-    )
-    .expect("write topology");
-    let path = topology.to_str().expect("utf-8 path");
-    (TestLab::up_with(3, 1, &["--topology", path]), topo_dir)
-}
-
 /// `sitectl lab demo`: the demo service `web`, owned by the first site of its list.
 fn deploy_demo(lab: &TestLab) {
     let ctx = lab.context();
@@ -58,18 +45,9 @@ fn running_at(lab: &TestLab, admin: &str) -> anyhow::Result<Option<(String, Stri
         .and_then(|i| Some((i.site?, i.endpoints.first()?.clone(), i.epoch))))
 }
 
-fn link(lab: &TestLab, how: &str, a: &str, b: &str) {
-    let out = fabric_tests::sitectl(&["lab", "link", how, "--dir", lab.dir_str(), a, b]);
-    assert!(
-        out.status.success(),
-        "lab link {how} {a} {b}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn delete_and_re_create_across_a_partition_never_serves_from_two_sites() {
-    let (lab, _topology) = lab_with_links();
+    let lab = TestLab::up_with_links(3, 1);
     deploy_demo(&lab);
     let s1_admin = admin_of(&lab, "s1");
     let (site, old_endpoint, old_epoch) =
@@ -89,8 +67,8 @@ fn delete_and_re_create_across_a_partition_never_serves_from_two_sites() {
     let again = lab.dir().join("services/web-again.toml");
     std::fs::write(&again, toml::to_string(&spec).expect("spec encodes")).expect("write spec");
 
-    link(&lab, "partition", "s1", "s2");
-    link(&lab, "partition", "s1", "s3");
+    lab.link("partition", "s1", "s2");
+    lab.link("partition", "s1", "s3");
     let s2_admin = admin_of(&lab, "s2");
     let _: OperationResult = eventually(Duration::from_secs(30), "delete through s2", || {
         Ok(Some(lab.ctl_at(&s2_admin, &["service", "delete", "web"])?))
@@ -172,7 +150,7 @@ fn dns_of(lab: &TestLab, site: &str) -> String {
 
 #[test]
 fn a_cut_between_the_leader_and_the_owner_site_keeps_the_service_served() {
-    let (lab, _topology) = lab_with_links();
+    let lab = TestLab::up_with_links(3, 1);
     deploy_demo(&lab);
     let any_admin = admin_of(&lab, "s1");
     eventually(Duration::from_secs(60), "web running", || {
@@ -218,7 +196,7 @@ fn a_cut_between_the_leader_and_the_owner_site_keeps_the_service_served() {
         .trim_matches(['[', ']'])
         .to_string();
 
-    link(&lab, "partition", &leader_site, &owner);
+    lab.link("partition", &leader_site, &owner);
     // Longer than the lease (5 s) plus margin, detection and a planner round several times over.
     let cut = Instant::now();
     let mut failed = Vec::new();
@@ -256,7 +234,7 @@ fn a_cut_between_the_leader_and_the_owner_site_keeps_the_service_served() {
         "leadership changed during a one-sided cut"
     );
 
-    link(&lab, "heal", &leader_site, &owner);
+    lab.link("heal", &leader_site, &owner);
     std::thread::sleep(Duration::from_secs(3));
     let me = whoami(&endpoint).expect("served after the heal");
     assert_eq!((me.site.as_str(), me.epoch), (owner.as_str(), epoch));
