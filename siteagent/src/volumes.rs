@@ -183,7 +183,10 @@ impl Volumes {
     /// Stops what is no longer wanted (or wanted differently), then opens what is.
     async fn reconcile(&self, state: &FabricState) {
         let want = wanted(state, self.me, &self.site);
+        // A primary opens only from a local state at least as new as the one the lease was
+        // confirmed with: a restarted agent's state may still name it primary of an old epoch.
         let lease_ok = self.lease.is_valid(crate::clock::lease_now());
+        let may_open_primary = lease_ok && state.revision >= self.lease.confirmed_revision();
         let stale: Vec<(Want, Held)> = {
             let mut held = lock(&self.held);
             let names: Vec<String> = held
@@ -204,8 +207,8 @@ impl Volumes {
             if lock(&self.held).contains_key(&name) {
                 continue;
             }
-            if matches!(w.role, Role::Primary { .. }) && !lease_ok {
-                continue; // Opened once the lease is confirmed.
+            if matches!(w.role, Role::Primary { .. }) && !may_open_primary {
+                continue; // Opened once the lease is confirmed and the state caught up.
             }
             match self.open(state, &w).await {
                 Ok(h) => {
@@ -340,12 +343,13 @@ impl Volumes {
         let found = p.disk.divergent();
         let from = *lock(&p.divergences_reported);
         for d in found.iter().skip(from) {
-            let bytes: u64 = d.divergent.iter().map(|(a, b)| b - a).sum();
+            // (offset, length) pairs.
+            let bytes: u64 = d.divergent.iter().map(|(_, len)| len).sum();
             let ranges: Vec<String> = d
                 .divergent
                 .iter()
                 .take(20)
-                .map(|(a, b)| format!("{a}..{b}"))
+                .map(|(offset, len)| format!("{offset}..{}", offset.saturating_add(*len)))
                 .collect();
             let message = format!(
                 "volume {name}: the copy at {} held {} range(s), {bytes} bytes, of writes the primary lacks; discarded by its resync: {}{}",

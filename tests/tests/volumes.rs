@@ -319,7 +319,8 @@ fn write_chunks(uri: &storage::nbd::client::NbdUri, chunks: &[u64]) {
 }
 
 #[test]
-fn a_partitioned_async_replica_resyncs_only_what_changed_and_its_lag_covers_what_a_kill_loses() {
+fn a_partitioned_async_replica_resyncs_what_changed_its_lag_covers_a_kill_and_the_old_primary_is_reprotected()
+ {
     let lab = TestLab::up_with_links(3, 1);
     create(
         &lab,
@@ -416,5 +417,46 @@ fn a_partitioned_async_replica_resyncs_only_what_changed_and_its_lag_covers_what
         lag.bytes >= lost * 65536,
         "lag bytes {} < lost {lost} × 64 KiB",
         lag.bytes
+    );
+
+    // 3. Reprotect: the old primary comes back as a replica of s3, resyncs, and the writes it
+    //    had that s3 lacks are listed in an event, not silently dropped or merged.
+    let t_back = siteagent::clock::unix_ms();
+    lab.link("heal", "s1", "s3");
+    lab.start(s1);
+    let v = eventually(Duration::from_secs(90), "s1's copy in sync with s3", || {
+        let v = show(&lab, "db")?;
+        let c = v.copies.iter().find(|c| c.site == "s1").expect("s1");
+        anyhow::ensure!(
+            c.state == CopyState::InSync && c.reported_ms > t_back,
+            "s1's copy is {} (reported {} ms after the restart)",
+            c.state,
+            c.reported_ms.saturating_sub(t_back)
+        );
+        Ok(Some(v))
+    });
+    let events: Vec<siteagent::api::EventView> = lab.ctl(&["events"]).expect("events");
+    let divergence = events
+        .iter()
+        .find(|e| e.message.starts_with("volume db: the copy at s1 held"))
+        .unwrap_or_else(|| panic!("no divergence event for s1 in {events:#?}"));
+    let ranges: u64 = divergence
+        .message
+        .split(" held ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("range count");
+    assert!(ranges >= 1, "{}", divergence.message);
+    let out = tool("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(image(&lab, &v, "s3"))
+        .arg(image(&lab, &v, "s1"))
+        .output()
+        .expect("qemu-img");
+    assert!(
+        out.status.success(),
+        "s1 after reprotect: {}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }
