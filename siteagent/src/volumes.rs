@@ -311,10 +311,18 @@ impl Volumes {
             self.report_divergence(&name, &p).await;
             let copies = copy_reports(&p);
             let writers = p.writers.load(std::sync::atomic::Ordering::Relaxed);
+            // A copy's state or the writers count goes out at once; a changed lag at most once a
+            // second (every report is a Raft commit); and every 5 s in any case.
             let due = match &*lock(&p.last_report) {
                 Some((at, last_writers, last)) => {
-                    *last != copies
+                    let states = |m: &BTreeMap<String, CopyReport>| {
+                        m.iter()
+                            .map(|(k, r)| (k.clone(), r.state, r.outdates))
+                            .collect::<Vec<_>>()
+                    };
+                    states(last) != states(&copies)
                         || *last_writers != writers
+                        || (*last != copies && at.elapsed() >= Duration::from_secs(1))
                         || at.elapsed() >= Duration::from_secs(5)
                 }
                 None => true,

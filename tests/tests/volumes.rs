@@ -351,6 +351,7 @@ fn a_partitioned_async_replica_resyncs_what_changed_its_lag_covers_a_kill_and_th
     let v = wait_in_sync(&lab, "db", t_heal);
     let shipped = received_bytes(&lab, s3, "db") - before;
     let changed_bytes = changed.len() as u64 * 65536;
+    eprintln!("resync after the partition: {shipped} bytes reached s3 for {changed_bytes} changed");
     // Metadata: one BLAKE3 hash request per chunk batch, plus message framing.
     assert!(
         shipped <= 2 * changed_bytes + 64 * 1024,
@@ -407,6 +408,7 @@ fn a_partitioned_async_replica_resyncs_what_changed_its_lag_covers_a_kill_and_th
         }
         lost
     });
+    eprintln!("async kill: {lost} writes lost; the fabric reported a lag of {lag:?} just before");
     assert!(lost > 0, "the cut replica really lacked writes");
     assert!(
         lost <= lag.writes,
