@@ -307,11 +307,17 @@ impl FabricState {
     }
 
     /// The host that serves volume `v`'s copy at `site`: the host of the instance of the service
-    /// using it, when that instance is at `site`; otherwise the lowest-numbered up host of
-    /// `site` that is not drained (any up host if all are). Every agent computes the same answer
-    /// from the same state.
+    /// using it, when that instance is at `site`; else, at the primary site, the host that last
+    /// reported as its primary while it is up (so a service stopping for a move does not make the
+    /// copy hop hosts); otherwise the lowest-numbered up host of `site` that is not drained (any
+    /// up host if all are). Every agent computes the same answer from the same state.
     pub fn volume_server(&self, v: &Volume, site: &str) -> Option<NodeId> {
         let in_site = |id: &NodeId| self.hosts.get(id).is_some_and(|h| h.site == site);
+        let up = |id: &NodeId| {
+            self.hosts
+                .get(id)
+                .is_some_and(|h| h.site == site && h.health == super::Health::Up)
+        };
         if let Some(svc) = self.service_using(&v.spec.name)
             && let Some(i) = self.services[svc]
                 .instances
@@ -319,6 +325,11 @@ impl FabricState {
                 .find(|i| i.live() && in_site(&i.host))
         {
             return Some(i.host);
+        }
+        if v.primary == site
+            && let Some(h) = v.reporter.filter(up)
+        {
+            return Some(h);
         }
         let up = || {
             self.hosts
