@@ -25,6 +25,7 @@ use emu::{Direction, Emulator, LinkParams, Route, UdpForwarder};
 use storage::repl::proto::{Refusal, decode, encode};
 use storage::repl::{FromReplica, Link, LinkError, ReplicaStore, ToReplica};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use wan::pki::{self, Validity};
 use wan::{Channel, FabricTls, Handler, Identity, Role, TlsFiles, Wan, WanConfig};
 
@@ -43,6 +44,8 @@ pub struct Testbed {
     via: SocketAddr,
     stores: Arc<Stores>,
     shutdown: CancellationToken,
+    /// The replica's server and the forwarder.
+    tasks: TaskTracker,
 }
 
 /// The replica side's volumes, by name.
@@ -115,6 +118,7 @@ impl Testbed {
         let max_frame = config.max_frame;
         let shutdown = CancellationToken::new();
         let stores = Arc::new(Stores::default());
+        let tasks = TaskTracker::new();
 
         let replica = Wan::bind(
             loopback(),
@@ -126,7 +130,7 @@ impl Testbed {
             stores: stores.clone(),
             max_frame,
         });
-        tokio::spawn(replica.clone().serve(side, shutdown.clone()));
+        tasks.spawn(replica.clone().serve(side, shutdown.clone()));
 
         let emu = Arc::new(Emulator::new(1));
         emu.add_link(
@@ -143,7 +147,7 @@ impl Testbed {
         };
         let forwarder = UdpForwarder::bind(emu.clone(), route).await?;
         let via = forwarder.local_addr();
-        tokio::spawn(forwarder.run(shutdown.clone()));
+        tasks.spawn(forwarder.run(shutdown.clone()));
 
         let primary = Wan::bind(loopback(), &tls(pki_dir, "1", PRIMARY_SITE)?, config)?;
         Ok(Self {
@@ -153,6 +157,7 @@ impl Testbed {
             via,
             stores,
             shutdown,
+            tasks,
         })
     }
 
@@ -213,10 +218,13 @@ impl Testbed {
         })
     }
 
+    /// Stops the endpoints and the forwarder and waits for their tasks.
     pub async fn close(&self) {
         self.shutdown.cancel();
         self.primary.close().await;
         self.replica.close().await;
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
