@@ -123,6 +123,17 @@ pub struct Throughput {
     pub limited_by: String,
     /// The writer outran the link and the journal spilled to dirty-chunk tracking.
     pub journal_spilled: bool,
+    /// Requests to the replica during the run (one in flight at a time).
+    pub requests: u64,
+    /// Their mean size (request and reply encoded), MiB.
+    pub request_mib_avg: f64,
+    /// Their mean time from send to reply, ms.
+    pub request_ms_avg: f64,
+    /// Of which the replica spent applying (decode, write, fsync, encode), ms.
+    pub replica_ms_avg: f64,
+    /// Mean time between requests (the engine's own gaps), ms: what the run took beyond the
+    /// requests, per request.
+    pub gap_ms_avg: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -509,6 +520,8 @@ impl Bench<'_> {
             .open(&name, size, Mode::Async, self.cfg.clone())
             .await?;
 
+        let (calls0, busy0) = vol.link.calls();
+        let (bytes0, replica0) = (vol.link.bytes(), self.bed.replica_busy());
         let started = Instant::now();
         let mut spilled = false;
         for k in 0..size / MIB {
@@ -518,6 +531,10 @@ impl Bench<'_> {
         }
         spilled |= vol.wait_in_sync_watching(self.sync_timeout(size)).await?;
         let seconds = started.elapsed().as_secs_f64();
+        let (calls1, busy1) = vol.link.calls();
+        let requests = calls1 - calls0;
+        let per = |d: Duration| ms(d) / requests.max(1) as f64;
+        let busy = busy1.saturating_sub(busy0);
         let link = link_mib_s(s.rate_bps);
         let window = window_bound_mib_s(self.cfg.max_message, rtt, s.rate_bps);
         let reference = local.seq_mib_s.min(link);
@@ -532,6 +549,13 @@ impl Bench<'_> {
             window_bound_mib_s: window,
             limited_by: limited_by(local.seq_mib_s, link, window, self.cfg.max_message),
             journal_spilled: spilled,
+            requests,
+            request_mib_avg: (vol.link.bytes() - bytes0) as f64
+                / MIB as f64
+                / requests.max(1) as f64,
+            request_ms_avg: per(busy),
+            replica_ms_avg: per(self.bed.replica_busy().saturating_sub(replica0)),
+            gap_ms_avg: per(Duration::from_secs_f64(seconds).saturating_sub(busy)),
         };
 
         let mut resync = vec![self.resync(&vol, size).await?];

@@ -52,6 +52,8 @@ pub struct Testbed {
 #[derive(Default)]
 struct Stores {
     by_volume: Mutex<HashMap<String, Arc<ReplicaStore>>>,
+    /// Time spent applying requests (decode, write, fsync, encode), nanoseconds.
+    busy_nanos: AtomicU64,
 }
 
 struct ReplicaSide {
@@ -71,6 +73,7 @@ impl Handler for ReplicaSide {
                 // The ping: an empty request answered at once.
                 Channel::Control => Ok(Vec::new()),
                 Channel::Bulk => {
+                    let started = Instant::now();
                     let msg: ToReplica = decode(&request, self.max_frame)?;
                     let store = lock(&self.stores.by_volume).get(msg.volume()).cloned();
                     let reply = match store {
@@ -83,7 +86,11 @@ impl Handler for ReplicaSide {
                             epoch_seen: 0,
                         },
                     };
-                    Ok(encode(&reply, self.max_frame)?)
+                    let reply = encode(&reply, self.max_frame)?;
+                    self.stores
+                        .busy_nanos
+                        .fetch_add(nanos(started.elapsed()), Ordering::SeqCst);
+                    Ok(reply)
                 }
                 Channel::Raft => anyhow::bail!("the bench replica serves no raft channel"),
             }
@@ -198,6 +205,11 @@ impl Testbed {
             .sum()
     }
 
+    /// Time the replica side spent handling replication requests so far.
+    pub fn replica_busy(&self) -> Duration {
+        Duration::from_nanos(self.stores.busy_nanos.load(Ordering::SeqCst))
+    }
+
     /// Serves `store` as the replica of `volume`.
     pub fn add_replica(&self, volume: &str, store: Arc<ReplicaStore>) {
         lock(&self.stores.by_volume).insert(volume.to_owned(), store);
@@ -214,6 +226,8 @@ impl Testbed {
             via: self.via,
             max_frame: self.primary.config().max_frame,
             bytes: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            call_nanos: AtomicU64::new(0),
             cut: AtomicBool::new(false),
         })
     }
@@ -235,6 +249,9 @@ pub struct BenchLink {
     max_frame: usize,
     /// Encoded request and reply bytes of every completed or attempted call.
     bytes: AtomicU64,
+    /// Calls that got a reply, and their total time.
+    calls: AtomicU64,
+    call_nanos: AtomicU64,
     cut: AtomicBool,
 }
 
@@ -248,6 +265,15 @@ impl BenchLink {
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::SeqCst)
     }
+
+    /// Calls that got a reply so far, and the time they took in all.
+    pub fn calls(&self) -> (u64, Duration) {
+        let n = self.calls.load(Ordering::SeqCst);
+        (
+            n,
+            Duration::from_nanos(self.call_nanos.load(Ordering::SeqCst)),
+        )
+    }
 }
 
 #[async_trait::async_trait]
@@ -258,6 +284,7 @@ impl Link for BenchLink {
         }
         let body = encode(&msg, self.max_frame).map_err(|e| LinkError::Frame(e.to_string()))?;
         self.bytes.fetch_add(body.len() as u64, Ordering::SeqCst);
+        let started = Instant::now();
         let reply = self
             .wan
             .call(self.via, Some(REPLICA_NODE), Channel::Bulk, &body)
@@ -267,8 +294,15 @@ impl Link for BenchLink {
                 e => LinkError::Unreachable(e.to_string()),
             })?;
         self.bytes.fetch_add(reply.len() as u64, Ordering::SeqCst);
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.call_nanos
+            .fetch_add(nanos(started.elapsed()), Ordering::SeqCst);
         decode(&reply, self.max_frame).map_err(|e| LinkError::Frame(e.to_string()))
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Locks a std mutex; a poisoned one still holds a consistent map here (single inserts).

@@ -123,9 +123,18 @@ pub fn replication_bench(r: &Report) -> String {
         .rtts
         .iter()
         .map(|t| {
+            let a = &t.throughput;
             format!(
-                "{:.0} ms → ≤ {:.1} MiB/s, limited by {}",
-                t.rtt_ms, t.throughput.window_bound_mib_s, t.throughput.limited_by
+                "{:.0} ms → ≤ {:.1} MiB/s, limited by {}; measured {} requests of {:.2} MiB, \
+                 {:.0} ms each (replica {:.0} ms), {:.0} ms between",
+                t.rtt_ms,
+                a.window_bound_mib_s,
+                a.limited_by,
+                a.requests,
+                a.request_mib_avg,
+                a.request_ms_avg,
+                a.replica_ms_avg,
+                a.gap_ms_avg
             )
         })
         .collect();
@@ -218,6 +227,11 @@ mod tests {
                     window_bound_mib_s: 19.25,
                     limited_by: "one request in flight, 4 MiB per RTT + transfer".into(),
                     journal_spilled: true,
+                    requests: 16,
+                    request_mib_avg: 4.0,
+                    request_ms_avg: 210.0,
+                    replica_ms_avg: 30.0,
+                    gap_ms_avg: 2.0,
                 },
                 resync: vec![resync("journal replay"), resync("dirty chunks")],
             }],
@@ -257,6 +271,7 @@ mod tests {
             "1.01×",
             "0.89×",
             "19.2 MiB/s, limited by one request in flight",
+            "16 requests of 4.00 MiB, 210 ms each (replica 30 ms), 2 ms between",
             "journal spills to dirty-block tracking at 64.0 MiB written",
             "release build",
         ] {
