@@ -340,16 +340,17 @@ impl Bench<'_> {
             CancellationToken::new(),
         )?;
         // Index 0 is the raw disk, 1 the engine. Sequential writes first, so the FUA writes
-        // land on allocated blocks on both; the order flips each round, so neither side
-        // always runs on a warmer disk.
+        // land on allocated blocks on both.
+        let sides: [&dyn BlockDevice; 2] = [&raw, &engine];
         let mut lat: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
         let mut secs = [0.0; 2];
-        for order in [[0, 1], [1, 0]] {
-            for i in order {
-                let side: &dyn BlockDevice = if i == 0 { &raw } else { &engine };
-                secs[i] += self.sequential(side, s.size).await?;
-                lat[i].extend(self.fua_writes(side, s.writes).await?);
-            }
+        for _ in 0..2 {
+            let round = self.paired_sequential(sides, s.size).await?;
+            secs[0] += round[0];
+            secs[1] += round[1];
+            let [a, b] = self.paired_fua(sides, s.writes).await?;
+            lat[0].extend(a);
+            lat[1].extend(b);
         }
         let [mut raw_lat, mut engine_lat] = lat;
         let [raw_secs, engine_secs] = secs;
@@ -398,15 +399,51 @@ impl Bench<'_> {
         Ok(lat)
     }
 
-    /// Seconds to write `bytes` in sequential 1 MiB writes and flush them.
-    async fn sequential(&mut self, disk: &dyn BlockDevice, bytes: u64) -> anyhow::Result<f64> {
-        let started = Instant::now();
-        for k in 0..bytes.div_ceil(MIB) {
-            let data = self.payload(MIB);
-            disk.write(k * MIB, data, false).await?;
+    /// `n` 4 KiB FUA writes to each side, interleaved write by write (who goes first
+    /// alternates), so a shared machine's load falls on both alike; latencies per side.
+    async fn paired_fua(
+        &mut self,
+        sides: [&dyn BlockDevice; 2],
+        n: usize,
+    ) -> anyhow::Result<[Vec<Duration>; 2]> {
+        let mut lat = [Vec::with_capacity(n), Vec::with_capacity(n)];
+        for i in 0..n as u64 {
+            let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+            for side in order {
+                let disk = sides[side];
+                let data = self.payload(KIB4);
+                let started = Instant::now();
+                disk.write((i % (disk.size() / KIB4)) * KIB4, data, true)
+                    .await?;
+                lat[side].push(started.elapsed());
+            }
         }
-        disk.flush().await?;
-        Ok(started.elapsed().as_secs_f64())
+        Ok(lat)
+    }
+
+    /// Seconds each side takes to write `bytes` in sequential 1 MiB writes and flush them,
+    /// interleaved as in [`Bench::paired_fua`].
+    async fn paired_sequential(
+        &mut self,
+        sides: [&dyn BlockDevice; 2],
+        bytes: u64,
+    ) -> anyhow::Result<[f64; 2]> {
+        let mut secs = [0.0; 2];
+        for k in 0..bytes.div_ceil(MIB) {
+            let order = if k % 2 == 0 { [0, 1] } else { [1, 0] };
+            for side in order {
+                let data = self.payload(MIB);
+                let started = Instant::now();
+                sides[side].write(k * MIB, data, false).await?;
+                secs[side] += started.elapsed().as_secs_f64();
+            }
+        }
+        for (side, disk) in sides.iter().enumerate() {
+            let started = Instant::now();
+            disk.flush().await?;
+            secs[side] += started.elapsed().as_secs_f64();
+        }
+        Ok(secs)
     }
 
     /// A new volume of `size` bytes replicated to the bench replica, in sync when returned.
