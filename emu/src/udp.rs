@@ -94,7 +94,7 @@ impl UdpForwarder {
             addr: route.listen,
             source,
         };
-        let socket = UdpSocket::bind(route.listen).await.map_err(bind_err)?;
+        let socket = bind_udp(route.listen).map_err(bind_err)?;
         let local = socket.local_addr().map_err(bind_err)?;
         Ok(Self {
             emu,
@@ -241,10 +241,31 @@ impl UdpForwarder {
     }
 
     async fn outbound(&self) -> std::io::Result<UdpSocket> {
-        let socket = UdpSocket::bind(SocketAddr::new(self.local.ip(), 0)).await?;
+        let socket = bind_udp(SocketAddr::new(self.local.ip(), 0))?;
         socket.connect(self.route.target).await?;
         Ok(socket)
     }
+}
+
+/// Receive buffer asked for on every forwarder socket. The kernel default (~208 KiB) is
+/// less than one QUIC burst at WAN bandwidth-delay products, so a forwarder that is
+/// descheduled for a few milliseconds would drop datagrams the emulated link never decided
+/// to drop; the link's own queue ([`crate::link::QUEUE_LIMIT`]) is what should fill.
+/// The kernel caps it at `net.core.rmem_max`.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// A non-blocking UDP socket bound to `addr` with [`SOCKET_BUFFER`] of receive buffer.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: a smaller buffer still forwards, only less tolerantly.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// Everything a flow's reply task needs.
@@ -336,5 +357,27 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn forwarder_sockets_ask_for_a_wan_sized_receive_buffer() {
+        let socket = bind_udp(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        let got = socket2::SockRef::from(&socket)
+            .recv_buffer_size()
+            .expect("SO_RCVBUF");
+        // Linux caps the request at rmem_max and reports twice what it granted.
+        let max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(SOCKET_BUFFER);
+        assert!(
+            got >= SOCKET_BUFFER.min(max),
+            "receive buffer {got} bytes, asked for {SOCKET_BUFFER} (rmem_max {max})"
+        );
     }
 }

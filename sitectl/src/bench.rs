@@ -2,6 +2,8 @@
 //!
 //! Each write is an operator event note (`POST /v1/events`), sent to the leader's admin API: it
 //! is a full round of HTTPS, a Raft commit on a quorum with fsync on every member, and the apply.
+//! `sitectl bench replication` lives in [`replication`].
+//!
 //! Figures are measured, never asserted; the machine may be shared and noisy.
 
 use std::sync::Arc;
@@ -11,6 +13,8 @@ use serde::Serialize;
 use siteagent::api::{EventNote, WriteResult};
 
 use crate::client::Client;
+
+pub mod replication;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRun {
@@ -24,7 +28,7 @@ pub struct BenchRun {
     pub max_ms: f64,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

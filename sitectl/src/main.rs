@@ -121,7 +121,7 @@ enum Cmd {
     /// DR drills from scenario files.
     #[command(subcommand)]
     Drill(DrillCmd),
-    /// Benchmarks against a running fabric.
+    /// Benchmarks: against a running fabric (raft), or in-process (replication).
     #[command(subcommand)]
     Bench(BenchCmd),
 }
@@ -231,6 +231,35 @@ enum BenchCmd {
         /// Concurrent clients, one run each.
         #[arg(long, value_delimiter = ',', default_value = "1,32")]
         clients: Vec<usize>,
+    },
+    /// Volume replication over an emulated WAN, in-process (no lab): sync write latency,
+    /// async throughput, unreplicated overhead, resync bytes, memory while a replica is away.
+    Replication {
+        /// Round-trip times to emulate (half each way), one set of figures each.
+        #[arg(long, value_delimiter = ',', default_value = "10ms,40ms", value_parser = humantime::parse_duration)]
+        rtt: Vec<Duration>,
+        /// Link rate each way: 200mbit, 1gbit, ...
+        #[arg(long, default_value = "200mbit", value_parser = emu::parse_rate)]
+        rate: u64,
+        /// Bytes of 1 MiB sequential writes for throughput and overhead (KiB, MiB, GiB).
+        #[arg(long, default_value = "64MiB", value_parser = sitectl::volumecmd::parse_size)]
+        size: u64,
+        /// 4 KiB FUA writes per latency figure.
+        #[arg(long, default_value_t = 300)]
+        writes: usize,
+        /// Bytes written in scattered 1 MiB writes while the replica is cut (resync figures).
+        #[arg(long, default_value = "16MiB", value_parser = sitectl::volumecmd::parse_size)]
+        changed: u64,
+        /// Bytes written while the replica is away (memory figure).
+        #[arg(long, default_value = "512MiB", value_parser = sitectl::volumecmd::parse_size)]
+        away: u64,
+        /// The engine's journal bound per replica (the agent's default is 64 MiB).
+        #[arg(long, default_value = "64MiB", value_parser = sitectl::volumecmd::parse_size)]
+        journal_limit: u64,
+        /// Where the work directory with the image files goes (default: the current
+        /// directory); it is removed afterwards. Use a real disk: fsync on tmpfs is free.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -484,6 +513,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 runs.push(sitectl::bench::raft(&c, n, duration).await?);
             }
             print(out, runs.as_slice(), views::bench)?;
+        }
+        Cmd::Bench(BenchCmd::Replication {
+            rtt,
+            rate,
+            size,
+            writes,
+            changed,
+            away,
+            journal_limit,
+            dir,
+        }) => {
+            let settings = sitectl::bench::replication::Settings {
+                rtts: rtt,
+                rate_bps: rate,
+                size,
+                writes,
+                changed,
+                away,
+                journal_limit,
+                dir,
+            };
+            let progress = |what: &str| eprintln!("bench replication: {what}...");
+            let report = sitectl::bench::replication::replication(&settings, &progress).await?;
+            print(out, &report, views::replication_bench)?;
         }
     }
     Ok(())

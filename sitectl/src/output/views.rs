@@ -17,6 +17,9 @@ use siteagent::api::{
 use super::{ago, lower, table};
 use crate::bench::BenchRun;
 
+mod replication;
+pub use replication::replication_bench;
+
 /// `sitectl status`: one line about the answering agent, then the hosts it knows.
 pub fn status(s: &Status) -> String {
     let line = format!(

@@ -162,6 +162,12 @@ impl ReplicatedDisk {
         lock(&self.inner.core).status(Instant::now())
     }
 
+    /// Memory `replica` costs the primary: journal bytes and dirty-chunk bits (`None` for a
+    /// name that is not a replica of this volume).
+    pub fn memory_of(&self, replica: &str) -> Option<(u64, usize)> {
+        lock(&self.inner.core).memory_of(replica)
+    }
+
     /// Refuses writes from now on (and fails writes still waiting) with `DeviceError::Fenced`.
     pub fn set_fenced(&self, reason: impl Into<String>) {
         self.inner.fence(reason.into());
