@@ -214,10 +214,18 @@ fn volume_observed(
         return replicas::Observed::default();
     };
     let volume = volume_name(&scenario.service().name);
-    let fault = rec.times_of(MarkerKind::Fault).first().copied();
-    let lag_bound = fault
-        .zip(end.final_owner.as_deref())
-        .and_then(|(t, owner)| replicas::lag_before(&rec.replicas, &rec.probes, t, owner));
+    // The fault that moved the primary: the last one before the final owner's copy was
+    // first seen as the primary (e.g. not a witness lost and restarted earlier).
+    let faults = rec.times_of(MarkerKind::Fault);
+    let lag_bound = end.final_owner.as_deref().and_then(|owner| {
+        let promoted = rec
+            .replicas
+            .iter()
+            .find(|s| s.t > faults.first().copied().unwrap_or(f64::INFINITY) && s.primary == owner)
+            .map_or(f64::INFINITY, |s| s.t);
+        let fault = faults.iter().rev().find(|t| **t < promoted).copied()?;
+        replicas::lag_before(&rec.replicas, &rec.probes, fault, owner)
+    });
     let lost_seqs: BTreeSet<u64> = end
         .held
         .as_ref()
