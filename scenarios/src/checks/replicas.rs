@@ -107,6 +107,10 @@ pub struct LagBound {
     /// Writes the probes saw acknowledged after the report was made: it cannot know of them
     /// (they include every write the old primary acknowledged after the fault).
     pub acked_after: u64,
+    /// When the sample was taken, and the old primary's writes acknowledged after it: what the
+    /// bound would be if the primary re-reported an unchanged view at every sample.
+    pub sample_t: f64,
+    pub acked_after_sample: u64,
 }
 
 impl LagBound {
@@ -131,17 +135,22 @@ pub fn lag_before(
         .filter_map(|s| s.copy(site).map(|c| (s.t, &s.primary, c)))
         .max_by(|a, b| a.0.total_cmp(&b.0))?;
     let reported_t = copy.reported_t.unwrap_or(t).min(t);
-    let acked_after = probes
-        .iter()
-        .filter(|p| p.write_seq.is_some() && p.served_by.as_ref() == Some(primary))
-        .filter(|p| p.t + p.latency_ms.unwrap_or(0.0) / 1000.0 >= reported_t)
-        .count() as u64;
+    let acked_since = |since: f64| {
+        probes
+            .iter()
+            .filter(|p| p.write_seq.is_some() && p.served_by.as_ref() == Some(primary))
+            .filter(|p| p.t + p.latency_ms.unwrap_or(0.0) / 1000.0 >= since)
+            .count() as u64
+    };
+    let acked_after = acked_since(reported_t);
     Some(LagBound {
         reported_t,
         fault_t,
         site: site.to_string(),
         lag_writes: copy.lag_writes,
         acked_after,
+        sample_t: t,
+        acked_after_sample: acked_since(t),
     })
 }
 
@@ -438,6 +447,7 @@ mod tests {
         let b = lag_before(&s, &probes, 3.0, "s2").expect("a sample before the fault");
         assert!((b.reported_t - 1.8).abs() < 1e-9);
         assert_eq!((b.lag_writes, b.acked_after), (4, 3));
+        assert_eq!((b.sample_t, b.acked_after_sample), (2.0, 2));
         assert_eq!(b.bound(), 7);
         assert_eq!(lag_before(&s, &probes, 0.5, "s2"), None, "no sample yet");
     }
@@ -473,6 +483,8 @@ mod tests {
             site: "s2".into(),
             lag_writes: 2,
             acked_after: 1,
+            sample_t: 4.9,
+            acked_after_sample: 0,
         };
         let mut m = Observed {
             lost: Some(3),

@@ -189,8 +189,14 @@ pub fn measures(
             unit: "writes".into(),
             bound: None,
             how: format!(
-                "what the fabric said was at risk: the copy at {} lagged by {} writes in the primary's report of {:.2} s (the last sample before the fault at {:.2} s), plus {} writes acknowledged after that report",
-                b.site, b.lag_writes, b.reported_t, b.fault_t, b.acked_after
+                "what the fabric said was at risk: the copy at {} lagged by {} writes in the primary's report of {:.2} s (in the last sample before the fault at {:.2} s), plus {} writes the old primary acknowledged after that report ({} after the sample at {:.2} s; an unchanged view is re-reported only every 5 s)",
+                b.site,
+                b.lag_writes,
+                b.reported_t,
+                b.fault_t,
+                b.acked_after,
+                b.acked_after_sample,
+                b.sample_t
             ),
         });
     }
