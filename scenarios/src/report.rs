@@ -602,6 +602,11 @@ mod tests {
             "{summary}"
         );
         let svg = crate::svg::timeline(&r);
-        assert!(svg.contains("copy-lane"), "one lane per copy");
+        let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
+        let lanes = doc
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("lane copy-lane"))
+            .count();
+        assert_eq!(lanes, 2, "one lane per copy");
     }
 }
