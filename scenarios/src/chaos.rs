@@ -123,6 +123,8 @@ pub fn scenario(opts: &ChaosOptions) -> Result<(Scenario, Schedule), ChaosError>
             sites: shape.host_sites.clone(),
             instances: 1,
             port: 8080,
+            volume: None,
+            max_rpo: None,
         }],
         probes: Probes {
             direct: true,

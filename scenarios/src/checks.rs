@@ -10,6 +10,7 @@ use crate::report::{ExpectationResult, ProbeSample};
 use crate::scenario::Expect;
 
 pub mod invariants;
+pub mod replicas;
 
 /// A probe answer as the checks need it: when the request was sent and answered (seconds since
 /// the drill started) and who served it.
@@ -123,6 +124,8 @@ pub struct Measured {
     pub step_failures: Vec<String>,
     /// What the chaos invariants are judged on.
     pub invariants: invariants::Observed,
+    /// What the volume expectations are judged on.
+    pub replicas: replicas::Observed,
 }
 
 /// Checks each expectation.
@@ -249,6 +252,7 @@ pub fn evaluate(expect: &Expect, m: &Measured) -> Vec<ExpectationResult> {
         });
     }
     out.extend(invariants::evaluate(expect, &m.invariants));
+    out.extend(replicas::evaluate(expect, &m.replicas));
     for f in &m.step_failures {
         out.push(ExpectationResult {
             name: "timeline".into(),

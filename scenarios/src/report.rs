@@ -17,6 +17,8 @@ use std::fmt;
 use comfy_table::{ContentArrangement, Table, presets::UTF8_BORDERS_ONLY};
 use serde::{Deserialize, Serialize};
 
+pub use crate::checks::replicas::ReplicaChange;
+
 /// Everything one drill produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -42,6 +44,9 @@ pub struct Report {
     pub owners: Vec<OwnerChange>,
     /// Changes of the DNS answer for the service, as seen from each vantage.
     pub dns: Vec<DnsChange>,
+    /// Changes of the state of each copy of the service's volume, as the fabric reported it.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaChange>,
     /// Measures (RTO, RPO, detection time) with their theoretical bounds.
     pub measures: Vec<Measure>,
     /// Each expectation of the scenario and whether it held.
@@ -49,6 +54,9 @@ pub struct Report {
     /// True only when every expectation held.
     pub passed: bool,
 }
+
+/// A copy's state from a time until the next change (`None`: the end of the drill).
+pub type StateRun = (f64, Option<f64>, String);
 
 /// One probe: resolve the service from a vantage, ask it who it is, write to it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -237,7 +245,32 @@ impl Report {
             .min_by(f64::total_cmp)
     }
 
-    /// Markers, owner changes and DNS changes merged in time order, as `(t, what)`.
+    /// Each copy's states of the service's volume as `(from, until, state)` runs per site (in
+    /// the order the sites were first reported); the last run of a site has no end.
+    pub fn replica_runs(&self) -> Vec<(String, Vec<StateRun>)> {
+        let mut changes: Vec<&ReplicaChange> =
+            self.replicas.iter().filter(|r| r.t.is_finite()).collect();
+        changes.sort_by(|a, b| a.t.total_cmp(&b.t));
+        let mut out: Vec<(String, Vec<StateRun>)> = Vec::new();
+        for c in changes {
+            let i = match out.iter().position(|(s, _)| s == &c.site) {
+                Some(i) => i,
+                None => {
+                    out.push((c.site.clone(), Vec::new()));
+                    out.len() - 1
+                }
+            };
+            let runs = &mut out[i].1;
+            if let Some(last) = runs.last_mut() {
+                last.1 = Some(c.t);
+            }
+            runs.push((c.t, None, c.state.clone()));
+        }
+        out
+    }
+
+    /// Markers, owner changes, DNS changes and copy states merged in time order, as
+    /// `(t, what)`.
     pub fn timeline_events(&self) -> Vec<(f64, String)> {
         let markers = self
             .markers
@@ -253,7 +286,12 @@ impl Report {
                 format!("dns from {} → {}", d.vantage, answer_text(&d.answer)),
             )
         });
-        let mut events: Vec<(f64, String)> = markers.chain(owners).chain(dns).collect();
+        let copies = self
+            .replicas
+            .iter()
+            .map(|r| (r.t, format!("copy at {} → {}", r.site, r.state)));
+        let mut events: Vec<(f64, String)> =
+            markers.chain(owners).chain(dns).chain(copies).collect();
         // Stable: at equal times markers come before what they caused.
         events.sort_by(|a, b| a.0.total_cmp(&b.0));
         events
@@ -286,6 +324,24 @@ impl Report {
             timeline,
             self.timeline_events().is_empty(),
         );
+
+        let mut copies = table(&["copy at", "states over time"]);
+        for (site, runs) in self.replica_runs() {
+            let text: Vec<String> = runs
+                .iter()
+                .map(|(from, to, state)| match to {
+                    Some(to) => format!("{state} {}–{}", seconds(*from), seconds(*to)),
+                    None => format!("{state} {}–end", seconds(*from)),
+                })
+                .collect();
+            copies.add_row(vec![site, text.join(", ")]);
+        }
+        copies
+            .set_content_arrangement(ContentArrangement::Dynamic)
+            .set_width(SUMMARY_WIDTH);
+        if !self.replicas.is_empty() {
+            section(&mut out, "volume copies", copies, false);
+        }
 
         let mut measures = table(&["measure", "measured", "bound", "how"]);
         // `how` holds whole formulas: wrap it rather than make the table hundreds of columns wide.
@@ -441,6 +497,7 @@ mod tests {
             markers: vec![],
             owners: vec![],
             dns: vec![],
+            replicas: vec![],
             measures: vec![],
             expectations: vec![],
             passed: true,
@@ -513,5 +570,43 @@ mod tests {
         assert_eq!(number(0.1234), "0.123");
         assert_eq!(with_unit(3.5, "s"), "3.5 s");
         assert_eq!(number(f64::INFINITY), "inf");
+    }
+
+    #[test]
+    fn copy_states_become_runs_per_site_in_the_timeline_and_the_summary() {
+        let mut r = report(vec![probe(0.0, "a", true)]);
+        let change = |t: f64, site: &str, state: &str| ReplicaChange {
+            t,
+            site: site.into(),
+            state: state.into(),
+        };
+        r.replicas = vec![
+            change(5.0, "s1", "outdated"),
+            change(1.0, "s1", "primary"),
+            change(1.0, "s2", "in-sync"),
+            change(5.0, "s2", "primary"),
+        ];
+        let runs = r.replica_runs();
+        assert_eq!(runs[0].0, "s1");
+        assert_eq!(
+            runs[0].1,
+            [
+                (1.0, Some(5.0), "primary".to_string()),
+                (5.0, None, "outdated".to_string())
+            ]
+        );
+        let summary = r.summary_table();
+        assert!(summary.contains("copy at s2 → primary"), "{summary}");
+        assert!(
+            summary.contains("in-sync 1.0–5.0, primary 5.0–end"),
+            "{summary}"
+        );
+        let svg = crate::svg::timeline(&r);
+        let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
+        let lanes = doc
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("lane copy-lane"))
+            .count();
+        assert_eq!(lanes, 2, "one lane per copy");
     }
 }

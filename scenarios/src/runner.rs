@@ -18,16 +18,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use consensus::state::InstanceState;
-use siteagent::api::{EventView, OperationResult, ServiceView};
+use siteagent::api::{EventView, OperationResult, ServiceView, VolumeView};
 use tokio_util::sync::CancellationToken;
 
 use crate::checks::invariants::DirectSample;
+use crate::checks::replicas::ReplicaSample;
 use crate::client::Client;
 use crate::lab::{Lab, LabTiming, UpOptions};
 use crate::poll::{Check, PollError, poll_until};
 use crate::probe::{self, DnsAnswer};
 use crate::report::{MarkerKind, Report};
 use crate::scenario::Scenario;
+use crate::scenario::volume::volume_name;
 
 mod measures;
 mod recording;
@@ -241,9 +243,19 @@ impl Drill<'_> {
         let started_unix_ms =
             siteagent::clock::unix_ms().saturating_sub(self.t0.elapsed().as_millis() as u64);
         for def in &self.scenario.services {
-            let spec = self
+            let mut spec = self
                 .lab
                 .demo_spec(&def.name, &def.sites, def.port, def.instances)?;
+            if let Some(volume) = &def.volume {
+                let v = volume.spec(&def.name, &spec.placement.sites[0]);
+                let _: OperationResult = self
+                    .client
+                    .post("/v1/volumes?dry_run=false", &v)
+                    .await
+                    .with_context(|| format!("creating volume {} of {}", v.name, def.name))?;
+                spec.volumes = vec![v.name];
+            }
+            spec.max_rpo = def.max_rpo;
             self.lab.write_spec(&spec)?;
             let _: OperationResult = self
                 .client
@@ -257,6 +269,9 @@ impl Drill<'_> {
             format!("drill: waiting for {} to serve", svc.name),
         );
         self.wait_first_answer().await?;
+        if svc.volume.is_some() {
+            self.wait_copies_ready().await?;
+        }
 
         let stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
@@ -266,6 +281,9 @@ impl Drill<'_> {
         tasks.spawn(self.owner_watch(stop.clone()));
         if self.scenario.probes.direct {
             tasks.spawn(self.instance_watch(stop.clone()));
+        }
+        if svc.volume.is_some() {
+            tasks.spawn(self.volume_watch(started_unix_ms, stop.clone()));
         }
         self.mark(MarkerKind::Note, "probes running".into());
 
@@ -301,6 +319,34 @@ impl Drill<'_> {
         match self.cancellable(answer).await? {
             Ok(_) => Ok(()),
             Err(e) => bail!("service {name} never answered: {}", e.into_last()),
+        }
+    }
+
+    /// Until the copies of the service's volume are ready for faults (sync copies in sync,
+    /// async ones at most lagging; 90 s at most): a new volume starts with a full resync,
+    /// and a fault during it tests that, not the steady state the drill describes.
+    async fn wait_copies_ready(&self) -> anyhow::Result<()> {
+        let name = volume_name(&self.scenario.service().name);
+        say(
+            self.opts,
+            format!("drill: waiting for the copies of {name}"),
+        );
+        let path = format!("/v1/volumes/{name}");
+        let ready = poll_until(Duration::from_secs(90), POLL, &name, || async {
+            match self.client.get::<VolumeView>(&path).await {
+                Ok(v) => match crate::checks::replicas::not_ready(&v) {
+                    None => Check::Ready(()),
+                    Some(why) => Check::NotYet(why),
+                },
+                Err(e) => Check::NotYet(format!("{e:#}")),
+            }
+        });
+        match self.cancellable(ready).await? {
+            Ok(()) => {
+                self.mark(MarkerKind::Note, format!("copies of {name} ready"));
+                Ok(())
+            }
+            Err(e) => bail!("volume {name} never got ready: {}", e.into_last()),
         }
     }
 
@@ -343,6 +389,38 @@ impl Drill<'_> {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                }
+            }
+        }
+    }
+
+    /// Every `probes.interval`, the service's volume as the fabric reports it
+    /// (`GET /v1/volumes/<name>` at a healthy agent), recorded when it answered.
+    fn volume_watch(
+        &self,
+        started_unix_ms: u64,
+        stop: CancellationToken,
+    ) -> impl Future<Output = ()> + 'static {
+        let (rec, t0) = (self.rec.clone(), self.t0);
+        let interval = self.scenario.probes.interval;
+        let path = format!("/v1/volumes/{}", volume_name(&self.scenario.service().name));
+        let impaired = self.impaired.clone();
+        let lab = self.lab.clone();
+        let client = self.client.clone();
+        async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let c = healthy_client(&lab, &client, &impaired);
+                if let Ok(v) = c.get::<VolumeView>(&path).await {
+                    let t = t0.elapsed().as_secs_f64();
+                    lock(&rec)
+                        .replicas
+                        .push(ReplicaSample::of(t, &v, started_unix_ms));
                 }
             }
         }
@@ -443,6 +521,7 @@ impl Drill<'_> {
             markers: rec.markers,
             owners: rec.owners,
             dns: rec.dns,
+            replicas: crate::checks::replicas::changes(&rec.replicas),
             measures,
             expectations,
             passed,
@@ -474,7 +553,8 @@ impl Drill<'_> {
         }
         let dns_final = self.final_dns_answers().await;
         // The event log matters only for the detection time of a fault.
-        let faulted = !lock(&self.rec).times_of(MarkerKind::Fault).is_empty();
+        let faulted = !lock(&self.rec).times_of(MarkerKind::Fault).is_empty()
+            || self.scenario.expect.divergence_listed;
         let events: Vec<EventView> = if faulted {
             self.healthy_client()
                 .get("/v1/events")

@@ -18,11 +18,13 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 pub mod step;
+pub mod volume;
 
 pub use step::{
     Action, ActionKind, DEFAULT_UNTIL_TIMEOUT, Impairment, MaintenanceMode, Step, Until,
 };
 use step::{Names, StepError, StepFile};
+pub use volume::VolumeDef;
 
 /// A parsed and checked scenario.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +98,8 @@ struct LinkSpans {
 struct ServiceSpans {
     name: At,
     sites: At,
+    instances: At,
+    volume: At,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +119,9 @@ struct DrillSpans {
 struct ExpectSpans {
     final_owner: At,
     dns_answers: At,
+    in_sync_at_end: At,
+    rpo_within_reported_lag: At,
+    divergence_listed: At,
 }
 
 /// The span of a value, or the start of the file when it was not written.
@@ -199,6 +206,24 @@ pub struct ServiceDef {
     pub instances: u32,
     #[serde(default = "default_port")]
     pub port: u16,
+    /// A volume replicated from the service's first site (`<name>-data`); the service then
+    /// keeps its records on it through NBD and runs one instance.
+    #[serde(default)]
+    pub volume: Option<VolumeDef>,
+    /// Most data a failover may lose (the planner's RPO gate), e.g. `"5s"`.
+    #[serde(default, with = "humantime_serde")]
+    pub max_rpo: Option<Duration>,
+}
+
+impl ServiceDef {
+    /// The sites the service may run in, in priority order (`host_sites` when not given).
+    pub fn sites_or(&self, host_sites: &[String]) -> Vec<String> {
+        if self.sites.is_empty() {
+            host_sites.to_vec()
+        } else {
+            self.sites.clone()
+        }
+    }
 }
 
 fn default_port() -> u16 {
@@ -293,6 +318,17 @@ pub struct Expect {
     /// Every acknowledged write is on the volume of the site whose instance acknowledged it.
     #[serde(default)]
     pub writes_where_acked: bool,
+    /// Lost acknowledged writes are at most the lag the fabric reported for the final owner's
+    /// copy just before the first fault, plus the writes acknowledged after that report.
+    #[serde(default)]
+    pub rpo_within_reported_lag: bool,
+    /// Sites whose copy of the service's volume is in sync at the end.
+    #[serde(default)]
+    pub in_sync_at_end: Vec<String>,
+    /// Every site whose instance acknowledged a write the final owner lacks has the agent's
+    /// event listing the ranges its resync discarded.
+    #[serde(default)]
+    pub divergence_listed: bool,
 }
 
 impl Default for Expect {
@@ -310,6 +346,9 @@ impl Default for Expect {
             served_at_end: false,
             outages_explained: false,
             writes_where_acked: false,
+            rpo_within_reported_lag: false,
+            in_sync_at_end: Vec::new(),
+            divergence_listed: false,
         }
     }
 }
@@ -492,6 +531,18 @@ impl Scenario {
                     ),
                 ));
             }
+            if let Some(v) = &s.volume {
+                if s.instances != 1 {
+                    return Err(refuse(
+                        at(|s| &s.instances),
+                        "service.instances",
+                        "a service with a volume runs one instance",
+                    ));
+                }
+                if let Some(problem) = v.problem(&s.name, &s.sites_or(&host_sites), &host_sites) {
+                    return Err(refuse(at(|s| &s.volume), "service.volume", problem));
+                }
+            }
         }
         if let Some(v) = file.probes.from.iter().find(|v| !host_sites.contains(v)) {
             return Err(refuse(
@@ -548,6 +599,39 @@ impl Scenario {
                 && !host_sites.contains(s)
             {
                 return Err(refuse(span(at), field, format!("unknown site `{s}`")));
+            }
+        }
+        if let Some(s) = e.in_sync_at_end.iter().find(|s| !host_sites.contains(s)) {
+            return Err(refuse(
+                span(&spans.expect.in_sync_at_end),
+                "expect.in_sync_at_end",
+                format!("unknown site `{s}`"),
+            ));
+        }
+        let has_volume = file.services[0].volume.is_some();
+        for (field, asked, at) in [
+            (
+                "expect.in_sync_at_end",
+                !e.in_sync_at_end.is_empty(),
+                &spans.expect.in_sync_at_end,
+            ),
+            (
+                "expect.rpo_within_reported_lag",
+                e.rpo_within_reported_lag,
+                &spans.expect.rpo_within_reported_lag,
+            ),
+            (
+                "expect.divergence_listed",
+                e.divergence_listed,
+                &spans.expect.divergence_listed,
+            ),
+        ] {
+            if asked && !has_volume {
+                return Err(refuse(
+                    span(at),
+                    field,
+                    "the probed service (the first [[service]]) has no volume",
+                ));
             }
         }
         Ok(Scenario {

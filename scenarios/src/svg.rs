@@ -83,6 +83,20 @@ pub fn timeline(report: &Report) -> String {
     owner_bands(&mut body, report, &scale, &colors, y);
     y += OWNER_LANE_H + LANE_GAP;
 
+    // One lane per copy of the service's volume: its state over time.
+    for (site, runs) in report.replica_runs() {
+        lane_frame(
+            &mut body,
+            &format!("copy {site}"),
+            "copy-lane",
+            &site,
+            y,
+            DNS_LANE_H,
+        );
+        copy_bands(&mut body, &runs, &scale, y);
+        y += DNS_LANE_H + LANE_GAP;
+    }
+
     // One probe lane per vantage.
     for v in &vantages {
         lane_frame(&mut body, v, "probe-lane", v, y, PROBE_LANE_H);
@@ -348,6 +362,41 @@ fn owner_bands(body: &mut String, report: &Report, scale: &Scale, colors: &SiteC
                 x0 + 3.0,
                 y + OWNER_LANE_H / 2.0 + 4.0,
                 escape(&text)
+            );
+        }
+    }
+}
+
+/// A copy's states as bands: primary blue, in sync green, lagging or resyncing orange,
+/// outdated red, unknown grey.
+fn copy_bands(body: &mut String, runs: &[crate::report::StateRun], scale: &Scale, y: f64) {
+    for (from, to, state) in runs {
+        let (Some(x0), Some(x1)) = (scale.x(*from), scale.x(to.unwrap_or(scale.span))) else {
+            continue;
+        };
+        let w = round1((x1 - x0).max(1.0));
+        let fill = match state.as_str() {
+            "primary" => OPERATION_BLUE,
+            "in-sync" => HEAL_GREEN,
+            "lagging" | "resyncing" => "#ff7f0e",
+            "outdated" => FAIL_RED,
+            _ => UNKNOWN_GREY,
+        };
+        let _ = write!(
+            body,
+            r#"<rect class="copy" x="{x0}" y="{}" width="{w}" height="{}" fill="{fill}" fill-opacity="0.5"><title>{} from {} s</title></rect>"#,
+            y + 2.0,
+            DNS_LANE_H - 4.0,
+            escape(state),
+            seconds(*from),
+        );
+        if state.chars().count() <= fit_chars(w - 6.0) {
+            let _ = write!(
+                body,
+                r#"<text x="{}" y="{}">{}</text>"#,
+                x0 + 3.0,
+                y + DNS_LANE_H / 2.0 + 4.0,
+                escape(state)
             );
         }
     }

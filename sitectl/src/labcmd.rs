@@ -62,6 +62,16 @@ pub enum LabCmd {
         port: u16,
         #[arg(long, default_value_t = 1)]
         instances: u32,
+        /// Keep the records on a replicated volume `<name>-data` of this size (e.g. 64MiB),
+        /// primary at the first site, created before the service.
+        #[arg(long, value_parser = crate::volumecmd::parse_size)]
+        volume: Option<u64>,
+        /// A replica of the volume: `SITE:sync` or `SITE:async`; repeatable.
+        #[arg(long = "replica", requires = "volume")]
+        replicas: Vec<consensus::state::ReplicaSpec>,
+        /// Most data a failover may lose (the planner's RPO gate), e.g. 5s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_rpo: Option<Duration>,
         #[arg(long)]
         dry_run: bool,
     },
@@ -199,11 +209,31 @@ pub async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
             sites,
             port,
             instances,
+            volume,
+            replicas,
+            max_rpo,
             dry_run,
         } => {
             let lab = Lab::open(&dir)?;
-            let path = lab.write_demo_spec(&name, &sites, port, instances)?;
             let c = Client::new(&lab.context()?)?;
+            let mut spec = lab.demo_spec(&name, &sites, port, instances)?;
+            spec.max_rpo = max_rpo;
+            if let Some(size) = volume {
+                let v = consensus::state::VolumeSpec {
+                    name: scenarios::scenario::volume::volume_name(&name),
+                    size,
+                    block_size: 4096,
+                    primary: spec.placement.sites[0].clone(),
+                    replicas,
+                };
+                let r: siteagent::api::OperationResult = c
+                    .post(&format!("/v1/volumes?dry_run={dry_run}"), &v)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("creating volume {}: {e:#}", v.name))?;
+                crate::ops::print_operation(out, &r)?;
+                spec.volumes = vec![v.name];
+            }
+            let path = lab.write_spec(&spec)?;
             ops::service(
                 &c,
                 out,

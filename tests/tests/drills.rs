@@ -157,9 +157,41 @@ fn drill_host_loss_restarts_in_the_same_site_without_losing_writes() {
 }
 
 #[test]
-fn drill_site_loss_moves_to_the_next_site() {
+fn drill_site_loss_moves_to_the_next_site_without_losing_a_write_on_its_sync_replica() {
     let r = passes("site-loss");
     assert_eq!(expectation(&r, "final_owner").measured, "s2");
+    assert_eq!(expectation(&r, "rpo_max_writes").measured, "0 writes lost");
+    // The fabric's view of the copies is in the report: s2's copy became the primary.
+    assert!(
+        r.replicas
+            .iter()
+            .any(|c| c.site == "s2" && c.state == "primary"),
+        "{:?}",
+        r.replicas
+    );
+}
+
+#[test]
+fn drill_site_loss_async_loses_no_more_than_the_lag_reported_before_the_fault() {
+    let r = passes("site-loss-async");
+    assert!(expectation(&r, "rpo_within_reported_lag").pass);
+    assert!(
+        r.measures.iter().any(|m| m.name == "rpo_reported_lag"),
+        "{:?}",
+        r.measures
+    );
+}
+
+/// Fails today, for a reason in the fabric: the divergence event lists only chunks the new
+/// primary never wrote. The demo appends 16-byte records, so the new primary's next records
+/// land in the same 4 KiB chunks as the old primary's lost ones; the resync classifies those
+/// chunks as "written while away", overwrites them and logs nothing about what they held.
+#[test]
+#[ignore = "fabric: writes discarded by a resync in chunks the new primary also wrote are not listed (see the comment)"]
+fn drill_resync_after_partition_resyncs_the_old_primary_and_lists_its_discarded_writes() {
+    let r = passes("resync-after-partition");
+    assert!(expectation(&r, "in_sync_at_end").pass);
+    assert!(expectation(&r, "divergence_listed").pass);
 }
 
 #[test]
@@ -346,6 +378,16 @@ fn bad_scenarios_are_refused_with_line_and_field_before_any_lab_starts() {
             "unknown-field",
             good.replace("[expect]", "[expect]\nrto_maximum = \"1s\""),
             "rto_maximum",
+        ),
+        (
+            "bad-replica-mode",
+            good.replace("\"s3:async\"", "\"s3:eventually\""),
+            "s3:eventually",
+        ),
+        (
+            "replica-at-the-primary",
+            good.replace("\"s3:async\"", "\"s1:async\""),
+            "service.volume",
         ),
     ];
     for (name, text, expected) in cases {

@@ -12,9 +12,10 @@ use siteagent::api::EventView;
 
 use super::Recording;
 use crate::checks::invariants::{self, Observed};
-use crate::checks::{self, Measured};
+use crate::checks::{self, Measured, replicas};
 use crate::lab::LabTiming;
 use crate::report::{ExpectationResult, MarkerKind, Measure};
+use crate::scenario::volume::volume_name;
 use crate::scenario::{Expect, Scenario};
 
 /// What the runner saw at the end of the drill.
@@ -81,6 +82,7 @@ pub fn measures(
         .held
         .as_ref()
         .map(|h| checks::lost_writes(&rec.acked, h));
+    let replicas = volume_observed(rec, end, scenario, lost);
     let failed = failures.len() as u64;
     let measured = Measured {
         rto,
@@ -114,6 +116,7 @@ pub fn measures(
                 .as_ref()
                 .map(|v| invariants::account_writes(&rec.probes, v)),
         },
+        replicas: replicas.clone(),
     };
     // A test failover changes nothing in production: what must hold is that production
     // clients saw no failure and no split brain (the test instance answering is a step).
@@ -127,7 +130,9 @@ pub fn measures(
     };
     let expectations = checks::evaluate(&expect, &measured);
     let passed = expectations.iter().all(|e| e.pass);
-    let measures = vec![
+    let volume = scenario.service().volume.as_ref();
+    let held = end.held.as_ref().map_or(0, |h| h.len());
+    let mut measures = vec![
         Measure {
             name: "rto".into(),
             value: rto,
@@ -140,10 +145,22 @@ pub fn measures(
             value: lost.map(|l| l as f64),
             unit: "writes".into(),
             bound: None,
-            how: format!(
-                "acknowledged writes ({}) missing from the final owner's records; volumes are shared within a site, not replicated across sites",
-                rec.acked.len()
-            ),
+            how: match volume {
+                Some(v) => format!(
+                    "acknowledged writes ({}) missing from what the final owner's instance returns on GET /records ({held} records), read from its volume {} over NBD (replicas: {})",
+                    rec.acked.len(),
+                    volume_name(&scenario.service().name),
+                    v.replicas
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => format!(
+                    "acknowledged writes ({}) missing from the final owner's records ({held}); without a volume they are in a directory shared within a site, not replicated across sites",
+                    rec.acked.len()
+                ),
+            },
         },
         Measure {
             name: "failed_probes".into(),
@@ -165,10 +182,80 @@ pub fn measures(
             how: "first fault to the first `… is down` verdict in the event log; bound = heartbeat interval × (failure threshold + 1) + planner interval + 2 × election timeout (a leader lost with the fault is replaced first)".into(),
         },
     ];
+    if let Some(b) = &replicas.lag_bound {
+        measures.push(Measure {
+            name: "rpo_reported_lag".into(),
+            value: Some(b.bound() as f64),
+            unit: "writes".into(),
+            bound: None,
+            how: format!(
+                "what the fabric said was at risk: the copy at {} lagged by {} writes in the primary's report of {:.2} s (in the last sample before the fault at {:.2} s), plus {} writes the old primary acknowledged after that report ({} after the sample at {:.2} s; an unchanged view is re-reported only every 5 s)",
+                b.site,
+                b.lag_writes,
+                b.reported_t,
+                b.fault_t,
+                b.acked_after,
+                b.acked_after_sample,
+                b.sample_t
+            ),
+        });
+    }
     Conclusion {
         measures,
         expectations,
         passed,
+    }
+}
+
+/// What the volume expectations are judged on: the lag reported before the first fault on
+/// the final owner's copy, each copy's last state, and the events of resyncs that discarded
+/// writes at sites that acknowledged a lost write.
+fn volume_observed(
+    rec: &Recording,
+    end: &EndState,
+    scenario: &Scenario,
+    lost: Option<u64>,
+) -> replicas::Observed {
+    let Some(_) = scenario.service().volume else {
+        return replicas::Observed::default();
+    };
+    let volume = volume_name(&scenario.service().name);
+    // The fault that moved the primary: the last one before the final owner's copy was
+    // first seen as the primary (e.g. not a witness lost and restarted earlier).
+    let faults = rec.times_of(MarkerKind::Fault);
+    let lag_bound = end.final_owner.as_deref().and_then(|owner| {
+        let promoted = rec
+            .replicas
+            .iter()
+            .find(|s| s.t > faults.first().copied().unwrap_or(f64::INFINITY) && s.primary == owner)
+            .map_or(f64::INFINITY, |s| s.t);
+        let fault = faults.iter().rev().find(|t| **t < promoted).copied()?;
+        replicas::lag_before(&rec.replicas, &rec.probes, fault, owner)
+    });
+    let lost_seqs: BTreeSet<u64> = end
+        .held
+        .as_ref()
+        .map(|h| rec.acked.difference(h).copied().collect())
+        .unwrap_or_default();
+    let divergence = replicas::sites_that_acked(&rec.probes, &lost_seqs)
+        .into_iter()
+        .map(|site| {
+            let event =
+                replicas::divergence_event(&end.events, &volume, &site).map(|e| e.message.clone());
+            (site, event)
+        })
+        .collect();
+    let copy_ends = scenario
+        .expect
+        .in_sync_at_end
+        .iter()
+        .map(|site| (site.clone(), replicas::copy_end(&rec.replicas, site)))
+        .collect();
+    replicas::Observed {
+        lost,
+        lag_bound,
+        copy_ends,
+        divergence,
     }
 }
 

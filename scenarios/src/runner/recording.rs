@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::checks::invariants::DirectSample;
+use crate::checks::replicas::ReplicaSample;
 use crate::probe;
 use crate::report::{DnsChange, Marker, MarkerKind, OwnerChange, ProbeSample};
 
@@ -27,6 +28,8 @@ pub struct Recording {
     pub direct: Vec<DirectSample>,
     /// Rounds of direct probes sent.
     pub direct_rounds: u64,
+    /// The service's volume as the fabric reported it, every probe interval.
+    pub replicas: Vec<ReplicaSample>,
     /// Last DNS answer per vantage, to record only changes.
     last_dns: BTreeMap<String, Vec<String>>,
     /// The last write sequence number handed out.

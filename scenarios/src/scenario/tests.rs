@@ -46,8 +46,10 @@ fn every_shipped_drill_parses() {
             "host-loss",
             "partition-minority",
             "planned-switchover",
+            "resync-after-partition",
             "rolling-maintenance",
             "site-loss",
+            "site-loss-async",
             "slow-wan",
             "witness-loss"
         ]
@@ -350,5 +352,43 @@ action = "heal_all"
     assert!(
         err.contains("step.peer: PartitionOneWay needs `peer`"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_service_volume_is_checked_and_bad_ones_are_named_at_their_line() {
+    let with = |volume: &str| {
+        MINIMAL.replace(
+            "[[service]]\nname = \"web\"",
+            &format!("[[service]]\nname = \"web\"\nmax_rpo = \"5s\"\n{volume}"),
+        )
+    };
+    let s = parse(&with(
+        "volume = { size = \"64MiB\", replicas = [\"s2:sync\", \"s3:async\"] }",
+    ))
+    .expect("parses");
+    let svc = s.service();
+    assert_eq!(svc.max_rpo, Some(Duration::from_secs(5)));
+    let spec = svc.volume.as_ref().expect("volume").spec("web", "s1");
+    assert_eq!((spec.name.as_str(), spec.size), ("web-data", 64 << 20));
+
+    // The service may run in s3, which has no copy.
+    let bare = with("volume = { size = \"64MiB\", replicas = [\"s2:sync\"] }");
+    assert_eq!(position(&bare), (11, 10, "service.volume".into()));
+    let err = parse(&bare).expect_err("no copy at s3").to_string();
+    assert!(err.contains("no replica there"), "{err}");
+
+    let two =
+        with("instances = 2\nvolume = { size = \"64MiB\", replicas = [\"s2:sync\", \"s3:sync\"] }");
+    assert_eq!(position(&two), (11, 13, "service.instances".into()));
+
+    let mode = with("volume = { size = \"64MiB\", replicas = [\"s2:sometimes\"] }");
+    let err = parse(&mode).expect_err("bad mode").to_string();
+    assert!(err.contains("s2:sometimes"), "{err}");
+
+    let no_volume = MINIMAL.replace("final_owner = \"s2\"", "in_sync_at_end = [\"s1\"]");
+    assert_eq!(
+        position(&no_volume),
+        (17, 18, "expect.in_sync_at_end".into())
     );
 }

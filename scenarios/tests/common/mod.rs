@@ -107,6 +107,7 @@ pub fn failover_drill() -> Report {
                 answer: vec!["10.2.0.10".into(), "10.2.0.11".into()],
             },
         ],
+        replicas: vec![],
         measures: vec![
             Measure {
                 name: "rto".into(),
@@ -164,6 +165,7 @@ pub fn empty_drill() -> Report {
         markers: vec![],
         owners: vec![],
         dns: vec![],
+        replicas: vec![],
         measures: vec![],
         expectations: vec![],
         passed: true,

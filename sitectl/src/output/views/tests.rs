@@ -432,6 +432,7 @@ fn failed_expectations_name_only_the_misses_with_their_detail() {
         markers: vec![],
         owners: vec![],
         dns: vec![],
+        replicas: vec![],
         measures: vec![],
         expectations: vec![
             e("rto_max", false, "2 s over"),
