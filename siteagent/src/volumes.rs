@@ -96,6 +96,43 @@ pub fn image_path(dir: &Path, volume: &str, uid: u64) -> PathBuf {
     dir.join(format!("{volume}.{uid}.img"))
 }
 
+/// `a..b, c..d` of (offset, length) ranges, at most 20 of them, and their total bytes.
+fn ranges_text(ranges: &[(u64, u64)]) -> (String, u64) {
+    let bytes = ranges.iter().map(|(_, len)| len).sum();
+    let mut shown: Vec<String> = ranges
+        .iter()
+        .take(20)
+        .map(|(offset, len)| format!("{offset}..{}", offset.saturating_add(*len)))
+        .collect();
+    if ranges.len() > 20 {
+        shown.push("…".into());
+    }
+    (shown.join(", "), bytes)
+}
+
+/// The event for a resync that discarded what a copy held.
+fn divergence_message(
+    volume: &str,
+    site: &str,
+    divergent: &[(u64, u64)],
+    overwritten: &[(u64, u64)],
+) -> String {
+    let (listed, bytes) = ranges_text(divergent);
+    let mut m = format!(
+        "volume {volume}: the copy at {site} held {} range(s), {bytes} bytes, of writes the primary lacks; discarded by its resync: {}",
+        divergent.len(),
+        if listed.is_empty() { "none" } else { &listed }
+    );
+    if !overwritten.is_empty() {
+        let (listed, bytes) = ranges_text(overwritten);
+        m.push_str(&format!(
+            "; it also differed in {} range(s), {bytes} bytes, that the primary rewrote since it took over (that copy's versions there may hold writes the primary lacks), discarded too: {listed}",
+            overwritten.len()
+        ));
+    }
+    m
+}
+
 /// One copy this agent holds.
 enum Held {
     Primary(Arc<PrimaryCopy>),
@@ -109,7 +146,10 @@ struct PrimaryCopy {
     /// The count of outdates of each replica, as the state had it at start plus ours since.
     outdates: Arc<Mutex<BTreeMap<String, u64>>>,
     last_report: Mutex<Option<LastReport>>,
+    /// Resync reports already looked at.
     divergences_reported: Mutex<usize>,
+    /// Replicas whose copy was outdated when this primary opened (e.g. the old primary).
+    returning: std::collections::BTreeSet<String>,
     writers: Arc<std::sync::atomic::AtomicU32>,
 }
 
@@ -247,8 +287,12 @@ impl Volumes {
         let mut specs = Vec::new();
         let mut links: HashMap<String, Arc<dyn Link>> = HashMap::new();
         let mut outdates = BTreeMap::new();
+        let mut returning = std::collections::BTreeSet::new();
         for (site, mode) in replicas {
             let copy = &v.copies[site];
+            if copy.state == CopyState::Outdated {
+                returning.insert(site.clone());
+            }
             outdates.insert(site.clone(), copy.outdates);
             specs.push(ReplicaSpec {
                 name: site.clone(),
@@ -294,6 +338,7 @@ impl Volumes {
             outdates,
             last_report: Mutex::new(None),
             divergences_reported: Mutex::new(0),
+            returning,
             writers: Arc::new(Default::default()),
         })))
     }
@@ -345,34 +390,29 @@ impl Volumes {
         }
     }
 
-    /// Puts every new divergence a resync found (writes a returning copy had that this primary
-    /// lacks, now overwritten) in the event log.
+    /// Puts every new divergence a resync found in the event log: writes a returning copy had
+    /// that this primary lacks, now overwritten. For a copy that was outdated when this primary
+    /// opened (an old primary), chunks that differ where this primary also wrote since are
+    /// listed too: that copy's versions there may hold writes this primary never had.
     async fn report_divergence(&self, name: &str, p: &PrimaryCopy) {
-        let found = p.disk.divergent();
+        let found = p.disk.resync_reports();
         let from = *lock(&p.divergences_reported);
         for d in found.iter().skip(from) {
-            // (offset, length) pairs.
-            let bytes: u64 = d.divergent.iter().map(|(_, len)| len).sum();
-            let ranges: Vec<String> = d
-                .divergent
-                .iter()
-                .take(20)
-                .map(|(offset, len)| format!("{offset}..{}", offset.saturating_add(*len)))
-                .collect();
-            let message = format!(
-                "volume {name}: the copy at {} held {} range(s), {bytes} bytes, of writes the primary lacks; discarded by its resync: {}{}",
-                d.replica,
-                d.divergent.len(),
-                ranges.join(", "),
-                if d.divergent.len() > 20 { ", …" } else { "" }
-            );
-            if let Err(e) = self
-                .cluster
-                .propose(self.cluster.actor(), Command::RecordEvent { message })
-                .await
-            {
-                tracing::warn!(volume = %name, "divergence not recorded: {e}");
-                return;
+            let overwritten: &[(u64, u64)] = if p.returning.contains(&d.replica) {
+                &d.written_while_away
+            } else {
+                &[]
+            };
+            if !d.divergent.is_empty() || !overwritten.is_empty() {
+                let message = divergence_message(name, &d.replica, &d.divergent, overwritten);
+                if let Err(e) = self
+                    .cluster
+                    .propose(self.cluster.actor(), Command::RecordEvent { message })
+                    .await
+                {
+                    tracing::warn!(volume = %name, "divergence not recorded: {e}");
+                    return;
+                }
             }
             *lock(&p.divergences_reported) += 1;
         }
@@ -750,6 +790,20 @@ mod tests {
             wanted(&s, 2, "s1")["db"].role,
             Role::Primary { .. }
         ));
+    }
+
+    #[test]
+    fn the_divergence_event_lists_what_only_the_copy_had_and_what_the_primary_rewrote() {
+        let m = divergence_message("db", "s1", &[(0, 4096), (8192, 4096)], &[]);
+        assert_eq!(
+            m,
+            "volume db: the copy at s1 held 2 range(s), 8192 bytes, of writes the primary lacks; discarded by its resync: 0..4096, 8192..12288"
+        );
+        let m = divergence_message("db", "s1", &[], &[(65536, 65536)]);
+        assert!(m.starts_with("volume db: the copy at s1 held 0 range(s), 0 bytes"), "{m}");
+        assert!(m.contains("differed in 1 range(s), 65536 bytes, that the primary rewrote"), "{m}");
+        let many: Vec<(u64, u64)> = (0..25).map(|i| (i * 4096, 4096)).collect();
+        assert!(divergence_message("db", "s1", &many, &[]).ends_with(", …"));
     }
 
     #[test]

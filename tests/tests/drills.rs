@@ -182,12 +182,10 @@ fn drill_site_loss_async_loses_no_more_than_the_lag_reported_before_the_fault() 
     );
 }
 
-/// Fails today, for a reason in the fabric: the divergence event lists only chunks the new
-/// primary never wrote. The demo appends 16-byte records, so the new primary's next records
-/// land in the same 4 KiB chunks as the old primary's lost ones; the resync classifies those
-/// chunks as "written while away", overwrites them and logs nothing about what they held.
+/// The demo appends 16-byte records, so the new primary's next records land in the same
+/// chunks as the old primary's lost ones: the event lists those chunks too (as differing where
+/// the primary rewrote them), not only chunks the new primary never wrote.
 #[test]
-#[ignore = "fabric: writes discarded by a resync in chunks the new primary also wrote are not listed (see the comment)"]
 fn drill_resync_after_partition_resyncs_the_old_primary_and_lists_its_discarded_writes() {
     let r = passes("resync-after-partition");
     assert!(expectation(&r, "in_sync_at_end").pass);
