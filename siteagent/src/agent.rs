@@ -216,7 +216,11 @@ pub async fn run(
                 let _ = t.await;
             });
         }
-        tasks.spawn(volumes.clone().run(Duration::from_millis(250)));
+        tasks.spawn(
+            volumes
+                .clone()
+                .run(Duration::from_millis(250), raft.raft().metrics()),
+        );
     }
     let admin = crate::admin::serve(
         Arc::new(crate::admin::Admin {

@@ -198,15 +198,35 @@ impl Volumes {
         })
     }
 
-    /// Runs until shutdown: every `tick`, holds what the local state says, fences on a lapsed
-    /// lease, and reports the primaries' copies.
-    pub async fn run(self: Arc<Self>, tick: Duration) {
+    /// Runs until shutdown: every `tick`, and as soon as this node applies something new,
+    /// holds what the local state says, fences on a lapsed lease, and reports the primaries'
+    /// copies.
+    pub async fn run(
+        self: Arc<Self>,
+        tick: Duration,
+        mut metrics: tokio::sync::watch::Receiver<consensus::types::RaftMetrics>,
+    ) {
         let mut every = tokio::time::interval(tick);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut applied = None;
         loop {
             tokio::select! {
                 _ = every.tick() => {}
                 _ = self.shutdown.cancelled() => break,
+                r = metrics.changed() => {
+                    if r.is_err() {
+                        // Raft stopped: the agent is shutting down.
+                        self.shutdown.cancelled().await;
+                        break;
+                    }
+                    let now = metrics.borrow_and_update().last_applied;
+                    if now == applied {
+                        continue;
+                    }
+                    applied = now;
+                    // Coalesce a burst of applies into one round.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
             let state = self.cluster.raft().state_handle().read(|s| s.clone());
             self.reconcile(&state).await;
@@ -800,8 +820,14 @@ mod tests {
             "volume db: the copy at s1 held 2 range(s), 8192 bytes, of writes the primary lacks; discarded by its resync: 0..4096, 8192..12288"
         );
         let m = divergence_message("db", "s1", &[], &[(65536, 65536)]);
-        assert!(m.starts_with("volume db: the copy at s1 held 0 range(s), 0 bytes"), "{m}");
-        assert!(m.contains("differed in 1 range(s), 65536 bytes, that the primary rewrote"), "{m}");
+        assert!(
+            m.starts_with("volume db: the copy at s1 held 0 range(s), 0 bytes"),
+            "{m}"
+        );
+        assert!(
+            m.contains("differed in 1 range(s), 65536 bytes, that the primary rewrote"),
+            "{m}"
+        );
         let many: Vec<(u64, u64)> = (0..25).map(|i| (i * 4096, 4096)).collect();
         assert!(divergence_message("db", "s1", &many, &[]).ends_with(", …"));
     }

@@ -42,8 +42,10 @@ pub(super) fn site_problem(state: &FabricState, svc: &Service, site: &str) -> Op
     })
 }
 
-/// Whether `svc` may be given to `site` now; otherwise pushes the promotions that must come
-/// first (or nothing while a planned move waits for its copy to catch up).
+/// Pushes the promotions that must come before `svc` is given to `site`, and says whether the
+/// assignment may follow in the same round: the leader proposes actions in order and stops at
+/// the first refusal, so it is committed only after them. False while a planned move waits for
+/// its copy to catch up, or a copy is missing.
 pub(super) fn ready(
     state: &FabricState,
     svc: &Service,
@@ -59,13 +61,14 @@ pub(super) fn ready(
         if v.primary == site {
             continue;
         }
-        ready = false;
         let Some(copy) = v.copies.get(site) else {
+            ready = false;
             continue;
         };
         let planned = svc.target.as_deref() == Some(site);
         if planned && v.accept_loss.is_none() && (copy.state != CopyState::InSync || v.writers > 0)
         {
+            ready = false;
             continue; // Wait: the old primary drains its writes to it.
         }
         let risk = v.promotion_risk(site);
