@@ -58,29 +58,8 @@ pub enum VolumeCmd {
     },
 }
 
-/// `1GiB` → 1073741824; plain numbers are bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}`: expected a number of bytes, e.g. 1GiB or 512MiB"))?;
-    let shift = match unit.trim() {
-        "" | "B" => 0,
-        "KiB" => 10,
-        "MiB" => 20,
-        "GiB" => 30,
-        "TiB" => 40,
-        other => {
-            return Err(format!(
-                "`{s}`: unit `{other}` is not one of B, KiB, MiB, GiB, TiB"
-            ));
-        }
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{s}` is too large"))
-}
+/// `1GiB` → 1073741824; plain numbers are bytes (the drill format's rule).
+pub use scenarios::scenario::volume::parse_size;
 
 pub async fn volume(c: &Client, out: Output, cmd: VolumeCmd) -> anyhow::Result<()> {
     match cmd {

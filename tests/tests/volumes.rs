@@ -262,8 +262,8 @@ fn sync_replica_holds_every_acknowledged_write_after_the_primary_is_killed() {
         ],
     );
     let uri = served_at(&lab, "db", "s1");
-    // A new primary first compares every chunk with its replicas; until then a sync replica
-    // is `resyncing` and writes do not wait for it (the state would refuse to promote it).
+    // A new primary first compares every chunk with its replicas; until then the copy is
+    // `resyncing`, and the state would refuse to promote it without --force.
     wait_in_sync(&lab, "db", 0);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = write_stream(uri, stop.clone());
