@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use crate::NodeId;
-use crate::state::{Capacity, Command, FabricState, Health, Proposal};
+use crate::state::{Capacity, Command, FabricState, Health, Proposal, VolumeSpec};
 
 /// Applies `command` at time 1 ms as actor `test`, panicking with the state machine's refusal
 /// (a broken fixture, not a behaviour under test).
@@ -48,6 +48,23 @@ pub fn host(id: NodeId, site: &str, addresses: Vec<IpAddr>) -> Command {
             memory_mib: 1024,
         },
         labels: Default::default(),
+    }
+}
+
+/// Volume `name` of `size` bytes (4 KiB blocks), primary at `primary`, with `replicas` given as
+/// `site:sync` or `site:async`.
+pub fn volume(name: &str, size: u64, primary: &str, replicas: &[&str]) -> Command {
+    Command::CreateVolume {
+        spec: VolumeSpec {
+            name: name.into(),
+            size,
+            block_size: 4096,
+            primary: primary.into(),
+            replicas: replicas
+                .iter()
+                .map(|r| r.parse().unwrap_or_else(|e| panic!("fixture replica: {e}")))
+                .collect(),
+        },
     }
 }
 

@@ -737,50 +737,17 @@ impl Outdater for StateOutdater {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use consensus::state::{Capacity, Proposal, VolumeSpec};
-
-    fn apply(s: &mut FabricState, cmd: Command) {
-        s.apply(&Proposal::new(1_000, "test", cmd))
-            .expect("applies");
-    }
+    use consensus::fixture::{apply, host, site, volume};
 
     fn fabric() -> FabricState {
         let mut s = FabricState::default();
-        for site in ["s1", "s2", "s3"] {
-            apply(
-                &mut s,
-                Command::UpsertSite {
-                    name: site.into(),
-                    priority: 1,
-                },
-            );
+        for name in ["s1", "s2", "s3"] {
+            apply(&mut s, site(name, 1));
         }
-        for (id, site) in [(1, "s1"), (2, "s1"), (3, "s2"), (4, "s3")] {
-            apply(
-                &mut s,
-                Command::RegisterHost {
-                    id,
-                    site: site.into(),
-                    address: format!("127.0.0.{id}:1"),
-                    admin_address: "127.0.0.1:2".into(),
-                    addresses: vec![],
-                    capacity: Capacity::default(),
-                    labels: Default::default(),
-                },
-            );
+        for (id, name) in [(1, "s1"), (2, "s1"), (3, "s2"), (4, "s3")] {
+            apply(&mut s, host(id, name, vec![]));
         }
-        apply(
-            &mut s,
-            Command::CreateVolume {
-                spec: VolumeSpec {
-                    name: "db".into(),
-                    size: 1 << 20,
-                    block_size: 4096,
-                    primary: "s1".into(),
-                    replicas: vec!["s2:sync".parse().expect("s2")],
-                },
-            },
-        );
+        apply(&mut s, volume("db", 1 << 20, "s1", &["s2:sync"]));
         s
     }
 

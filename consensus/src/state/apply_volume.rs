@@ -357,22 +357,13 @@ impl FabricState {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{
-        Capacity, InstanceState, Lag, Proposal, ReplicaSpec, ReplicationMode, VolumeSpec,
-    };
+    use super::super::{InstanceState, Lag, Proposal, ReplicationMode};
     use super::*;
-
-    fn prop(command: Command) -> Proposal {
-        Proposal::new(1_000, "test", command)
-    }
-
-    fn apply(s: &mut FabricState, cmd: Command) {
-        s.apply(&prop(cmd)).expect("applies");
-    }
+    use crate::fixture::{apply, host, site, volume};
 
     fn refused(s: &mut FabricState, cmd: Command, want: &str) {
         let before = s.clone();
-        let err = s.apply(&prop(cmd)).expect_err(want);
+        let err = s.apply(&Proposal::new(1_000, "test", cmd)).expect_err(want);
         assert!(err.to_string().contains(want), "{err}");
         assert_eq!(*s, before, "a refused command changes nothing");
     }
@@ -380,49 +371,15 @@ mod tests {
     /// Sites s1..s3 with host 1 in s1 and 2 in s2; volume `db` primary s1, s2 sync, s3 async.
     fn fabric() -> FabricState {
         let mut s = FabricState::default();
-        for site in ["s1", "s2", "s3"] {
-            apply(
-                &mut s,
-                Command::UpsertSite {
-                    name: site.into(),
-                    priority: 1,
-                },
-            );
+        for name in ["s1", "s2", "s3"] {
+            apply(&mut s, site(name, 1));
         }
-        for (id, site) in [(1, "s1"), (2, "s2")] {
-            apply(
-                &mut s,
-                Command::RegisterHost {
-                    id,
-                    site: site.into(),
-                    address: "127.0.0.1:1".into(),
-                    admin_address: "127.0.0.1:2".into(),
-                    addresses: vec![],
-                    capacity: Capacity::default(),
-                    labels: Default::default(),
-                },
-            );
+        for (id, name) in [(1, "s1"), (2, "s2")] {
+            apply(&mut s, host(id, name, vec![]));
         }
         apply(
             &mut s,
-            Command::CreateVolume {
-                spec: VolumeSpec {
-                    name: "db".into(),
-                    size: 1 << 30,
-                    block_size: 4096,
-                    primary: "s1".into(),
-                    replicas: vec![
-                        ReplicaSpec {
-                            site: "s2".into(),
-                            mode: ReplicationMode::Sync,
-                        },
-                        ReplicaSpec {
-                            site: "s3".into(),
-                            mode: ReplicationMode::Async,
-                        },
-                    ],
-                },
-            },
+            volume("db", 1 << 30, "s1", &["s2:sync", "s3:async"]),
         );
         s
     }
@@ -549,13 +506,7 @@ mod tests {
         );
         spec.placement.instances = 1;
         spec.placement.sites.push("s4".into());
-        apply(
-            &mut s,
-            Command::UpsertSite {
-                name: "s4".into(),
-                priority: 1,
-            },
-        );
+        apply(&mut s, site("s4", 1));
         refused(
             &mut s,
             Command::CreateService { spec: spec.clone() },

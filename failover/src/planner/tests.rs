@@ -577,7 +577,7 @@ fn a_move_during_a_spec_update_revokes_both_generations_and_takes_the_next_epoch
 }
 
 mod volumes {
-    use consensus::state::{CopyReport, CopyState, Lag, VolumeSpec};
+    use consensus::state::{CopyReport, CopyState, Lag};
 
     use super::*;
 
@@ -586,18 +586,7 @@ mod volumes {
         let mut state = fabric();
         apply(
             &mut state,
-            Command::CreateVolume {
-                spec: VolumeSpec {
-                    name: "db".into(),
-                    size: 1 << 20,
-                    block_size: 4096,
-                    primary: "s1".into(),
-                    replicas: vec![
-                        "s2:sync".parse().expect("s2"),
-                        "s3:async".parse().expect("s3"),
-                    ],
-                },
-            },
+            consensus::fixture::volume("db", 1 << 20, "s1", &["s2:sync", "s3:async"]),
         );
         let mut pg = spec("pg", &["s1", "s2", "s3"]);
         pg.volumes = vec!["db".into()];
