@@ -51,6 +51,16 @@ fn tool(name: &str) -> Command {
     Command::new(name)
 }
 
+/// `qemu-img compare` of two raw images: exit 0 when identical, 1 when they differ.
+fn compare(a: &std::path::Path, b: &std::path::Path) -> std::process::Output {
+    tool("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .expect("qemu-img runs")
+}
+
 fn qemu_io(uri: &str, cmds: &[&str]) -> std::process::Output {
     let mut c = tool("qemu-io");
     c.args(["-f", "raw", uri]);
@@ -123,12 +133,7 @@ fn writes_through_qemu_io_reach_every_copy_byte_for_byte() {
     let v = wait_in_sync(&lab, "db", t0.max(v.copies[0].reported_ms));
     let primary = image(&lab, &v, "s1");
     for site in ["s2", "s3"] {
-        let out = tool("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "raw"])
-            .arg(&primary)
-            .arg(image(&lab, &v, site))
-            .output()
-            .expect("qemu-img runs");
+        let out = compare(&primary, &image(&lab, &v, site));
         assert!(
             out.status.success(),
             "copy at {site} differs from the primary: {}{}",
@@ -141,12 +146,7 @@ fn writes_through_qemu_io_reach_every_copy_byte_for_byte() {
     std::fs::copy(&primary, &other).expect("copy");
     let out = qemu_io(other.to_str().expect("path"), &["write -P 0x01 0 4k"]);
     assert!(out.status.success());
-    let out = tool("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "raw"])
-        .arg(&primary)
-        .arg(&other)
-        .output()
-        .expect("qemu-img runs");
+    let out = compare(&primary, &other);
     assert_eq!(out.status.code(), Some(1), "a differing copy is noticed");
 }
 
@@ -226,8 +226,11 @@ fn write_stream(
     })
 }
 
-/// Which of `acked` blocks the copy served at `uri` lacks.
-fn missing(uri: &storage::nbd::client::NbdUri, acked: &[u64]) -> Vec<u64> {
+/// Runs `f` with an NBD client connected to `uri`, on a runtime of its own.
+fn with_client<T>(
+    uri: &storage::nbd::client::NbdUri,
+    f: impl AsyncFnOnce(&mut storage::nbd::client::NbdClient) -> T,
+) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -235,10 +238,24 @@ fn missing(uri: &storage::nbd::client::NbdUri, acked: &[u64]) -> Vec<u64> {
     rt.block_on(async {
         let mut c = storage::nbd::client::NbdClient::connect(&uri.addr(), &uri.export)
             .await
-            .expect("connect to the promoted copy");
+            .expect("connect");
+        f(&mut c).await
+    })
+}
+
+/// Which of the `written` units (of `fill(i).len()` bytes at `i × len`) the copy served at `uri`
+/// does not hold.
+fn missing(
+    uri: &storage::nbd::client::NbdUri,
+    written: &[u64],
+    fill: fn(u64) -> Vec<u8>,
+) -> Vec<u64> {
+    with_client(uri, async |c| {
         let mut lacking = Vec::new();
-        for &i in acked {
-            if c.read(i * 4096, 4096).await.expect("read") != block(i) {
+        for &i in written {
+            let want = fill(i);
+            let len = want.len() as u64;
+            if c.read(i * len, len as u32).await.expect("read") != want {
                 lacking.push(i);
             }
         }
@@ -280,7 +297,7 @@ fn sync_replica_holds_every_acknowledged_write_after_the_primary_is_killed() {
         .expect("an in-sync sync replica is promoted without --force");
     assert!(r.change.contains("promote"), "{r:?}");
     let uri = served_at(&lab, "db", "s2");
-    let lacking = missing(&uri, &acked);
+    let lacking = missing(&uri, &acked, block);
     assert!(
         lacking.is_empty(),
         "{} of {} acknowledged writes are missing on the promoted copy: {lacking:?}",
@@ -301,19 +318,16 @@ fn received_bytes(lab: &TestLab, node: u64, volume: &str) -> u64 {
         .sum()
 }
 
-/// Writes 64 KiB block `i` (pattern by index) at chunk `i` with FUA through `uri`.
+/// 64 KiB chunk `i` as the tests below write it.
+fn chunk(i: u64) -> Vec<u8> {
+    (0..65536u64).map(|b| (b ^ i) as u8 | 1).collect()
+}
+
+/// Writes chunk `i` at `i × 64 KiB` with FUA through `uri`, for each of `chunks`.
 fn write_chunks(uri: &storage::nbd::client::NbdUri, chunks: &[u64]) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let mut c = storage::nbd::client::NbdClient::connect(&uri.addr(), &uri.export)
-            .await
-            .expect("connect");
+    with_client(uri, async |c| {
         for &i in chunks {
-            let data: Vec<u8> = (0..65536u64).map(|b| (b ^ i) as u8 | 1).collect();
-            c.write(i * 65536, &data, true).await.expect("write");
+            c.write(i * 65536, &chunk(i), true).await.expect("write");
         }
     });
 }
@@ -362,12 +376,7 @@ fn a_partitioned_async_replica_resyncs_what_changed_its_lag_covers_a_kill_and_th
         "the changes were shipped: {shipped}"
     );
     for site in ["s2", "s3"] {
-        let out = tool("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "raw"])
-            .arg(image(&lab, &v, "s1"))
-            .arg(image(&lab, &v, site))
-            .output()
-            .expect("qemu-img");
+        let out = compare(&image(&lab, &v, "s1"), &image(&lab, &v, site));
         assert!(
             out.status.success(),
             "{site}: {}",
@@ -391,23 +400,7 @@ fn a_partitioned_async_replica_resyncs_what_changed_its_lag_covers_a_kill_and_th
         .expect("forced promotion of the lagging copy");
     assert!(r.change.contains("FORCED"), "{r:?}");
     let uri = served_at(&lab, "db", "s3");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let lost = rt.block_on(async {
-        let mut c = storage::nbd::client::NbdClient::connect(&uri.addr(), &uri.export)
-            .await
-            .expect("connect");
-        let mut lost = 0u64;
-        for &i in &more {
-            let want: Vec<u8> = (0..65536u64).map(|b| (b ^ i) as u8 | 1).collect();
-            if c.read(i * 65536, 65536).await.expect("read") != want {
-                lost += 1;
-            }
-        }
-        lost
-    });
+    let lost = missing(&uri, &more, chunk).len() as u64;
     eprintln!("async kill: {lost} writes lost; the fabric reported a lag of {lag:?} just before");
     assert!(lost > 0, "the cut replica really lacked writes");
     assert!(
@@ -450,12 +443,7 @@ fn a_partitioned_async_replica_resyncs_what_changed_its_lag_covers_a_kill_and_th
         .and_then(|n| n.parse().ok())
         .expect("range count");
     assert!(ranges >= 1, "{}", divergence.message);
-    let out = tool("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "raw"])
-        .arg(image(&lab, &v, "s3"))
-        .arg(image(&lab, &v, "s1"))
-        .output()
-        .expect("qemu-img");
+    let out = compare(&image(&lab, &v, "s3"), &image(&lab, &v, "s1"));
     assert!(
         out.status.success(),
         "s1 after reprotect: {}",
