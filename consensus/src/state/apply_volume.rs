@@ -230,7 +230,7 @@ impl FabricState {
             && !force
         {
             return Err(conflict(format!(
-                "{risk}; promoting it could lose acknowledged writes (force to accept that)"
+                "{risk}; promoting it could lose acknowledged writes (`sitectl volume promote --force` accepts that)"
             )));
         }
         let v = self

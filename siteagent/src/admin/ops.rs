@@ -35,7 +35,7 @@ pub(super) fn not_found(what: impl ToString) -> Failure {
     failure(StatusCode::NOT_FOUND, "not_found", what)
 }
 
-pub(super) fn conflict(what: impl ToString) -> Failure {
+fn conflict(what: impl ToString) -> Failure {
     failure(StatusCode::CONFLICT, "rejected", what)
 }
 

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use consensus::state::{Command, FabricState, Volume, VolumeSpec};
 use wan::Identity;
 
-use super::ops::{DryRun, conflict, not_found, operate};
+use super::ops::{DryRun, not_found, operate};
 use super::{Failure, ReadOpts, Shared, body, failure, read};
 use crate::api::{CopyView, OperationResult, PromoteRequest, VolumeView};
 
@@ -131,13 +131,9 @@ pub(super) async fn promote(
             .volumes
             .get(&name)
             .ok_or_else(|| not_found(format!("unknown volume `{name}`")))?;
+        // The state machine refuses a risky promotion without force (the dry run's simulation
+        // included), naming the risk.
         let risk = v.promotion_risk(&req.site);
-        if risk.is_some() && !req.force {
-            return Err(conflict(format!(
-                "{}; promoting it could lose acknowledged writes (--force to accept that)",
-                risk.unwrap_or_default()
-            )));
-        }
         let change = format!(
             "promote the copy of volume {name} at {} to primary (epoch {}){}",
             req.site,
