@@ -585,6 +585,8 @@ pub struct WanHandler {
     pub cluster: Arc<Cluster>,
     /// Serves the `bulk` channel (volume replication), if this agent holds volumes.
     pub bulk: Option<Arc<dyn BulkHandler>>,
+    /// Answers SWIM messages from this site's agents.
+    pub health: Arc<crate::health::Health>,
 }
 
 /// Answers requests on the WAN's `bulk` channel (the volume service implements it).
@@ -691,6 +693,10 @@ impl WanHandler {
             }
             ControlRequest::LeaderHeard => ControlReply::Heard(self.cluster.heard_reply()),
             ControlRequest::Ping => ControlReply::Pong,
+            ControlRequest::Swim(message) => match peer.node_id() {
+                Some(from) => ControlReply::Swim(self.health.handle(from, message)),
+                None => ControlReply::Failed(format!("{peer} is not an agent")),
+            },
         }
     }
 }
