@@ -14,4 +14,5 @@ pub mod dns;
 pub mod lease;
 pub mod planner;
 pub mod quorum;
+pub mod swim;
 pub mod zone;
