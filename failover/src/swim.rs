@@ -58,20 +58,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use consensus::NodeId;
-use serde::{Deserialize, Serialize};
 
 use crate::detector::VerdictChange;
 
 mod gossip;
+mod message;
+mod probe;
 mod suspicion;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use gossip::Broadcasts;
+pub use message::{MemberState, Message, Outgoing, Update};
+use probe::{Probe, Rng};
 use suspicion::Suspicion;
-
-/// Every this many periods a Dead member is probed instead of a live one.
-const DEAD_PROBE_EVERY: u64 = 5;
 
 /// Parameters of the detector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,71 +122,6 @@ impl SwimConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum MemberState {
-    Alive,
-    Suspect,
-    Dead,
-}
-
-/// One piece of gossip: what someone believes about `member` at `incarnation`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Update {
-    pub member: NodeId,
-    pub incarnation: u64,
-    pub state: MemberState,
-    pub from: NodeId,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Message {
-    Ping {
-        seq: u64,
-        gossip: Vec<Update>,
-    },
-    /// "Probe `target` for me and tell me": the receiver pings target and forwards the ack.
-    PingReq {
-        seq: u64,
-        target: NodeId,
-        gossip: Vec<Update>,
-    },
-    Ack {
-        seq: u64,
-        gossip: Vec<Update>,
-    },
-    /// Lifeguard: the intermediary of a PingReq got no ack from the target in time.
-    Nack {
-        seq: u64,
-        gossip: Vec<Update>,
-    },
-}
-
-impl Message {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Message::Ping { .. } => "ping",
-            Message::PingReq { .. } => "ping-req",
-            Message::Ack { .. } => "ack",
-            Message::Nack { .. } => "nack",
-        }
-    }
-
-    fn into_gossip(self) -> Vec<Update> {
-        match self {
-            Message::Ping { gossip, .. }
-            | Message::PingReq { gossip, .. }
-            | Message::Ack { gossip, .. }
-            | Message::Nack { gossip, .. } => gossip,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    pub to: NodeId,
-    pub message: Message,
-}
-
 #[derive(Debug, Clone)]
 struct Member {
     state: MemberState,
@@ -195,54 +131,12 @@ struct Member {
     suspicion: Option<Suspicion>,
 }
 
-/// This node's probe of the current period.
-#[derive(Debug, Clone)]
-struct Probe {
-    target: NodeId,
-    seq: u64,
-    /// The target is Dead here: no ping-req, no suspicion, no health penalty on failure.
-    of_dead: bool,
-    indirect_at: Instant,
-    acked: bool,
-    /// Intermediaries asked (empty until the indirect phase).
-    asked: Vec<NodeId>,
-    /// Intermediaries that answered (nack or forwarded ack).
-    answered: BTreeSet<NodeId>,
-    indirect_sent: bool,
-}
-
 /// A ping-req this node serves: its own ping to the target under a fresh seq.
 #[derive(Debug, Clone, Copy)]
 struct Relay {
     origin: NodeId,
     origin_seq: u64,
     deadline: Instant,
-}
-
-/// SplitMix64: small, seedable, good enough for probe order and intermediaries.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform-enough in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
-    }
 }
 
 /// The SWIM detector of one member (see the module docs for the rules).
@@ -580,295 +474,6 @@ impl Swim {
         let room = self.config.max_gossip.saturating_sub(gossip.len());
         gossip.extend(self.broadcasts.take(room, limit, skip));
         gossip
-    }
-
-    /// Applies one update under the incarnation precedence.
-    fn apply(&mut self, update: Update, now: Instant) {
-        if update.member == self.me {
-            self.apply_about_me(update);
-            return;
-        }
-        let me = self.me;
-        let Some(m) = self.members.get_mut(&update.member) else {
-            return;
-        };
-        let mut became = None;
-        let mut spread = false;
-        match update.state {
-            MemberState::Alive => {
-                if update.incarnation > m.incarnation {
-                    became = Some(MemberState::Alive);
-                    m.suspicion = None;
-                    spread = true;
-                }
-            }
-            MemberState::Suspect => match m.state {
-                MemberState::Alive if update.incarnation >= m.incarnation => {
-                    became = Some(MemberState::Suspect);
-                    m.suspicion = Some(Suspicion::new(now, update.from, me));
-                    spread = true;
-                }
-                MemberState::Suspect if update.incarnation > m.incarnation => {
-                    m.suspicion = Some(Suspicion::new(now, update.from, me));
-                    m.incarnation = update.incarnation;
-                    m.from = update.from;
-                    spread = true;
-                }
-                MemberState::Suspect if update.incarnation == m.incarnation => {
-                    spread = m
-                        .suspicion
-                        .get_or_insert_with(|| Suspicion::new(now, update.from, me))
-                        .confirm(update.from, me);
-                }
-                _ => {}
-            },
-            MemberState::Dead => {
-                if m.state != MemberState::Dead && update.incarnation >= m.incarnation {
-                    became = Some(MemberState::Dead);
-                    m.suspicion = None;
-                    spread = true;
-                } else if m.state == MemberState::Dead && update.incarnation > m.incarnation {
-                    m.incarnation = update.incarnation;
-                }
-            }
-        }
-        if let Some(state) = became {
-            let was = m.state;
-            m.state = state;
-            m.incarnation = update.incarnation;
-            m.from = update.from;
-            self.note_transition(update.member, was, state);
-        }
-        if spread {
-            self.broadcasts.push(update);
-        }
-    }
-
-    fn apply_about_me(&mut self, update: Update) {
-        if update.state == MemberState::Alive {
-            return;
-        }
-        if update.incarnation >= self.incarnation {
-            self.incarnation = update.incarnation + 1;
-            self.raise_health(1);
-        }
-        // Older accusations (e.g. a Dead@0 seeded from the replicated state) are answered by
-        // our current incarnation, which already outranks them.
-        self.broadcasts.push(Update {
-            member: self.me,
-            incarnation: self.incarnation,
-            state: MemberState::Alive,
-            from: self.me,
-        });
-    }
-
-    fn note_transition(&mut self, member: NodeId, was: MemberState, now_is: MemberState) {
-        if now_is == MemberState::Suspect {
-            self.suspected.insert(member);
-        } else {
-            self.suspected.remove(&member);
-        }
-        match (was, now_is) {
-            (MemberState::Alive | MemberState::Suspect, MemberState::Dead) => {
-                self.changes.push(VerdictChange {
-                    subject: member,
-                    up: false,
-                })
-            }
-            (MemberState::Dead, MemberState::Alive) => self.changes.push(VerdictChange {
-                subject: member,
-                up: true,
-            }),
-            _ => {}
-        }
-    }
-
-    /// This node's own probe failed: suspect the target (or confirm a suspicion of it), count
-    /// the intermediaries that could not reach it either as confirmations, and tell the target in
-    /// person so it can refute at once.
-    fn suspect(
-        &mut self,
-        target: NodeId,
-        nacked: &BTreeSet<NodeId>,
-        now: Instant,
-        out: &mut Vec<Outgoing>,
-    ) {
-        let me = self.me;
-        let Some(m) = self.members.get_mut(&target) else {
-            return;
-        };
-        let update = Update {
-            member: target,
-            incarnation: m.incarnation,
-            state: MemberState::Suspect,
-            from: me,
-        };
-        let fresh = match m.state {
-            MemberState::Alive => {
-                m.state = MemberState::Suspect;
-                m.from = me;
-                m.suspicion = Some(Suspicion::new(now, me, me));
-                self.suspected.insert(target);
-                true
-            }
-            MemberState::Suspect => m
-                .suspicion
-                .get_or_insert_with(|| Suspicion::new(now, me, me))
-                .confirm(me, me),
-            MemberState::Dead => return,
-        };
-        if let Some(s) = m.suspicion.as_mut() {
-            for via in nacked {
-                s.confirm(*via, me);
-            }
-        }
-        if fresh {
-            self.broadcasts.push(update);
-            let seq = self.take_seq();
-            self.send(out, target, |gossip| Message::Ping { seq, gossip });
-        }
-    }
-
-    fn expire_suspicions(&mut self, now: Instant) {
-        if self.suspected.is_empty() {
-            return;
-        }
-        let (k, needed) = self.suspicion_bounds();
-        let (min, max) = (self.config.suspicion_min, self.config.suspicion_max);
-        let due: Vec<NodeId> = self
-            .suspected
-            .iter()
-            .filter(|id| {
-                self.members
-                    .get(id)
-                    .and_then(|m| m.suspicion.as_ref())
-                    .is_some_and(|s| {
-                        s.other_accusers() >= needed && now >= s.expires_at(min, max, k)
-                    })
-            })
-            .copied()
-            .collect();
-        for id in due {
-            if let Some(m) = self.members.get_mut(&id) {
-                let update = Update {
-                    member: id,
-                    incarnation: m.incarnation,
-                    state: MemberState::Dead,
-                    from: self.me,
-                };
-                m.state = MemberState::Dead;
-                m.from = self.me;
-                m.suspicion = None;
-                self.note_transition(id, MemberState::Suspect, MemberState::Dead);
-                self.broadcasts.push(update);
-            }
-        }
-    }
-
-    fn send_ping_reqs(&mut self, out: &mut Vec<Outgoing>) {
-        let Some((target, seq)) = self.probe.as_ref().map(|p| (p.target, p.seq)) else {
-            return;
-        };
-        let mut candidates: Vec<NodeId> = self
-            .members
-            .iter()
-            .filter(|(id, m)| **id != target && m.state == MemberState::Alive)
-            .map(|(id, _)| *id)
-            .collect();
-        self.rng.shuffle(&mut candidates);
-        candidates.truncate(self.config.indirect_probes);
-        for via in &candidates {
-            self.send(out, *via, |gossip| Message::PingReq {
-                seq,
-                target,
-                gossip,
-            });
-        }
-        if let Some(p) = self.probe.as_mut() {
-            p.asked = candidates;
-            p.indirect_sent = true;
-        }
-    }
-
-    fn finish_probe(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
-        let Some(p) = self.probe.take() else {
-            return;
-        };
-        if p.acked || p.of_dead {
-            return;
-        }
-        let missed_nacks = p.asked.iter().filter(|id| !p.answered.contains(id)).count();
-        self.raise_health(1 + missed_nacks as u32);
-        self.suspect(p.target, &p.answered, now, out);
-    }
-
-    fn start_probe(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
-        let scale = self.health + 1;
-        self.period_end = Some(now + self.config.interval * scale);
-        self.periods += 1;
-        let dead_turn = self.periods.is_multiple_of(DEAD_PROBE_EVERY);
-        let target = if dead_turn {
-            self.next_dead().or_else(|| self.next_live())
-        } else {
-            self.next_live().or_else(|| self.next_dead())
-        };
-        let Some(target) = target else {
-            return;
-        };
-        let of_dead = self.state_of(target) == Some(MemberState::Dead);
-        let seq = self.take_seq();
-        self.probe = Some(Probe {
-            target,
-            seq,
-            of_dead,
-            indirect_at: now + self.config.probe_timeout * scale,
-            acked: false,
-            asked: Vec::new(),
-            answered: BTreeSet::new(),
-            indirect_sent: false,
-        });
-        self.send(out, target, |gossip| Message::Ping { seq, gossip });
-    }
-
-    /// Next Alive/Suspect member of the shuffled round-robin, reshuffling after each round.
-    fn next_live(&mut self) -> Option<NodeId> {
-        for _ in 0..2 {
-            while self.cursor < self.order.len() {
-                let id = self.order[self.cursor];
-                self.cursor += 1;
-                if self.state_of(id).is_some_and(|s| s != MemberState::Dead) {
-                    return Some(id);
-                }
-            }
-            self.order = self
-                .members
-                .iter()
-                .filter(|(_, m)| m.state != MemberState::Dead)
-                .map(|(id, _)| *id)
-                .collect();
-            self.rng.shuffle(&mut self.order);
-            self.cursor = 0;
-        }
-        None
-    }
-
-    /// Next Dead member in id order after the last one probed.
-    fn next_dead(&mut self) -> Option<NodeId> {
-        let mut dead = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.state == MemberState::Dead)
-            .map(|(id, _)| *id);
-        let after = self.last_dead_probed;
-        let pick = self
-            .members
-            .iter()
-            .filter(|(id, m)| m.state == MemberState::Dead && after.is_none_or(|a| **id > a))
-            .map(|(id, _)| *id)
-            .next()
-            .or_else(|| dead.next());
-        self.last_dead_probed = pick.or(self.last_dead_probed);
-        pick
     }
 }
 
