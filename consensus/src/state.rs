@@ -844,13 +844,16 @@ impl FabricState {
                 if old.is_none_or(|o| o.up) == *up {
                     return Ok(None);
                 }
-                self.site_observations.entry(site.clone()).or_default().insert(
-                    *observer,
-                    Observation {
-                        up: *up,
-                        since_ms: now,
-                    },
-                );
+                self.site_observations
+                    .entry(site.clone())
+                    .or_default()
+                    .insert(
+                        *observer,
+                        Observation {
+                            up: *up,
+                            since_ms: now,
+                        },
+                    );
                 Ok(Some(format!(
                     "node {observer} sees site {site} {}",
                     if *up { "up" } else { "down" }
@@ -1536,7 +1539,11 @@ mod tests {
         s.apply(&prop(view(4, &[]))).expect("back");
         assert!(s.site_views["s1"].dead.is_empty());
         assert_eq!(s.events.len(), events + 2);
-        assert!(s.events.back().is_some_and(|e| e.message.contains("back [3]")));
+        assert!(
+            s.events
+                .back()
+                .is_some_and(|e| e.message.contains("back [3]"))
+        );
     }
 
     #[test]
@@ -1555,7 +1562,8 @@ mod tests {
             up: false,
         }))
         .expect("observe");
-        s.apply(&prop(Command::RemoveHost { id: 3 })).expect("remove");
+        s.apply(&prop(Command::RemoveHost { id: 3 }))
+            .expect("remove");
         assert!(s.site_views["s1"].dead.is_empty());
         assert!(s.site_observations["s2"].is_empty());
     }

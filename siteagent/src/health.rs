@@ -180,7 +180,10 @@ impl Health {
             }
             let (all, site, recorded, observers) = cluster.raft().state_handle().read(|s| {
                 let all = agents(&cluster, s);
-                let site = all.get(&me).map(|(site, _)| site.clone()).unwrap_or_default();
+                let site = all
+                    .get(&me)
+                    .map(|(site, _)| site.clone())
+                    .unwrap_or_default();
                 let recorded = s
                     .site_views
                     .get(&site)

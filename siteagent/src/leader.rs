@@ -252,7 +252,8 @@ mod tests {
                 Command::SetSiteHealth {
                     name: "s2".into(),
                     health: Health::Down,
-                    reason: "a majority of the other sites' observers reach none of its agents".into(),
+                    reason: "a majority of the other sites' observers reach none of its agents"
+                        .into(),
                 },
                 Command::SetHostHealth {
                     id: 21,
@@ -293,10 +294,7 @@ mod tests {
         let changes = verdict_changes(&state, &without_11, &BTreeMap::new());
         assert_eq!(
             changes,
-            vec![host_down(
-                11,
-                "node 11 is no longer an agent of the fabric"
-            )]
+            vec![host_down(11, "node 11 is no longer an agent of the fabric")]
         );
         for c in changes {
             fixture::apply(&mut state, c);

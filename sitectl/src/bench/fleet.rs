@@ -121,7 +121,7 @@ async fn one(settings: &Settings, hosts: u32, progress: &dyn Fn(&str)) -> anyhow
 async fn measure(
     lab: &Lab,
     settings: &Settings,
-    progress: &dyn Fn(&str)
+    progress: &dyn Fn(&str),
 ) -> anyhow::Result<FleetRow> {
     progress(&format!("settling for {:?}", settings.settle));
     tokio::time::sleep(settings.settle).await;
