@@ -135,8 +135,10 @@ impl Health {
         let mut reporter = ViewReporter::new(me, config.window());
         let mut watch = SiteWatch::new(config);
         let mut observing_since: Option<Instant> = None;
-        let (answers_tx, mut answers) = mpsc::unbounded_channel::<(String, bool)>();
-        let mut in_flight: BTreeSet<String> = BTreeSet::new();
+        let (answers_tx, mut answers) = mpsc::unbounded_channel::<(String, NodeId, bool)>();
+        // Probes waiting for an answer, by target: a dead target's probe waits up to a window,
+        // and must not hold up the probes of its site's other agents meanwhile.
+        let mut in_flight: BTreeSet<NodeId> = BTreeSet::new();
         // One view and one batch of observations in flight at a time, each on its own.
         let proposing_view = Arc::new(tokio::sync::Mutex::new(()));
         let proposing_observations = Arc::new(tokio::sync::Mutex::new(()));
@@ -146,8 +148,8 @@ impl Health {
             let sleep = tokio::time::Instant::from_std(next);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                Some((site, ok)) = answers.recv() => {
-                    in_flight.remove(&site);
+                Some((site, target, ok)) = answers.recv() => {
+                    in_flight.remove(&target);
                     if ok && let Some(c) = watch.handle_answer(&site, Instant::now()) {
                         tracing::info!("site {} is reachable again", c.subject);
                     }
@@ -238,13 +240,13 @@ impl Health {
                 tracing::info!("site {} is unreachable", c.subject);
             }
             for (target_site, target) in watch.probes() {
-                if in_flight.contains(&target_site) {
+                if in_flight.contains(&target) {
                     continue;
                 }
                 let Some(addr) = all.get(&target).and_then(|(_, a)| a.parse().ok()) else {
                     continue;
                 };
-                in_flight.insert(target_site.clone());
+                in_flight.insert(target);
                 let (cluster, tx) = (cluster.clone(), answers_tx.clone());
                 let limit = config.window();
                 tokio::spawn(async move {
@@ -258,7 +260,7 @@ impl Health {
                         tokio::time::timeout(limit, ping).await,
                         Ok(Ok(ControlReply::Pong))
                     );
-                    let _ = tx.send((target_site, ok));
+                    let _ = tx.send((target_site, target, ok));
                 });
             }
             // A fresh watch says "up" until it has watched for a window: recording that would
@@ -317,7 +319,8 @@ impl Health {
     }
 }
 
-/// The agents of every site but `site`, those the state records up first.
+/// The agents to probe in every site but `site`: those the state records up, or all of them
+/// when none is (a site that is down is still probed, so its return is noticed).
 fn other_sites(
     state: &FabricState,
     all: &BTreeMap<NodeId, (String, String)>,
@@ -340,10 +343,7 @@ fn other_sites(
         }
     }
     out.into_iter()
-        .map(|(s, (mut up, down))| {
-            up.extend(down);
-            (s, up)
-        })
+        .map(|(s, (up, down))| (s, if up.is_empty() { down } else { up }))
         .collect()
 }
 
