@@ -17,4 +17,5 @@ pub mod planner;
 pub mod quorum;
 pub mod siteview;
 pub mod sitewatch;
+pub mod swim;
 pub mod zone;
