@@ -15,6 +15,7 @@ pub mod dns;
 pub mod lease;
 pub mod planner;
 pub mod quorum;
+pub mod sim;
 pub mod siteview;
 pub mod sitewatch;
 pub mod swim;
