@@ -49,6 +49,16 @@
 //! once nacks confirm) but has a tail (~1.5 s) when no one happens to probe the crashed member
 //! for a few periods; the last member hears it log(n) periods later through gossip.
 //!
+//! Reporter: the lowest-id member not Dead in this view writes the site's view
+//! ([`crate::siteview`]). A member that starts suspecting a member from its own failed probe,
+//! or whose suspicion expires into Dead, also pings the reporter at once (the fresh update
+//! rides first in its gossip), so the reporter's verdict follows the first one within a round
+//! trip whatever the site's size. One extra ping per own accusation or verdict: per-member
+//! traffic stays constant.
+//!
+//! Cost per period: picking the target, the intermediaries (sampled, k expected draws) and a
+//! message's gossip (an ordered queue) do not scan the members; the Dead members are indexed.
+//!
 //! It does not do I/O, read clocks (except [`Swim::next_tick`] before any time was given),
 //! discover members (the shell passes them with [`Swim::set_members`]), exchange full state
 //! (no push-pull: a member that misses all the gossip of a change learns it from its own
