@@ -179,3 +179,19 @@ fn cross(r: &SimReport) -> f64 {
         .filter_map(|k| r.messages_by_kind.get(*k))
         .sum()
 }
+
+#[test]
+#[ignore = "one row of the sweep; run in release with FABRIC_SIM_ROW=sites,hosts,loss"]
+fn one_sweep_row() {
+    let row = std::env::var("FABRIC_SIM_ROW").unwrap_or_else(|_| "20,500,0.05".into());
+    let v: Vec<&str> = row.split(',').collect();
+    let c = SimConfig {
+        sites: v[0].parse().expect("sites"),
+        hosts_per_site: v[1].parse().expect("hosts"),
+        loss: v[2].parse().expect("loss"),
+        ..SimConfig::default()
+    };
+    let t = std::time::Instant::now();
+    let r = run(&c);
+    eprintln!("{r}\nwall {:.1} s", t.elapsed().as_secs_f64());
+}

@@ -103,12 +103,6 @@ impl Swim {
             self.broadcasts.push(update);
             let seq = self.take_seq();
             self.send(out, target, |gossip| Message::Ping { seq, gossip });
-            // The reporter starts its own suspicion now, not when the gossip reaches it, so it
-            // writes the site's view about as soon as the accusers decide, whatever the site's
-            // size (and even if their Dead verdict to it is lost).
-            if self.reporter() != Some(target) {
-                self.tell_reporter(out);
-            }
         }
     }
 
