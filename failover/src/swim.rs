@@ -49,6 +49,16 @@
 //! once nacks confirm) but has a tail (~1.5 s) when no one happens to probe the crashed member
 //! for a few periods; the last member hears it log(n) periods later through gossip.
 //!
+//! Reporter: the lowest-id member not Dead in this view writes the site's view
+//! ([`crate::siteview`]). A member whose suspicion expires into Dead also pings the reporter
+//! at once (the fresh update rides first in its gossip), so the reporter's verdict follows the
+//! first one within a round trip whatever the site's size. (Telling it of every suspicion too
+//! made it collect every suspicion of its site; it did not lower the false verdicts at 5 %
+//! loss either.) One extra ping per own verdict: per-member traffic stays constant.
+//!
+//! Cost per period: picking the target, the intermediaries (sampled, k expected draws) and a
+//! message's gossip (an ordered queue) do not scan the members; the Dead members are indexed.
+//!
 //! It does not do I/O, read clocks (except [`Swim::next_tick`] before any time was given),
 //! discover members (the shell passes them with [`Swim::set_members`]), exchange full state
 //! (no push-pull: a member that misses all the gossip of a change learns it from its own
@@ -149,6 +159,12 @@ pub struct Swim {
     members: BTreeMap<NodeId, Member>,
     /// Members currently Suspect (an index into `members`).
     suspected: BTreeSet<NodeId>,
+    /// Members currently Dead (an index into `members`), so the dead round-robin, the live
+    /// count and the reporter cost O(dead), not O(site).
+    dead: BTreeSet<NodeId>,
+    /// The ids of `members`, in no particular order: ping-req intermediaries are sampled from it
+    /// without building a list of every Alive member per probe.
+    ids: Vec<NodeId>,
     broadcasts: Broadcasts,
     health: u32,
     order: Vec<NodeId>,
@@ -176,6 +192,8 @@ impl Swim {
             rng: Rng(seed ^ me.rotate_left(32)),
             members: BTreeMap::new(),
             suspected: BTreeSet::new(),
+            dead: BTreeSet::new(),
+            ids: Vec::new(),
             broadcasts: Broadcasts::default(),
             health: 0,
             order: Vec::new(),
@@ -214,20 +232,27 @@ impl Swim {
         for id in gone {
             self.members.remove(&id);
             self.suspected.remove(&id);
+            self.dead.remove(&id);
             self.broadcasts.forget(id);
         }
         for (id, initial) in wanted {
-            self.members.entry(id).or_insert_with(|| Member {
-                state: if initial == MemberState::Dead {
+            let dead = &mut self.dead;
+            self.members.entry(id).or_insert_with(|| {
+                let state = if initial == MemberState::Dead {
+                    dead.insert(id);
                     MemberState::Dead
                 } else {
                     MemberState::Alive
-                },
-                incarnation: 0,
-                from: id,
-                suspicion: None,
+                };
+                Member {
+                    state,
+                    incarnation: 0,
+                    from: id,
+                    suspicion: None,
+                }
             });
         }
+        self.ids = self.members.keys().copied().collect();
     }
 
     /// A message from `from` arrived at `now`; returns what to send.
@@ -349,7 +374,7 @@ impl Swim {
             self.finish_probe(now, &mut out);
             self.start_probe(now, &mut out);
         }
-        self.expire_suspicions(now);
+        self.expire_suspicions(now, &mut out);
         out
     }
 
@@ -425,11 +450,28 @@ impl Swim {
 
     /// Live members (me included): those not Dead in this view.
     fn live_members(&self) -> usize {
-        1 + self
-            .members
-            .values()
-            .filter(|m| m.state != MemberState::Dead)
-            .count()
+        1 + self.members.len() - self.dead.len()
+    }
+
+    /// The site's reporter in this view (the lowest-id member not Dead, as
+    /// [`crate::siteview::ViewReporter`] ranks them), or `None` when it is this node.
+    fn reporter(&self) -> Option<NodeId> {
+        self.members
+            .keys()
+            .find(|id| !self.dead.contains(id))
+            .copied()
+            .filter(|id| *id < self.me)
+    }
+
+    /// Sends the newest gossip (the update just queued goes first) to the site's reporter at
+    /// once, so the member that writes the site's view learns a death in one hop instead of
+    /// log(n) gossip rounds. Costs one ping (and its ack) per own verdict.
+    fn tell_reporter(&mut self, out: &mut Vec<Outgoing>) {
+        let Some(reporter) = self.reporter() else {
+            return;
+        };
+        let seq = self.take_seq();
+        self.send(out, reporter, |gossip| Message::Ping { seq, gossip });
     }
 
     /// (K, confirmations needed from others) for the site's current size.

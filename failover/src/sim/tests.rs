@@ -52,8 +52,9 @@ fn crashed_hosts_are_declared_down_within_the_detector_bound_and_nobody_else() {
     assert_eq!(r.host_detection.count, r.host_crashes, "{r}");
     let bound = host_bound_ms(&config);
     assert!(r.host_detection.p50_ms <= bound, "p50 over {bound} ms\n{r}");
-    // A crashed reporter (its site's lowest id) is written off by the next agent after one
-    // report step (siteview's rule), at the next interval at the latest.
+    // A crashed reporter (its site's lowest id) is written off by the next agent as soon as it
+    // sees it dead (it is then the lowest alive); a report step and an interval cover a
+    // reporter that waits a step after another agent's write (siteview's rule).
     let reporter_bound = bound + (config.report_step + config.interval).as_secs_f64() * 1000.0;
     assert!(
         r.host_detection.max_ms <= reporter_bound,
@@ -177,4 +178,20 @@ fn cross(r: &SimReport) -> f64 {
         .iter()
         .filter_map(|k| r.messages_by_kind.get(*k))
         .sum()
+}
+
+#[test]
+#[ignore = "one row of the sweep; run in release with FABRIC_SIM_ROW=sites,hosts,loss"]
+fn one_sweep_row() {
+    let row = std::env::var("FABRIC_SIM_ROW").unwrap_or_else(|_| "20,500,0.05".into());
+    let v: Vec<&str> = row.split(',').collect();
+    let c = SimConfig {
+        sites: v[0].parse().expect("sites"),
+        hosts_per_site: v[1].parse().expect("hosts"),
+        loss: v[2].parse().expect("loss"),
+        ..SimConfig::default()
+    };
+    let t = std::time::Instant::now();
+    let r = run(&c);
+    eprintln!("{r}\nwall {:.1} s", t.elapsed().as_secs_f64());
 }

@@ -409,13 +409,15 @@ impl<'c> World<'c> {
             return;
         }
         a.differing = differs;
-        let dead = std::mem::take(&mut a.dead);
-        let view = if differs {
-            let alive = a.alive_below(&self.site_agents[site]).clone();
-            a.reporter.poll(&dead, &alive, recorded, now)
+        // Rank from the dead set before it is taken out for the poll (taken first, every
+        // death was ignored and the reporter's deputies believed it alive).
+        let alive = if differs {
+            a.alive_below(&self.site_agents[site]).clone()
         } else {
-            a.reporter.poll(&dead, &EMPTY, recorded, now)
+            BTreeSet::new()
         };
+        let dead = std::mem::take(&mut a.dead);
+        let view = a.reporter.poll(&dead, &alive, recorded, now);
         a.dead = dead;
         let Some(view) = view else {
             return;

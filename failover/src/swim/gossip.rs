@@ -5,9 +5,13 @@
 //! the same member replaces the older one and starts again at zero transmissions. Selection
 //! prefers the least transmitted, then the most recent, so news spreads before old news.
 //!
+//! The queue is kept in selection order (an ordered index beside the map), so picking the
+//! updates of one message costs O(max · log pending), not a sort of everything pending.
+//!
 //! It does not decide what is news (precedence is the caller's) nor add the receiver's own entry.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
 
 use consensus::NodeId;
 
@@ -24,25 +28,36 @@ struct Pending {
 #[derive(Debug, Default, Clone)]
 pub(super) struct Broadcasts {
     pending: BTreeMap<NodeId, Pending>,
+    /// `pending` in selection order: (transmissions, newest first, member).
+    order: BTreeSet<Key>,
     clock: u64,
+}
+
+type Key = (u32, Reverse<u64>, NodeId);
+
+fn key(member: NodeId, p: &Pending) -> Key {
+    (p.sent, Reverse(p.stamp), member)
 }
 
 impl Broadcasts {
     /// Queues `update`, replacing whatever was queued about the same member.
     pub(super) fn push(&mut self, update: Update) {
         self.clock += 1;
-        self.pending.insert(
-            update.member,
-            Pending {
-                update,
-                sent: 0,
-                stamp: self.clock,
-            },
-        );
+        let fresh = Pending {
+            update,
+            sent: 0,
+            stamp: self.clock,
+        };
+        self.order.insert(key(update.member, &fresh));
+        if let Some(old) = self.pending.insert(update.member, fresh) {
+            self.order.remove(&key(update.member, &old));
+        }
     }
 
     pub(super) fn forget(&mut self, member: NodeId) {
-        self.pending.remove(&member);
+        if let Some(old) = self.pending.remove(&member) {
+            self.order.remove(&key(member, &old));
+        }
     }
 
     /// Up to `max` updates for one message (none about `skip`), each counted as transmitted once;
@@ -51,21 +66,24 @@ impl Broadcasts {
         if max == 0 {
             return Vec::new();
         }
-        let mut chosen: Vec<(u32, std::cmp::Reverse<u64>, NodeId)> = self
-            .pending
+        let chosen: Vec<Key> = self
+            .order
             .iter()
-            .filter(|(id, _)| Some(**id) != skip)
-            .map(|(id, p)| (p.sent, std::cmp::Reverse(p.stamp), *id))
+            .filter(|(_, _, id)| Some(*id) != skip)
+            .take(max)
+            .copied()
             .collect();
-        chosen.sort_unstable();
-        chosen.truncate(max);
         let mut out = Vec::with_capacity(chosen.len());
-        for (_, _, id) in chosen {
+        for k in chosen {
+            self.order.remove(&k);
+            let id = k.2;
             if let Some(p) = self.pending.get_mut(&id) {
                 out.push(p.update);
                 p.sent += 1;
                 if p.sent >= limit {
                     self.pending.remove(&id);
+                } else {
+                    self.order.insert(key(id, p));
                 }
             }
         }
@@ -74,6 +92,7 @@ impl Broadcasts {
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
+        debug_assert_eq!(self.pending.len(), self.order.len());
         self.pending.len()
     }
 }

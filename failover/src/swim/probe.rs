@@ -7,6 +7,7 @@
 //! It does not expire suspicions or apply gossip (see `view`), nor schedule periods (`tick`).
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::time::Instant;
 
 use consensus::NodeId;
@@ -109,14 +110,7 @@ impl Swim {
         let Some((target, seq)) = self.probe.as_ref().map(|p| (p.target, p.seq)) else {
             return;
         };
-        let mut candidates: Vec<NodeId> = self
-            .members
-            .iter()
-            .filter(|(id, m)| **id != target && m.state == MemberState::Alive)
-            .map(|(id, _)| *id)
-            .collect();
-        self.rng.shuffle(&mut candidates);
-        candidates.truncate(self.config.indirect_probes);
+        let candidates = self.intermediaries(target);
         for via in &candidates {
             self.send(out, *via, |gossip| Message::PingReq {
                 seq,
@@ -128,6 +122,43 @@ impl Swim {
             p.asked = candidates;
             p.indirect_sent = true;
         }
+    }
+
+    /// Up to `indirect_probes` distinct Alive members other than `target`, at random: sampled
+    /// from `ids` (O(k) expected when most members are Alive), falling back to a scan of every
+    /// member only when sampling keeps hitting non-Alive ones (small or mostly dead sites).
+    fn intermediaries(&mut self, target: NodeId) -> Vec<NodeId> {
+        let k = self.config.indirect_probes;
+        let mut chosen = Vec::with_capacity(k);
+        if k == 0 || self.ids.is_empty() {
+            return chosen;
+        }
+        let eligible = |swim: &Self, id: NodeId| {
+            id != target
+                && swim
+                    .members
+                    .get(&id)
+                    .is_some_and(|m| m.state == MemberState::Alive)
+        };
+        for _ in 0..4 * k {
+            if chosen.len() == k {
+                return chosen;
+            }
+            let id = self.ids[self.rng.below(self.ids.len())];
+            if !chosen.contains(&id) && eligible(self, id) {
+                chosen.push(id);
+            }
+        }
+        let mut rest: Vec<NodeId> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|id| !chosen.contains(id) && eligible(self, *id))
+            .collect();
+        self.rng.shuffle(&mut rest);
+        rest.truncate(k - chosen.len());
+        chosen.extend(rest);
+        chosen
     }
 
     pub(super) fn finish_probe(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
@@ -192,21 +223,18 @@ impl Swim {
         None
     }
 
-    /// Next Dead member in id order after the last one probed.
+    /// Next Dead member in id order after the last one probed (O(log dead) on the dead index).
     fn next_dead(&mut self) -> Option<NodeId> {
-        let mut dead = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.state == MemberState::Dead)
-            .map(|(id, _)| *id);
-        let after = self.last_dead_probed;
+        let after = match self.last_dead_probed {
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Unbounded,
+        };
         let pick = self
-            .members
-            .iter()
-            .filter(|(id, m)| m.state == MemberState::Dead && after.is_none_or(|a| **id > a))
-            .map(|(id, _)| *id)
+            .dead
+            .range((after, Bound::Unbounded))
             .next()
-            .or_else(|| dead.next());
+            .or_else(|| self.dead.iter().next())
+            .copied();
         self.last_dead_probed = pick.or(self.last_dead_probed);
         pick
     }

@@ -635,3 +635,24 @@ fn set_members_forgets_members_no_longer_listed_and_ignores_me() {
     );
     assert_eq!(s.state_of(2), None);
 }
+
+#[test]
+fn the_sites_reporter_hears_a_death_from_its_first_accusers_not_through_gossip() {
+    // Member 1 (the lowest id) writes the site's view: the members that suspect and then
+    // declare a member dead tell it at once, so in a site of 100 it declares the death within
+    // a few milliseconds of the first verdict instead of log(n) gossip periods later.
+    for seed in 0..5 {
+        let mut net = Net::new(100, lab(), seed);
+        net.run_until(2 * SEC);
+        let crash_at = net.elapsed();
+        net.crash(100);
+        net.run_until(crash_at + 6 * SEC);
+        let dead = net.declared_dead(100, crash_at);
+        let first = dead.values().copied().min().unwrap_or_default();
+        let reporter = dead.get(&1).copied();
+        assert!(
+            reporter.is_some_and(|r| r <= first + 20 * MS),
+            "seed {seed}: first verdict at {first:?}, the reporter's at {reporter:?}"
+        );
+    }
+}

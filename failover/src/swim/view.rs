@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use consensus::NodeId;
 
-use super::{MemberState, Suspicion, Swim, Update, VerdictChange};
+use super::{MemberState, Outgoing, Suspicion, Swim, Update, VerdictChange};
 
 impl Swim {
     /// Applies one update under the incarnation precedence.
@@ -104,6 +104,11 @@ impl Swim {
         } else {
             self.suspected.remove(&member);
         }
+        if now_is == MemberState::Dead {
+            self.dead.insert(member);
+        } else {
+            self.dead.remove(&member);
+        }
         match (was, now_is) {
             (MemberState::Alive | MemberState::Suspect, MemberState::Dead) => {
                 self.changes.push(VerdictChange {
@@ -119,7 +124,9 @@ impl Swim {
         }
     }
 
-    pub(super) fn expire_suspicions(&mut self, now: Instant) {
+    /// Suspicions that expired with enough confirmations become Dead here; each such verdict is
+    /// also sent at once to the site's reporter.
+    pub(super) fn expire_suspicions(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
         if self.suspected.is_empty() {
             return;
         }
@@ -138,6 +145,9 @@ impl Swim {
             })
             .copied()
             .collect();
+        if due.is_empty() {
+            return;
+        }
         for id in due {
             if let Some(m) = self.members.get_mut(&id) {
                 let update = Update {
@@ -153,5 +163,6 @@ impl Swim {
                 self.broadcasts.push(update);
             }
         }
+        self.tell_reporter(out);
     }
 }
