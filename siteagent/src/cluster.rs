@@ -1,14 +1,19 @@
-//! This node's membership of the Raft cluster: proposals and linearizable reads carried to the
-//! leader from wherever they arrive, admission of new nodes, joining, and serving the WAN streams
-//! (raft and control) peers send here.
+//! This node's place in the fabric: proposals and linearizable reads carried to the leader from
+//! wherever they arrive, admission of voters, joining, the state view every loop reads
+//! ([`Cluster::state`]), and serving the WAN streams (raft and control) peers send here.
 //!
-//! Owns: [`Cluster`] (the Raft member, the WAN endpoint, this node's [`FabricNode`] and the lock
-//! that keeps membership changes one at a time) and [`WanHandler`]; implements [`Fabric`] for
-//! the agent's loops.
+//! Voters are Raft members (they join as learners, catch up and are promoted). Hosts are not:
+//! they register in the state and follow it through a relay ([`crate::relay`]), so their
+//! [`StateView`] is fed by a follower, and the leader they forward to is the one their relay
+//! names.
+//!
+//! Owns: [`Cluster`] (the Raft member, the WAN endpoint, this node's [`FabricNode`], its
+//! [`StateView`]) and [`WanHandler`]; implements [`Fabric`] for the agent's loops.
 //!
 //! Invariant: every change to the fabric state is a proposal committed by Raft; a read through
-//! [`Cluster::read`] is linearizable (a read index confirmed by the leader's quorum, applied here
-//! before reading). The leader acts on what a peer asks only within what its certificate proves.
+//! [`Cluster::read`] is linearizable (a read index confirmed by the leader's quorum, applied to
+//! this node's view before reading — by Raft on a voter, by the follower on a host). The leader
+//! acts on what a peer asks only within what its certificate proves.
 //!
 //! Lease confirmations ([`Cluster::confirm_lease`]) go to the leader, and — when it has not
 //! answered within [`RELAY_AFTER`], or did not last time — also through every other voter, which
@@ -29,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use consensus::FabricNode;
+use consensus::feed::Follower;
 use consensus::network::{RaftRpc, RaftRpcReply, serve_rpc};
 use consensus::node::{FabricRaft, NotLeader, ProposeError};
 use consensus::state::{Applied, Command, FabricState, Proposal};
@@ -42,6 +48,7 @@ use crate::clock;
 use crate::confirmation::{LeaseRead, lease_read};
 use crate::control::{ControlReply, ControlRequest, HeardReply, authorize, authorize_confirmation};
 use crate::fabric::{Fabric, FabricError, lock};
+use crate::view::StateView;
 
 /// How long a write or read may keep looking for a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -54,12 +61,23 @@ pub const RELAY_AFTER: Duration = Duration::from_millis(250);
 /// a timeout (the joiner asks again).
 const ADMIT_CATCH_UP: Duration = Duration::from_secs(30);
 
-/// This node as a member of the cluster.
+/// Every agent of the fabric with where it lives and where to reach it (WAN address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub site: String,
+    pub addr: String,
+}
+
+/// This node in the fabric.
 pub struct Cluster {
     id: u64,
     me: FabricNode,
     wan: Arc<Wan>,
     raft: FabricRaft,
+    /// What this node has applied: Raft's state on a voter, the follower's on a host.
+    view: StateView,
+    /// How long this node, as a relay, holds a watch with nothing to send.
+    watch_wait: Duration,
     /// Where to ask for admission before a leader is known.
     peers: Vec<SocketAddr>,
     /// Whether this node should vote once admitted.
@@ -74,18 +92,24 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// `view` is what this node reads: [`StateView::of_raft`] on a voter, a follower's view on
+    /// a host (see [`Self::new_view`]).
     pub fn new(
         me: FabricNode,
         wan: Arc<Wan>,
         raft: FabricRaft,
+        view: StateView,
         peers: Vec<SocketAddr>,
         voter: bool,
     ) -> Self {
+        let watch_wait = crate::relay::watch_wait(wan.config().request_timeout);
         Self {
             id: raft.id(),
             me,
             wan,
             raft,
+            view,
+            watch_wait,
             peers,
             voter,
             confirmations: std::sync::Mutex::new(BTreeMap::new()),
@@ -103,8 +127,27 @@ impl Cluster {
         &self.me
     }
 
+    /// The view a node reads, and the follower to feed when it is a host: a voter (by config,
+    /// or because its Raft store names it a member, e.g. a host promoted earlier) reads Raft's
+    /// state; any other node follows a relay.
+    pub fn new_view(raft: &FabricRaft, voter: bool) -> (StateView, Option<Arc<Follower>>) {
+        if voter || raft.members().nodes.contains_key(&raft.id()) {
+            (StateView::of_raft(raft), None)
+        } else {
+            let follower = Arc::new(Follower::new());
+            (StateView::of_follower(&follower), Some(follower))
+        }
+    }
+
+    /// The Raft node (on a host: idle unless promoted). Loops that only read the state use
+    /// [`Self::state`].
     pub fn raft(&self) -> &FabricRaft {
         &self.raft
+    }
+
+    /// What this node has applied, and the leader it knows.
+    pub fn state(&self) -> &StateView {
+        &self.view
     }
 
     pub fn wan(&self) -> &Arc<Wan> {
@@ -121,13 +164,38 @@ impl Cluster {
         self.raft.metrics().current_leader == Some(self.id)
     }
 
-    /// Every member with its site, as the health quorum counts them.
+    /// Every agent of the fabric: the Raft members (voters and learners) of the applied
+    /// configuration and the hosts registered in the state.
+    pub fn agents(&self) -> BTreeMap<u64, AgentInfo> {
+        let mut agents: BTreeMap<u64, AgentInfo> = self.view.read(|s| {
+            s.hosts
+                .values()
+                .map(|h| {
+                    let info = AgentInfo {
+                        site: h.site.clone(),
+                        addr: h.address.clone(),
+                    };
+                    (h.id, info)
+                })
+                .collect()
+        });
+        for (id, n) in self.view.members().nodes {
+            agents.insert(
+                id,
+                AgentInfo {
+                    site: n.site,
+                    addr: n.addr,
+                },
+            );
+        }
+        agents
+    }
+
+    /// Every agent with its site, as the health quorum counts them: voters and hosts.
     pub fn members_by_site(&self) -> Members {
-        self.raft
-            .members()
-            .nodes
+        self.agents()
             .into_iter()
-            .map(|(id, n)| (id, n.site))
+            .map(|(id, a)| (id, a.site))
             .collect()
     }
 
@@ -176,20 +244,18 @@ impl Cluster {
         }
     }
 
-    /// A linearizable read: gets a read index from the leader, waits until this node applied
-    /// it, then reads locally.
+    /// A linearizable read: gets a read index from the leader, waits until this node's view
+    /// applied it (Raft on a voter, the follower on a host), then reads locally.
     pub async fn read<R: Send>(
         &self,
         f: impl FnOnce(&FabricState) -> R + Send,
     ) -> Result<R, FabricError> {
         let reply = self
             .on_leader(ControlRequest::ReadIndex, |raft| async move {
-                raft.read_index().await.map(|_| ())
+                raft.read_index().await.map(ReadIndexOf)
             })
             .await?;
         let index = match reply {
-            // Served locally as leader: read_index already waited for our own apply.
-            ControlReply::Proposed(_) | ControlReply::Pong => 0,
             ControlReply::ReadIndex(i) => i,
             other => {
                 return Err(FabricError::Unavailable(format!(
@@ -197,10 +263,11 @@ impl Cluster {
                 )));
             }
         };
-        self.raft
-            .read_at(index, LEADER_WAIT, f)
+        self.view
+            .wait_applied(index, LEADER_WAIT)
             .await
-            .map_err(|e| FabricError::Unavailable(e.to_string()))
+            .map_err(|e| FabricError::Unavailable(e.to_string()))?;
+        Ok(self.view.read(f))
     }
 
     /// Confirms the lease of `host` of `site`: through the leader, and through the other voters
@@ -304,8 +371,8 @@ impl Cluster {
 
     /// The voters other than this node and the leader it knows, with their WAN addresses.
     fn relay_voters(&self) -> Vec<(u64, SocketAddr)> {
-        let m = self.raft.members();
-        let leader = self.raft.metrics().current_leader;
+        let m = self.view.members();
+        let leader = self.view.leader().map(|(id, _)| id);
         m.voters
             .iter()
             .filter(|id| **id != self.id && Some(**id) != leader)
@@ -354,7 +421,10 @@ impl Cluster {
         loop {
             let leader = match local(self.raft.clone()).await {
                 Ok(t) => return Ok(t.into_reply()),
-                Err(ProposeError::NotLeader(NotLeader { leader })) => leader,
+                // A host's own Raft knows no leader: its relay named one.
+                Err(ProposeError::NotLeader(NotLeader { leader })) => {
+                    leader.or_else(|| self.view.leader())
+                }
                 Err(e @ ProposeError::TimedOut { .. }) => {
                     last = e.to_string();
                     None
@@ -377,7 +447,7 @@ impl Cluster {
                         );
                         let reply = tokio::select! {
                             r = request => Some(r),
-                            _ = self.leader_changes_from(id) => None,
+                            _ = self.view.leader_changes_from(id) => None,
                         };
                         match reply {
                             Some(Ok(ControlReply::NotLeader(_))) => {
@@ -399,20 +469,6 @@ impl Cluster {
         }
     }
 
-    /// Resolves when this node's Raft no longer names `leader` as the leader.
-    async fn leader_changes_from(&self, leader: u64) {
-        let mut metrics = self.raft.raft().metrics();
-        loop {
-            if metrics.borrow_and_update().current_leader != Some(leader) {
-                return;
-            }
-            if metrics.changed().await.is_err() {
-                // Raft stopped: nothing will change any more.
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
     /// Leader side of admission: adds `id` as a learner, then (when it should vote) waits up
     /// to [`ADMIT_CATCH_UP`] for it to catch up and promotes it. Membership changes run one at
     /// a time, but the wait holds no lock ([`FabricRaft::admit`]): a joiner that dies while
@@ -422,18 +478,39 @@ impl Cluster {
         self.raft.admit(id, node, voter, ADMIT_CATCH_UP).await
     }
 
-    fn is_member(&self) -> bool {
-        let m = self.raft.members();
-        let wanted = if self.voter {
-            // Settled: a voter in a joint configuration asks again, which finishes the change.
-            m.voters.contains(&self.id) && m.settled
-        } else {
-            m.voters.contains(&self.id) || m.learners.contains(&self.id)
-        };
-        wanted && m.nodes.get(&self.id) == Some(&self.me)
+    /// Leader side of `members promote`: a learner is promoted; a registered host that is no
+    /// Raft member is first added as a learner at the addresses it registered, and promoted
+    /// once it has caught up (up to [`ADMIT_CATCH_UP`]).
+    pub async fn promote(&self, id: u64) -> Result<(), PromoteError> {
+        if self.raft.members().nodes.contains_key(&id) {
+            return Ok(self.raft.promote(id).await?);
+        }
+        let node = self
+            .view
+            .read(|s| {
+                s.hosts.get(&id).map(|h| FabricNode {
+                    addr: h.address.clone(),
+                    admin_addr: h.admin_address.clone(),
+                    site: h.site.clone(),
+                })
+            })
+            .ok_or(PromoteError::Unknown(id))?;
+        Ok(self.admit(id, node, true).await?)
     }
 
-    /// Asks peers (and then the leader they name) to admit this node until it is a member.
+    /// True when this node needs no (more) admission: a voter that votes in a settled
+    /// configuration at its current addresses; a host always (it follows a relay instead).
+    fn is_member(&self) -> bool {
+        if !self.voter {
+            return true;
+        }
+        let m = self.raft.members();
+        // Settled: a voter in a joint configuration asks again, which finishes the change.
+        m.voters.contains(&self.id) && m.settled && m.nodes.get(&self.id) == Some(&self.me)
+    }
+
+    /// A voter asks peers (and then the leader they name) to admit it until it votes. A host
+    /// returns at once: it registers in the state instead, and follows it through a relay.
     pub async fn join(&self, shutdown: &CancellationToken) {
         let mut attempt = 0u32;
         while !self.is_member() {
@@ -551,10 +628,22 @@ impl IntoLocalReply for LeaseRead {
     }
 }
 
-impl IntoLocalReply for () {
+/// A read index the local leader confirmed.
+struct ReadIndexOf(u64);
+
+impl IntoLocalReply for ReadIndexOf {
     fn into_reply(self) -> ControlReply {
-        ControlReply::Pong
+        ControlReply::ReadIndex(self.0)
     }
+}
+
+/// Why `members promote` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PromoteError {
+    #[error("node {0} is neither a Raft member nor a registered host")]
+    Unknown(u64),
+    #[error(transparent)]
+    Raft(#[from] ProposeError),
 }
 
 /// When this node last accepted entries from a leader, and from which.
@@ -674,6 +763,10 @@ impl WanHandler {
                         node.site, peer.site
                     ));
                 }
+                if !voter {
+                    // Hosts follow the state through a relay, not as Raft learners.
+                    return ControlReply::Joined;
+                }
                 match self.cluster.admit(id, node, voter).await {
                     Ok(()) => ControlReply::Joined,
                     Err(e) => e.into(),
@@ -691,6 +784,19 @@ impl WanHandler {
             }
             ControlRequest::LeaderHeard => ControlReply::Heard(self.cluster.heard_reply()),
             ControlRequest::Ping => ControlReply::Pong,
+            ControlRequest::Watch { from } => {
+                if peer.role != wan::Role::Agent {
+                    return ControlReply::Failed(format!("{peer} is not an agent"));
+                }
+                if !raft.members().nodes.contains_key(&self.cluster.id) {
+                    return ControlReply::Failed(format!(
+                        "node {} relays nothing: it is not a Raft member",
+                        self.cluster.id
+                    ));
+                }
+                let leader = || raft.leader();
+                crate::relay::serve_watch(raft.feed(), from, self.cluster.watch_wait, leader).await
+            }
         }
     }
 }

@@ -47,17 +47,17 @@ pub async fn heartbeat_loop(
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        let members = cluster.raft().members();
+        let agents = cluster.agents();
         let me = cluster.id();
-        if !members.nodes.contains_key(&me) {
+        if !agents.contains_key(&me) {
             // Not admitted yet: nobody to watch, nothing we could record.
             continue;
         }
-        detector.set_subjects(members.nodes.keys().copied().filter(|id| *id != me), now);
+        detector.set_subjects(agents.keys().copied().filter(|id| *id != me), now);
         for c in detector.tick(now) {
             tracing::info!(peer = c.subject, "peer {} is down", c.subject);
         }
-        for (id, node) in &members.nodes {
+        for (id, node) in &agents {
             if *id == me || in_flight.contains(id) {
                 continue;
             }
@@ -96,7 +96,7 @@ fn record_changes(
     proposing: &Arc<tokio::sync::Mutex<()>>,
 ) {
     let me = cluster.id();
-    let differing: Vec<(u64, bool)> = cluster.raft().state_handle().read(|s| {
+    let differing: Vec<(u64, bool)> = cluster.state().read(|s| {
         detector
             .verdicts()
             .filter(|(subject, up)| {
