@@ -15,6 +15,9 @@
 //! this node's view before reading — by Raft on a voter, by the follower on a host). The leader
 //! acts on what a peer asks only within what its certificate proves.
 //!
+//! A host's read index ([`Cluster::read`]) likewise goes to the leader and, when it is slow or
+//! unreachable, through the other voters, which ask the leader for it.
+//!
 //! Lease confirmations ([`Cluster::confirm_lease`]) go to the leader, and — when it has not
 //! answered within [`RELAY_AFTER`], or did not last time — also through every other voter, which
 //! forwards them to the leader: a host whose only cut link is the one to the leader keeps its
@@ -250,19 +253,17 @@ impl Cluster {
         &self,
         f: impl FnOnce(&FabricState) -> R + Send,
     ) -> Result<R, FabricError> {
-        let reply = self
-            .on_leader(ControlRequest::ReadIndex, |raft| async move {
-                raft.read_index().await.map(ReadIndexOf)
-            })
-            .await?;
-        let index = match reply {
-            ControlReply::ReadIndex(i) => i,
-            other => {
-                return Err(FabricError::Unavailable(format!(
-                    "unexpected reply {other:?}"
-                )));
-            }
+        // A host also asks the other voters (relays forward it to the leader) when the leader
+        // is slow or unreachable from here.
+        let relays = if self.view.is_relayed() {
+            self.relay_voters()
+                .into_iter()
+                .map(|(id, addr)| self.read_index_via_relay(id, addr))
+                .collect()
+        } else {
+            Vec::new()
         };
+        let (index, _) = hedged(self.read_index_on_leader(), RELAY_AFTER, relays).await?;
         self.view
             .wait_applied(index, LEADER_WAIT)
             .await
@@ -270,52 +271,57 @@ impl Cluster {
         Ok(self.view.read(f))
     }
 
+    /// The leader's read index (this node's own when it leads).
+    pub async fn read_index_on_leader(&self) -> Result<u64, FabricError> {
+        let reply = self
+            .on_leader(ControlRequest::ReadIndex, |raft| async move {
+                raft.read_index().await.map(ReadIndexOf)
+            })
+            .await?;
+        match reply {
+            ControlReply::ReadIndex(i) => Ok(i),
+            other => Err(FabricError::Unavailable(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Asks voter `id` at `addr` to get the leader's read index for this host.
+    async fn read_index_via_relay(&self, id: u64, addr: SocketAddr) -> Result<u64, FabricError> {
+        match self
+            .wan
+            .request::<_, ControlReply>(
+                addr,
+                Some(id),
+                Channel::Control,
+                &ControlRequest::ReadIndex,
+            )
+            .await
+        {
+            Ok(ControlReply::ReadIndex(i)) => Ok(i),
+            Ok(other) => Err(FabricError::Unavailable(format!("relay {id}: {other:?}"))),
+            Err(e) => Err(FabricError::Unavailable(format!("relay {id}: {e}"))),
+        }
+    }
+
     /// Confirms the lease of `host` of `site`: through the leader, and through the other voters
     /// when the leader is slow or was unreachable last time; the first answer wins.
     pub async fn confirm_lease(&self, host: u64, site: String) -> Result<LeaseRead, FabricError> {
-        let direct = self.confirm_via_leader(host, site.clone());
-        tokio::pin!(direct);
         let hedge = if self.relayed_last.load(Ordering::Relaxed) {
             Duration::ZERO
         } else {
             RELAY_AFTER
         };
-        let mut direct_err = None;
-        tokio::select! {
-            r = &mut direct => match r {
-                Ok(read) => return Ok(read),
-                Err(e) => direct_err = Some(e),
-            },
-            _ = tokio::time::sleep(hedge) => {}
-        }
-        let mut relays: FuturesUnordered<_> = self
+        let relays = self
             .relay_voters()
             .into_iter()
             .map(|(id, addr)| self.confirm_via_relay(id, addr, host, site.clone()))
             .collect();
-        let mut relay_err = None;
-        loop {
-            tokio::select! {
-                r = &mut direct, if direct_err.is_none() => match r {
-                    Ok(read) => {
-                        self.relayed_last.store(false, Ordering::Relaxed);
-                        return Ok(read);
-                    }
-                    Err(e) => direct_err = Some(e),
-                },
-                Some(r) = relays.next() => match r {
-                    Ok(read) => {
-                        self.relayed_last.store(true, Ordering::Relaxed);
-                        return Ok(read);
-                    }
-                    Err(e) => relay_err = Some(e),
-                },
-                else => break,
-            }
-        }
-        Err(direct_err
-            .or(relay_err)
-            .unwrap_or_else(|| FabricError::Unavailable("no voter to ask".into())))
+        let (read, via) =
+            hedged(self.confirm_via_leader(host, site.clone()), hedge, relays).await?;
+        self.relayed_last
+            .store(via == Via::Relay, Ordering::Relaxed);
+        Ok(read)
     }
 
     /// A lease confirmation on the leader (this node or the one it knows). The leader reads
@@ -611,6 +617,53 @@ impl Fabric for Cluster {
     }
 }
 
+/// Which way a hedged request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Leader,
+    Relay,
+}
+
+/// Runs `direct`; when it has not succeeded within `hedge`, also every one of `relays`; the
+/// first success wins. Fails with the direct error (else a relay's) when all failed.
+async fn hedged<T, D, R>(
+    direct: D,
+    hedge: Duration,
+    relays: Vec<R>,
+) -> Result<(T, Via), FabricError>
+where
+    D: Future<Output = Result<T, FabricError>>,
+    R: Future<Output = Result<T, FabricError>>,
+{
+    tokio::pin!(direct);
+    let mut direct_err = None;
+    tokio::select! {
+        r = &mut direct => match r {
+            Ok(t) => return Ok((t, Via::Leader)),
+            Err(e) => direct_err = Some(e),
+        },
+        _ = tokio::time::sleep(hedge) => {}
+    }
+    let mut relays: FuturesUnordered<R> = relays.into_iter().collect();
+    let mut relay_err = None;
+    loop {
+        tokio::select! {
+            r = &mut direct, if direct_err.is_none() => match r {
+                Ok(t) => return Ok((t, Via::Leader)),
+                Err(e) => direct_err = Some(e),
+            },
+            Some(r) = relays.next() => match r {
+                Ok(t) => return Ok((t, Via::Relay)),
+                Err(e) => relay_err = Some(e),
+            },
+            else => break,
+        }
+    }
+    Err(direct_err
+        .or(relay_err)
+        .unwrap_or_else(|| FabricError::Unavailable("no voter to ask".into())))
+}
+
 /// Turns the result of a local leader action into the reply a remote leader would have sent.
 trait IntoLocalReply {
     fn into_reply(self) -> ControlReply;
@@ -751,6 +804,19 @@ impl WanHandler {
             }
             ControlRequest::ReadIndex => match raft.read_index().await {
                 Ok(index) => ControlReply::ReadIndex(index),
+                // A host (no Raft member) that asks a voter is relayed to the leader; a member
+                // asks the leader itself.
+                Err(ProposeError::NotLeader(_))
+                    if peer
+                        .node_id()
+                        .is_some_and(|id| !raft.members().nodes.contains_key(&id))
+                        && raft.members().nodes.contains_key(&self.cluster.id) =>
+                {
+                    match self.cluster.read_index_on_leader().await {
+                        Ok(index) => ControlReply::ReadIndex(index),
+                        Err(e) => ControlReply::Failed(e.to_string()),
+                    }
+                }
                 Err(e) => e.into(),
             },
             ControlRequest::Join { node, voter } => {
@@ -798,5 +864,32 @@ impl WanHandler {
                 crate::relay::serve_watch(raft.feed(), from, self.cluster.watch_wait, leader).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn after(ms: u64, r: Result<u64, FabricError>) -> Result<u64, FabricError> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        r
+    }
+
+    fn down() -> Result<u64, FabricError> {
+        Err(FabricError::Unavailable("down".into()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedged_request_asks_relays_only_when_the_leader_is_slow_and_takes_the_first_answer()
+    {
+        let fast = hedged(after(10, Ok(1)), RELAY_AFTER, vec![after(0, Ok(2))]).await;
+        assert_eq!(fast.expect("answer"), (1, Via::Leader), "relays not asked");
+        let slow = hedged(after(5_000, Ok(1)), RELAY_AFTER, vec![after(10, Ok(2))]).await;
+        assert_eq!(slow.expect("answer"), (2, Via::Relay));
+        let relays_fail = hedged(after(1_000, Ok(1)), RELAY_AFTER, vec![after(0, down())]).await;
+        assert_eq!(relays_fail.expect("answer"), (1, Via::Leader));
+        let all_fail = hedged(after(0, down()), RELAY_AFTER, vec![after(0, down())]).await;
+        assert!(all_fail.is_err());
     }
 }
