@@ -68,12 +68,21 @@ pub fn volume(name: &str, size: u64, primary: &str, replicas: &[&str]) -> Comman
     }
 }
 
-/// `observer` reports `subject` up or down.
-pub fn observe(observer: NodeId, subject: NodeId, up: bool) -> Command {
-    Command::Observe {
+/// `observer` (one of a site's observers) reports `site` up or down.
+pub fn observe_site(observer: NodeId, site: &str, up: bool) -> Command {
+    Command::ObserveSite {
         observer,
-        subject,
+        site: site.into(),
         up,
+    }
+}
+
+/// `reporter` writes its site's view: exactly `dead` of the site's agents are dead.
+pub fn site_view(site: &str, reporter: NodeId, dead: &[NodeId]) -> Command {
+    Command::ReportSiteView {
+        site: site.into(),
+        reporter,
+        dead: dead.iter().copied().collect(),
     }
 }
 

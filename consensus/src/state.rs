@@ -8,7 +8,7 @@
 //! This module does not decide anything (no health verdicts, no placement): it records what the
 //! decision code and operators propose.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -174,6 +174,18 @@ pub struct Observation {
     pub since_ms: u64,
 }
 
+/// What a site's own failure detector (SWIM, inside the site) says about the site's agents, as
+/// the site's reporter last wrote it: one write per change of the dead set, whatever the number
+/// of agents that noticed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SiteView {
+    /// The agent that wrote it (one of the site's own).
+    pub reporter: NodeId,
+    /// Agents of the site its detector declared dead.
+    pub dead: BTreeSet<NodeId>,
+    pub since_ms: u64,
+}
+
 /// One line of the bounded event log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -217,8 +229,12 @@ pub struct FabricState {
     pub sites: BTreeMap<String, Site>,
     pub hosts: BTreeMap<NodeId, Host>,
     pub services: BTreeMap<String, Service>,
-    /// Observations by subject, then by observer (agents' node ids).
-    pub observations: BTreeMap<NodeId, BTreeMap<NodeId, Observation>>,
+    /// Each site's view of its own agents, by site.
+    #[serde(default)]
+    pub site_views: BTreeMap<String, SiteView>,
+    /// Cross-site observations: by observed site, then by observer (a few agents per site).
+    #[serde(default)]
+    pub site_observations: BTreeMap<String, BTreeMap<NodeId, Observation>>,
     pub events: VecDeque<Event>,
     /// The lease timing every agent agreed to; `None` until the first agent registers.
     pub lease_terms: Option<LeaseTerms>,
@@ -322,10 +338,17 @@ pub enum Command {
     RemoveHost {
         id: NodeId,
     },
-    /// An agent's failure detector changed its verdict on another agent.
-    Observe {
+    /// A site's reporter: the site's detector now declares exactly `dead` of its agents dead.
+    ReportSiteView {
+        site: String,
+        reporter: NodeId,
+        dead: BTreeSet<NodeId>,
+    },
+    /// One of a site's observers of other sites changed its verdict on `site` (up: it reached
+    /// at least one of its agents within the window).
+    ObserveSite {
         observer: NodeId,
-        subject: NodeId,
+        site: String,
         up: bool,
     },
     CreateService {
@@ -773,37 +796,66 @@ impl FabricState {
                 self.hosts
                     .remove(id)
                     .ok_or(CommandError::UnknownHost(*id))?;
-                self.observations.remove(id);
-                for seen in self.observations.values_mut() {
+                for view in self.site_views.values_mut() {
+                    view.dead.remove(id);
+                }
+                for seen in self.site_observations.values_mut() {
                     seen.remove(id);
                 }
                 Ok(Some(format!("host {id} removed")))
             }
-            Command::Observe {
-                observer,
-                subject,
-                up,
+            Command::ReportSiteView {
+                site,
+                reporter,
+                dead,
             } => {
-                if observer == subject {
-                    return Err(invalid("observation", "an agent does not observe itself"));
+                if !self.sites.contains_key(site) {
+                    return Err(CommandError::UnknownSite(site.clone()));
+                }
+                let old = self.site_views.get(site);
+                // The same dead set from another reporter changes nothing.
+                if old.map_or(&BTreeSet::new(), |v| &v.dead) == dead {
+                    return Ok(None);
+                }
+                let before = old.map(|v| v.dead.clone()).unwrap_or_default();
+                self.site_views.insert(
+                    site.clone(),
+                    SiteView {
+                        reporter: *reporter,
+                        dead: dead.clone(),
+                        since_ms: now,
+                    },
+                );
+                let lost: Vec<_> = dead.difference(&before).collect();
+                let back: Vec<_> = before.difference(dead).collect();
+                Ok(Some(format!(
+                    "site {site} (reported by node {reporter}): lost {lost:?}, back {back:?}"
+                )))
+            }
+            Command::ObserveSite { observer, site, up } => {
+                if !self.sites.contains_key(site) {
+                    return Err(CommandError::UnknownSite(site.clone()));
                 }
                 let old = self
-                    .observations
-                    .get(subject)
+                    .site_observations
+                    .get(site)
                     .and_then(|seen| seen.get(observer));
                 // An absent observation means up already.
                 if old.is_none_or(|o| o.up) == *up {
                     return Ok(None);
                 }
-                self.observations.entry(*subject).or_default().insert(
-                    *observer,
-                    Observation {
-                        up: *up,
-                        since_ms: now,
-                    },
-                );
+                self.site_observations
+                    .entry(site.clone())
+                    .or_default()
+                    .insert(
+                        *observer,
+                        Observation {
+                            up: *up,
+                            since_ms: now,
+                        },
+                    );
                 Ok(Some(format!(
-                    "node {observer} sees node {subject} {}",
+                    "node {observer} sees site {site} {}",
                     if *up { "up" } else { "down" }
                 )))
             }
@@ -1446,18 +1498,74 @@ mod tests {
     #[test]
     fn only_observation_changes_are_recorded() {
         let mut s = placed();
-        let observe = |up| Command::Observe {
+        let observe = |up| Command::ObserveSite {
             observer: 2,
-            subject: 1,
+            site: "s1".into(),
             up,
         };
         let events = s.events.len();
         s.apply(&prop(observe(true))).expect("up");
-        assert!(s.observations.is_empty(), "up is the default");
+        assert!(s.site_observations.is_empty(), "up is the default");
         s.apply(&prop(observe(false))).expect("down");
         s.apply(&prop(observe(false))).expect("down again");
         assert_eq!(s.events.len(), events + 1);
-        assert!(!s.observations[&1][&2].up);
+        assert!(!s.site_observations["s1"][&2].up);
+        assert_eq!(
+            s.apply(&prop(Command::ObserveSite {
+                observer: 2,
+                site: "nowhere".into(),
+                up: false,
+            })),
+            Err(CommandError::UnknownSite("nowhere".into()))
+        );
+    }
+
+    #[test]
+    fn a_site_view_is_one_write_per_change_of_its_dead_set() {
+        let mut s = placed();
+        let view = |reporter, dead: &[NodeId]| Command::ReportSiteView {
+            site: "s1".into(),
+            reporter,
+            dead: dead.iter().copied().collect(),
+        };
+        let events = s.events.len();
+        s.apply(&prop(view(1, &[]))).expect("empty");
+        assert!(s.site_views.is_empty(), "nobody dead is the default");
+        s.apply(&prop(view(1, &[3]))).expect("3 dead");
+        // Another reporter of the same site saying the same changes nothing.
+        s.apply(&prop(view(4, &[3]))).expect("same");
+        assert_eq!(s.events.len(), events + 1);
+        assert_eq!(s.site_views["s1"].reporter, 1);
+        s.apply(&prop(view(4, &[]))).expect("back");
+        assert!(s.site_views["s1"].dead.is_empty());
+        assert_eq!(s.events.len(), events + 2);
+        assert!(
+            s.events
+                .back()
+                .is_some_and(|e| e.message.contains("back [3]"))
+        );
+    }
+
+    #[test]
+    fn a_removed_host_leaves_the_views_and_observations() {
+        let mut s = placed();
+        s.apply(&prop(register(3, "s1"))).expect("register");
+        s.apply(&prop(Command::ReportSiteView {
+            site: "s1".into(),
+            reporter: 1,
+            dead: [3].into(),
+        }))
+        .expect("view");
+        s.apply(&prop(Command::ObserveSite {
+            observer: 3,
+            site: "s2".into(),
+            up: false,
+        }))
+        .expect("observe");
+        s.apply(&prop(Command::RemoveHost { id: 3 }))
+            .expect("remove");
+        assert!(s.site_views["s1"].dead.is_empty());
+        assert!(s.site_observations["s2"].is_empty());
     }
 
     #[test]

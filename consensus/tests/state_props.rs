@@ -164,11 +164,14 @@ fn command() -> impl Strategy<Value = Command> {
         1 => (host(), any::<bool>())
             .prop_map(|(id, drained)| Command::SetHostDrain { id, drained }),
         1 => host().prop_map(|id| Command::RemoveHost { id }),
-        1 => (host(), host(), any::<bool>()).prop_map(|(observer, subject, up)| Command::Observe {
+        1 => (host(), site(), any::<bool>()).prop_map(|(observer, site, up)| Command::ObserveSite {
             observer,
-            subject,
+            site,
             up,
         }),
+        1 => (site(), host(), prop::collection::btree_set(host(), 0..3)).prop_map(
+            |(site, reporter, dead)| Command::ReportSiteView { site, reporter, dead }
+        ),
         2 => create_service(),
         1 => (create_service(), 8080..=8082u16).prop_map(|(create, port)| match create {
             Command::CreateService { mut spec } => {

@@ -9,7 +9,8 @@
 //! fresh window instead of being declared down at once.
 //!
 //! It does not decide whether a host or a site is down: one observer's verdict is one vote,
-//! counted by [`crate::quorum`].
+//! counted by [`crate::quorum`]. Subjects are agents by default; [`crate::sitewatch`] watches
+//! whole sites with it (any agent of the site answering counts).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -34,8 +35,8 @@ impl DetectorConfig {
 
 /// A verdict that changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VerdictChange {
-    pub subject: NodeId,
+pub struct VerdictChange<K = NodeId> {
+    pub subject: K,
     pub up: bool,
 }
 
@@ -46,13 +47,13 @@ struct Subject {
 }
 
 #[derive(Debug)]
-pub struct Detector {
+pub struct Detector<K = NodeId> {
     config: DetectorConfig,
-    subjects: BTreeMap<NodeId, Subject>,
+    subjects: BTreeMap<K, Subject>,
     last_tick: Option<Instant>,
 }
 
-impl Detector {
+impl<K: Ord + Clone> Detector<K> {
     pub fn new(config: DetectorConfig) -> Self {
         Self {
             config,
@@ -67,23 +68,23 @@ impl Detector {
 
     /// Sets who is watched. New subjects start up with a full window; subjects no longer listed
     /// are forgotten.
-    pub fn set_subjects(&mut self, ids: impl IntoIterator<Item = NodeId>, now: Instant) {
-        let wanted: BTreeMap<NodeId, ()> = ids.into_iter().map(|id| (id, ())).collect();
+    pub fn set_subjects(&mut self, ids: impl IntoIterator<Item = K>, now: Instant) {
+        let wanted: BTreeMap<K, ()> = ids.into_iter().map(|id| (id, ())).collect();
         self.subjects.retain(|id, _| wanted.contains_key(id));
-        for id in wanted.keys() {
-            self.subjects.entry(*id).or_insert(Subject {
+        for id in wanted.into_keys() {
+            self.subjects.entry(id).or_insert(Subject {
                 last_heard: now,
                 up: true,
             });
         }
     }
 
-    pub fn subjects(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.subjects.keys().copied()
+    pub fn subjects(&self) -> impl Iterator<Item = &K> + '_ {
+        self.subjects.keys()
     }
 
     /// An answer from `from` arrived at `now`. Returns the change if it was down.
-    pub fn handle_heartbeat(&mut self, from: NodeId, now: Instant) -> Option<VerdictChange> {
+    pub fn handle_heartbeat(&mut self, from: K, now: Instant) -> Option<VerdictChange<K>> {
         let s = self.subjects.get_mut(&from)?;
         s.last_heard = s.last_heard.max(now);
         if s.up {
@@ -97,7 +98,7 @@ impl Detector {
     }
 
     /// Declares down every subject silent for longer than the window.
-    pub fn tick(&mut self, now: Instant) -> Vec<VerdictChange> {
+    pub fn tick(&mut self, now: Instant) -> Vec<VerdictChange<K>> {
         let window = self.config.window();
         let paused = self
             .last_tick
@@ -115,7 +116,7 @@ impl Detector {
             if s.up && now.saturating_duration_since(s.last_heard) > window {
                 s.up = false;
                 changes.push(VerdictChange {
-                    subject: *id,
+                    subject: id.clone(),
                     up: false,
                 });
             }
@@ -124,12 +125,12 @@ impl Detector {
     }
 
     /// Current verdict on `subject` (`None` when not watched).
-    pub fn is_up(&self, subject: NodeId) -> Option<bool> {
-        self.subjects.get(&subject).map(|s| s.up)
+    pub fn is_up(&self, subject: &K) -> Option<bool> {
+        self.subjects.get(subject).map(|s| s.up)
     }
 
-    pub fn verdicts(&self) -> impl Iterator<Item = (NodeId, bool)> + '_ {
-        self.subjects.iter().map(|(id, s)| (*id, s.up))
+    pub fn verdicts(&self) -> impl Iterator<Item = (&K, bool)> + '_ {
+        self.subjects.iter().map(|(id, s)| (id, s.up))
     }
 }
 
@@ -175,7 +176,7 @@ mod tests {
                 up: false
             }]
         );
-        assert_eq!(d.is_up(3), Some(true));
+        assert_eq!(d.is_up(&3), Some(true));
     }
 
     #[test]
@@ -220,6 +221,6 @@ mod tests {
         d.set_subjects([2, 3, 4], t0 + 250 * MS);
         assert!(run(&mut d, t0 + 300 * MS, t0 + 500 * MS, &[2, 3]).is_empty());
         d.set_subjects([2], t0 + 600 * MS);
-        assert_eq!(d.is_up(3), None);
+        assert_eq!(d.is_up(&3), None);
     }
 }

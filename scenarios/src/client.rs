@@ -100,6 +100,22 @@ impl Client {
         build: impl Fn(&reqwest::Client, String) -> reqwest::RequestBuilder,
         path: &str,
     ) -> anyhow::Result<T> {
+        let (ep, bytes) = self.fetch(build, path).await?;
+        serde_json::from_slice(&bytes).map_err(|e| anyhow!("{ep}: malformed answer to {path}: {e}"))
+    }
+
+    /// `GET path` as text (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let (ep, bytes) = self.fetch(|c, url| c.get(url), path).await?;
+        String::from_utf8(bytes).map_err(|_| anyhow!("{ep}: {path} is not UTF-8"))
+    }
+
+    /// The first endpoint's successful answer, with that endpoint.
+    async fn fetch(
+        &self,
+        build: impl Fn(&reqwest::Client, String) -> reqwest::RequestBuilder,
+        path: &str,
+    ) -> anyhow::Result<(SocketAddr, Vec<u8>)> {
         let mut errors = Vec::new();
         for ep in &self.endpoints {
             let url = format!("https://{ep}{path}");
@@ -128,8 +144,7 @@ impl Client {
                     });
                 return Err(anyhow!("{ep}: {status}: {msg}"));
             }
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| anyhow!("{ep}: malformed answer to {path}: {e}"));
+            return Ok((*ep, bytes.to_vec()));
         }
         Err(anyhow!("no agent answered: {}", errors.join("; ")))
     }

@@ -201,6 +201,7 @@ pub async fn run(
         ));
     }
     // Hosts hold volume copies (witnesses and pure voters hold none).
+    let health = crate::health::Health::new(cluster.clone(), config.detector());
     let volumes = config.has(AgentRole::Host).then(|| {
         crate::volumes::Volumes::new(&config, cluster.clone(), lease.clone(), inner.clone())
     });
@@ -211,6 +212,7 @@ pub async fn run(
                 bulk: volumes
                     .clone()
                     .map(|v| v as Arc<dyn crate::cluster::BulkHandler>),
+                health: health.clone(),
             }),
             inner.clone(),
         ),
@@ -253,11 +255,7 @@ pub async fn run(
         lease.clone(),
         inner.clone(),
     ));
-    tasks.spawn(crate::health::heartbeat_loop(
-        cluster.clone(),
-        config.detector(),
-        inner.clone(),
-    ));
+    tasks.spawn(health.run(config.detector(), inner.clone()));
     let host = Host {
         id: config.node_id,
         site: config.site.clone(),

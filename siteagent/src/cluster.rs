@@ -727,6 +727,8 @@ pub struct WanHandler {
     pub cluster: Arc<Cluster>,
     /// Serves the `bulk` channel (volume replication), if this agent holds volumes.
     pub bulk: Option<Arc<dyn BulkHandler>>,
+    /// Answers SWIM messages from this site's agents.
+    pub health: Arc<crate::health::Health>,
 }
 
 /// Answers requests on the WAN's `bulk` channel (the volume service implements it).
@@ -863,6 +865,10 @@ impl WanHandler {
                 let leader = || raft.leader();
                 crate::relay::serve_watch(raft.feed(), from, self.cluster.watch_wait, leader).await
             }
+            ControlRequest::Swim(message) => match peer.node_id() {
+                Some(from) => ControlReply::Swim(self.health.handle(from, message)),
+                None => ControlReply::Failed(format!("{peer} is not an agent")),
+            },
         }
     }
 }

@@ -44,6 +44,9 @@ pub enum ControlRequest {
     Watch {
         from: u64,
     },
+    /// A SWIM message from an agent of the same site ([`crate::health`]); the reply carries
+    /// what the receiver sends back to it.
+    Swim(failover::swim::Message),
 }
 
 /// A node's answer to "when did you last hear a leader?".
@@ -75,6 +78,7 @@ pub enum ControlReply {
     Heard(Option<HeardReply>),
     Joined,
     Pong,
+    Swim(Vec<failover::swim::Message>),
     NotLeader(NotLeader),
     /// The leader could not do it (e.g. lost its quorum mid-way).
     Failed(String),
@@ -92,14 +96,25 @@ impl From<ProposeError> for ControlReply {
     }
 }
 
-/// A node reports only about itself: its observations and its own instances. (Operators'
-/// commands reach the leader through whichever agent they asked, so other commands are not
-/// tied to the forwarding node.)
+/// A node reports only about itself: its observations, its own instances, and the view of its
+/// own site. (Operators' commands reach the leader through whichever agent they asked, so
+/// other commands are not tied to the forwarding node.)
 pub(crate) fn authorize(peer: &Identity, p: &Proposal) -> Result<(), String> {
+    if let Command::ReportSiteView { site, .. } = &p.command
+        && peer.role == Role::Agent
+        && *site != peer.site
+    {
+        return Err(format!(
+            "{peer} may not report the view of site {site}: its certificate says {}",
+            peer.site
+        ));
+    }
     let about = match &p.command {
-        Command::Observe { observer, .. } | Command::AgreeLeaseTerms { node: observer, .. } => {
-            Some(*observer)
+        Command::ObserveSite { observer, .. }
+        | Command::ReportSiteView {
+            reporter: observer, ..
         }
+        | Command::AgreeLeaseTerms { node: observer, .. } => Some(*observer),
         Command::InstanceRunning { host, .. }
         | Command::InstanceStopped { host, .. }
         | Command::ReportVolume { host, .. } => Some(*host),
@@ -146,12 +161,23 @@ mod tests {
     #[test]
     fn a_node_may_report_only_for_itself() {
         let peer = Identity::new("2", "s1", wan::Role::Agent).expect("identity");
-        let own = proposal(Command::Observe {
+        let own = proposal(Command::ObserveSite {
             observer: 2,
-            subject: 1,
+            site: "s2".into(),
             up: false,
         });
         assert!(authorize(&peer, &own).is_ok());
+        let view = |reporter, site: &str| {
+            proposal(Command::ReportSiteView {
+                site: site.into(),
+                reporter,
+                dead: [1].into(),
+            })
+        };
+        assert!(authorize(&peer, &view(2, "s1")).is_ok());
+        assert!(authorize(&peer, &view(1, "s1")).is_err(), "as another node");
+        let err = authorize(&peer, &view(2, "s2")).expect_err("another site");
+        assert!(err.contains("view of site s2"), "{err}");
         let forged = proposal(Command::InstanceStopped {
             service: "web".into(),
             host: 1,

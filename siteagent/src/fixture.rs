@@ -7,7 +7,7 @@
 use consensus::state::{FabricState, ServiceSpec};
 
 pub use consensus::fixture::{
-    apply, host_health, observe, place, revoke, running, site_health, stopped,
+    apply, host_health, observe_site, place, revoke, running, site_health, site_view, stopped,
 };
 use consensus::fixture::{assign, host, site};
 

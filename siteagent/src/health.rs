@@ -1,115 +1,356 @@
-//! The agent's failure detector shell: pings every other agent on the control stream, feeds
-//! the answers to [`Detector`], and keeps this observer's recorded verdicts in the replicated
-//! state equal to the detector's.
+//! The agent's failure-detector shell. Inside its site it runs SWIM ([`Swim`]) with the site's
+//! other agents over the control stream and, when it is the site's reporter
+//! ([`ViewReporter`]), writes the site's view (the dead set) to the state. When it is one of
+//! its site's few observers ([`quorum::site_observers`]) it also watches every other site
+//! ([`SiteWatch`]) and records its verdicts on them.
 //!
-//! Invariant: only verdicts that differ from what the state records for this observer are
-//! proposed, so a steady fabric writes nothing; a verdict that failed to commit (no majority
-//! reachable) is retried on the next tick.
+//! Traffic per agent is constant in the fleet's size: one SWIM probe per interval (plus the
+//! rare indirect probe), and for the few observers one ping per other site per interval.
 //!
-//! It does not decide anything about hosts or sites; the leader counts the observers' votes.
+//! Invariants: only views and observations that differ from what the state records are
+//! proposed, so a steady fabric writes nothing, and one proposal of each kind is in flight at a
+//! time (a failed one is retried on a later tick). A SWIM message from an agent outside this
+//! agent's site is ignored.
+//!
+//! It does not decide anything about hosts or sites; the leader counts views and votes
+//! ([`quorum::verdict_commands`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use consensus::state::Command;
-use failover::detector::Detector;
-use tokio::sync::mpsc;
+use consensus::NodeId;
+use consensus::state::{Command, FabricState, Health as HostHealth};
+use failover::detector::DetectorConfig;
+use failover::quorum::{self, Members};
+use failover::siteview::ViewReporter;
+use failover::sitewatch::SiteWatch;
+use failover::swim::{MemberState, Message, Outgoing, Swim, SwimConfig};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wan::Channel;
 
 use crate::cluster::Cluster;
 use crate::control::{ControlReply, ControlRequest};
+use crate::fabric::lock;
 
-/// Runs until `shutdown`.
-pub async fn heartbeat_loop(
+/// Every agent of the fabric with its site and WAN address: the Raft members and the hosts the
+/// state registers.
+fn agents(cluster: &Cluster, state: &FabricState) -> BTreeMap<NodeId, (String, String)> {
+    let mut out: BTreeMap<NodeId, (String, String)> = state
+        .hosts
+        .iter()
+        .map(|(id, h)| (*id, (h.site.clone(), h.address.clone())))
+        .collect();
+    for (id, node) in cluster.state().members().nodes {
+        out.insert(id, (node.site, node.addr));
+    }
+    out
+}
+
+/// The SWIM side of this agent, shared by the loop and the WAN handler.
+pub struct Health {
     cluster: Arc<Cluster>,
-    config: failover::detector::DetectorConfig,
-    shutdown: CancellationToken,
-) {
-    let mut detector = Detector::new(config);
-    let mut tick = tokio::time::interval(config.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (answers_tx, mut answers) = mpsc::unbounded_channel::<(u64, bool)>();
-    let mut in_flight: BTreeSet<u64> = BTreeSet::new();
-    let proposing = Arc::new(tokio::sync::Mutex::new(()));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            Some((peer, ok)) = answers.recv() => {
-                in_flight.remove(&peer);
-                if ok && detector.handle_heartbeat(peer, Instant::now()).is_some() {
-                    tracing::info!(peer, "peer {peer} is up again");
-                }
-                continue;
-            }
-            _ = tick.tick() => {}
+    swim: Mutex<Swim>,
+    /// WAN addresses of this site's agents, as of the last refresh.
+    peers: Mutex<BTreeMap<NodeId, SocketAddr>>,
+    /// Wakes the loop when a handled message may have moved the next deadline.
+    wake: Notify,
+    /// How long a SWIM request waits for its reply.
+    request_timeout: Duration,
+}
+
+impl Health {
+    pub fn new(cluster: Arc<Cluster>, config: DetectorConfig) -> Arc<Self> {
+        let swim = Swim::new(
+            cluster.id(),
+            SwimConfig::from_window(config.interval, config.threshold),
+            crate::clock::unix_ms() / 1000,
+            cluster.id() ^ crate::clock::unix_ms(),
+        );
+        Arc::new(Self {
+            cluster,
+            swim: Mutex::new(swim),
+            peers: Mutex::new(BTreeMap::new()),
+            wake: Notify::new(),
+            request_timeout: config.interval.saturating_mul(2),
+        })
+    }
+
+    /// Serves a SWIM message from agent `from`: returns what goes back in the reply and sends the
+    /// rest (probes on `from`'s behalf).
+    pub fn handle(self: &Arc<Self>, from: NodeId, message: Message) -> Vec<Message> {
+        if !lock(&self.peers).contains_key(&from) {
+            return Vec::new();
         }
-        let now = Instant::now();
-        let agents = cluster.agents();
-        let me = cluster.id();
-        if !agents.contains_key(&me) {
-            // Not admitted yet: nobody to watch, nothing we could record.
-            continue;
-        }
-        detector.set_subjects(agents.keys().copied().filter(|id| *id != me), now);
-        for c in detector.tick(now) {
-            tracing::info!(peer = c.subject, "peer {} is down", c.subject);
-        }
-        for (id, node) in &agents {
-            if *id == me || in_flight.contains(id) {
-                continue;
-            }
-            let Ok(addr) = node.addr.parse::<SocketAddr>() else {
+        let out = lock(&self.swim).handle(from, message, Instant::now());
+        self.wake.notify_one();
+        let (reply, others): (Vec<Outgoing>, Vec<Outgoing>) =
+            out.into_iter().partition(|o| o.to == from);
+        self.send(others);
+        reply.into_iter().map(|o| o.message).collect()
+    }
+
+    /// Sends each message as a request; what comes back in the reply is handled in turn.
+    fn send(self: &Arc<Self>, outgoing: Vec<Outgoing>) {
+        for o in outgoing {
+            let Some(addr) = lock(&self.peers).get(&o.to).copied() else {
                 continue;
             };
-            in_flight.insert(*id);
-            let (cluster, tx, id) = (cluster.clone(), answers_tx.clone(), *id);
-            let limit = config.window();
+            metrics::counter!("fabric_swim_messages_total", "kind" => o.message.kind())
+                .increment(1);
+            let this = self.clone();
             tokio::spawn(async move {
-                let ping = cluster.wan().request::<_, ControlReply>(
+                let message = ControlRequest::Swim(o.message);
+                let request = this.cluster.wan().request::<_, ControlReply>(
                     addr,
-                    Some(id),
+                    Some(o.to),
                     Channel::Control,
-                    &ControlRequest::Ping,
+                    &message,
                 );
-                let ok = matches!(
-                    tokio::time::timeout(limit, ping).await,
-                    Ok(Ok(ControlReply::Pong))
-                );
-                let _ = tx.send((id, ok));
+                if let Ok(Ok(ControlReply::Swim(replies))) =
+                    tokio::time::timeout(this.request_timeout, request).await
+                {
+                    let mut more = Vec::new();
+                    {
+                        let mut swim = lock(&this.swim);
+                        for m in replies {
+                            more.extend(swim.handle(o.to, m, Instant::now()));
+                        }
+                    }
+                    this.wake.notify_one();
+                    this.send(more);
+                }
             });
         }
-        for (id, up) in detector.verdicts() {
-            metrics::gauge!("fabric_peer_up", "peer" => id.to_string())
-                .set(f64::from(u8::from(up)));
+    }
+
+    /// Runs until `shutdown`: SWIM within the site, the site's view, and (as an observer) the
+    /// watch over the other sites.
+    pub async fn run(self: Arc<Self>, config: DetectorConfig, shutdown: CancellationToken) {
+        let cluster = self.cluster.clone();
+        let me = cluster.id();
+        let mut reporter = ViewReporter::new(me, config.window());
+        let mut watch = SiteWatch::new(config);
+        let mut observing_since: Option<Instant> = None;
+        let (answers_tx, mut answers) = mpsc::unbounded_channel::<(String, bool)>();
+        let mut in_flight: BTreeSet<String> = BTreeSet::new();
+        // One view and one batch of observations in flight at a time, each on its own.
+        let proposing_view = Arc::new(tokio::sync::Mutex::new(()));
+        let proposing_observations = Arc::new(tokio::sync::Mutex::new(()));
+        let mut next_refresh = Instant::now();
+        loop {
+            let next = lock(&self.swim).next_tick().min(next_refresh);
+            let sleep = tokio::time::Instant::from_std(next);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                Some((site, ok)) = answers.recv() => {
+                    in_flight.remove(&site);
+                    if ok && let Some(c) = watch.handle_answer(&site, Instant::now()) {
+                        tracing::info!("site {} is reachable again", c.subject);
+                    }
+                    continue;
+                }
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(sleep) => {}
+            }
+            let now = Instant::now();
+            let out = lock(&self.swim).tick(now);
+            self.send(out);
+            for c in lock(&self.swim).drain_changes() {
+                let verdict = if c.up { "alive again" } else { "dead" };
+                tracing::info!(peer = c.subject, "peer {} is {verdict}", c.subject);
+            }
+            if now < next_refresh {
+                continue;
+            }
+            next_refresh = now + config.interval;
+
+            let members = cluster.state().members();
+            if !members.nodes.contains_key(&me)
+                && cluster.state().read(|s| !s.hosts.contains_key(&me))
+            {
+                // Not admitted or registered yet: nobody to watch, nothing we could record.
+                continue;
+            }
+            let (all, site, recorded, observers) = cluster.state().read(|s| {
+                let all = agents(&cluster, s);
+                let site = all
+                    .get(&me)
+                    .map(|(site, _)| site.clone())
+                    .unwrap_or_default();
+                let recorded = s
+                    .site_views
+                    .get(&site)
+                    .map(|v| v.dead.clone())
+                    .unwrap_or_default();
+                let by_site: Members = all.iter().map(|(id, (s, _))| (*id, s.clone())).collect();
+                let observers = quorum::site_observers(s, &by_site, &site);
+                let up_first = other_sites(s, &all, &site);
+                (all, site, recorded, (observers, up_first))
+            });
+            self.refresh_site(me, &all, &site, &recorded, now);
+
+            // The site's view.
+            let (mine, alive) = {
+                let swim = lock(&self.swim);
+                let mut mine = BTreeSet::new();
+                let mut alive = BTreeSet::new();
+                for (id, state) in swim.members() {
+                    metrics::gauge!("fabric_peer_up", "peer" => id.to_string())
+                        .set(f64::from(u8::from(state != MemberState::Dead)));
+                    if state == MemberState::Dead {
+                        mine.insert(id);
+                    } else {
+                        alive.insert(id);
+                    }
+                }
+                metrics::gauge!("fabric_swim_local_health").set(f64::from(swim.local_health()));
+                (mine, alive)
+            };
+            if let Some(dead) = reporter.poll(&mine, &alive, &recorded, now) {
+                propose_in_background(
+                    &cluster,
+                    &proposing_view,
+                    vec![Command::ReportSiteView {
+                        site: site.clone(),
+                        reporter: me,
+                        dead,
+                    }],
+                );
+            }
+
+            // The other sites, if this agent is one of its site's observers.
+            let (observers, targets) = observers;
+            if !observers.contains(&me) {
+                watch.set_sites(BTreeMap::new(), now);
+                observing_since = None;
+                continue;
+            }
+            let since = *observing_since.get_or_insert(now);
+            watch.set_sites(targets, now);
+            for c in watch.tick(now) {
+                tracing::info!("site {} is unreachable", c.subject);
+            }
+            for (target_site, target) in watch.probes() {
+                if in_flight.contains(&target_site) {
+                    continue;
+                }
+                let Some(addr) = all.get(&target).and_then(|(_, a)| a.parse().ok()) else {
+                    continue;
+                };
+                in_flight.insert(target_site.clone());
+                let (cluster, tx) = (cluster.clone(), answers_tx.clone());
+                let limit = config.window();
+                tokio::spawn(async move {
+                    let ping = cluster.wan().request::<_, ControlReply>(
+                        addr,
+                        Some(target),
+                        Channel::Control,
+                        &ControlRequest::Ping,
+                    );
+                    let ok = matches!(
+                        tokio::time::timeout(limit, ping).await,
+                        Ok(Ok(ControlReply::Pong))
+                    );
+                    let _ = tx.send((target_site, ok));
+                });
+            }
+            // A fresh watch says "up" until it has watched for a window: recording that would
+            // undo a down verdict this observer (or its predecessor) rightly holds.
+            if now.saturating_duration_since(since) < config.window() {
+                continue;
+            }
+            let differing: Vec<Command> = cluster.state().read(|s| {
+                watch
+                    .verdicts()
+                    .filter(|(site, up)| {
+                        let recorded = s
+                            .site_observations
+                            .get(*site)
+                            .and_then(|by| by.get(&me))
+                            .is_none_or(|o| o.up);
+                        recorded != *up && s.sites.contains_key(*site)
+                    })
+                    .map(|(site, up)| Command::ObserveSite {
+                        observer: me,
+                        site: site.clone(),
+                        up,
+                    })
+                    .collect()
+            });
+            propose_in_background(&cluster, &proposing_observations, differing);
         }
-        record_changes(&cluster, &detector, &proposing);
+    }
+
+    /// Keeps SWIM's group and the peer addresses equal to this site's agents. An agent new to
+    /// this node starts dead if the state records it dead, so a restarted agent does not
+    /// resurrect it before hearing from it.
+    fn refresh_site(
+        &self,
+        me: NodeId,
+        all: &BTreeMap<NodeId, (String, String)>,
+        site: &str,
+        recorded: &BTreeSet<NodeId>,
+        now: Instant,
+    ) {
+        let mine: BTreeMap<NodeId, SocketAddr> = all
+            .iter()
+            .filter(|(id, (s, _))| **id != me && s == site)
+            .filter_map(|(id, (_, addr))| Some((*id, addr.parse().ok()?)))
+            .collect();
+        let initial = mine.keys().map(|id| {
+            let state = if recorded.contains(id) {
+                MemberState::Dead
+            } else {
+                MemberState::Alive
+            };
+            (*id, state)
+        });
+        lock(&self.swim).set_members(initial, now);
+        *lock(&self.peers) = mine;
     }
 }
 
-/// Proposes the verdicts the state does not record yet, in the background, one batch at a time.
-fn record_changes(
+/// The agents of every site but `site`, those the state records up first.
+fn other_sites(
+    state: &FabricState,
+    all: &BTreeMap<NodeId, (String, String)>,
+    site: &str,
+) -> BTreeMap<String, Vec<NodeId>> {
+    let mut out: BTreeMap<String, (Vec<NodeId>, Vec<NodeId>)> = BTreeMap::new();
+    for (id, (s, _)) in all {
+        if s == site {
+            continue;
+        }
+        let entry = out.entry(s.clone()).or_default();
+        let up = state
+            .hosts
+            .get(id)
+            .is_none_or(|h| h.health == HostHealth::Up);
+        if up {
+            entry.0.push(*id);
+        } else {
+            entry.1.push(*id);
+        }
+    }
+    out.into_iter()
+        .map(|(s, (mut up, down))| {
+            up.extend(down);
+            (s, up)
+        })
+        .collect()
+}
+
+/// Proposes `commands` in the background, in order, unless a batch is still in flight.
+fn propose_in_background(
     cluster: &Arc<Cluster>,
-    detector: &Detector,
     proposing: &Arc<tokio::sync::Mutex<()>>,
+    commands: Vec<Command>,
 ) {
-    let me = cluster.id();
-    let differing: Vec<(u64, bool)> = cluster.state().read(|s| {
-        detector
-            .verdicts()
-            .filter(|(subject, up)| {
-                let recorded = s
-                    .observations
-                    .get(subject)
-                    .and_then(|by| by.get(&me))
-                    .is_none_or(|o| o.up);
-                recorded != *up
-            })
-            .collect()
-    });
-    if differing.is_empty() {
+    if commands.is_empty() {
         return;
     }
     let Ok(guard) = proposing.clone().try_lock_owned() else {
@@ -118,14 +359,9 @@ fn record_changes(
     let cluster = cluster.clone();
     tokio::spawn(async move {
         let _guard = guard;
-        for (subject, up) in differing {
-            let command = Command::Observe {
-                observer: me,
-                subject,
-                up,
-            };
-            if let Err(e) = cluster.propose(cluster.actor(), command).await {
-                tracing::debug!("cannot record that node {subject} is {up}: {e}");
+        for command in commands {
+            if let Err(e) = cluster.propose(cluster.actor(), command.clone()).await {
+                tracing::debug!("cannot record {command:?}: {e}");
                 return;
             }
         }

@@ -1,5 +1,5 @@
-//! What the Raft leader does besides replicating: counts the observers' votes into host and
-//! site verdicts, and runs the planner, proposing what they decide.
+//! What the Raft leader does besides replicating: turns the sites' views and observers' votes
+//! into host and site verdicts ([`quorum::verdict_commands`]), and runs the planner, proposing what they decide.
 //!
 //! Invariant: only the current leader proposes verdicts and plans, and every proposal carries
 //! the Raft term it was computed in (and every plan action the epoch it was computed for). The
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use consensus::state::{Command, FabricState, Health};
 use failover::lease::{RevocationClock, lapsed};
 use failover::planner;
-use failover::quorum::{self, Members};
+use failover::quorum;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
@@ -90,7 +90,7 @@ pub async fn leader_loop(
                 .iter()
                 .map(|(host, since)| (*host, now.saturating_duration_since(*since)))
                 .collect();
-            let mut commands = verdict_changes(&state, &members, &silent);
+            let mut commands = quorum::verdict_commands(&state, &members, &silent);
             clock.observe(&state, now);
             for (host, since) in &lapsed {
                 clock.backdate(*host, *since);
@@ -165,84 +165,12 @@ fn count(command: &Command, state: &FabricState, recovery: &Recovery) {
     }
 }
 
-/// Host and site verdicts that differ from the state, as commands (sites first, so a site's
-/// hosts can be judged with it). A host in `lapsed` (with how long this leader has confirmed
-/// none of its leases) is down whatever its peers see: it cannot hold anything, and its site
-/// looking up must not keep its dead address in DNS or its services where they are.
-pub fn verdict_changes(
-    state: &FabricState,
-    members: &Members,
-    lapsed: &BTreeMap<u64, Duration>,
-) -> Vec<Command> {
-    let mut v = quorum::verdicts(state, members);
-    let mut lapse_reasons = BTreeMap::new();
-    for (id, silent) in lapsed {
-        if let Some(h) = v.hosts.get_mut(id)
-            && *h == Health::Up
-        {
-            *h = Health::Down;
-            lapse_reasons.insert(
-                *id,
-                format!(
-                    "its lease lapsed: no confirmation reached the leader for {:.1} s, though its peers still see it",
-                    silent.as_secs_f64()
-                ),
-            );
-        }
-    }
-    let mut out = Vec::new();
-    let sites_of: BTreeMap<&String, Vec<u64>> =
-        members.iter().fold(BTreeMap::new(), |mut m, (id, site)| {
-            m.entry(site).or_default().push(*id);
-            m
-        });
-    for (name, health) in &v.sites {
-        if let Some(site) = state.sites.get(name)
-            && site.health != *health
-        {
-            let reason = match health {
-                Health::Down => "a majority of the other sites see none of its agents".to_string(),
-                Health::Up => format!(
-                    "reachable again (agents {:?})",
-                    sites_of.get(name).cloned().unwrap_or_default()
-                ),
-            };
-            out.push(Command::SetSiteHealth {
-                name: name.clone(),
-                health: *health,
-                reason,
-            });
-        }
-    }
-    for (id, health) in &v.hosts {
-        if let Some(host) = state.hosts.get(id)
-            && host.health != *health
-        {
-            let site_down = v.sites.get(&host.site) == Some(&Health::Down);
-            let reason = match (health, site_down) {
-                (Health::Down, _) if lapse_reasons.contains_key(id) => lapse_reasons[id].clone(),
-                (Health::Down, _) if !members.contains_key(id) => {
-                    format!("node {id} is no longer a member of the cluster")
-                }
-                (Health::Down, true) => format!("its site {} is down", host.site),
-                (Health::Down, false) => format!("its peers in site {} lost it", host.site),
-                (Health::Up, _) => "its peers hear it again".to_string(),
-            };
-            out.push(Command::SetHostHealth {
-                id: *id,
-                health: *health,
-                reason,
-            });
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fabric::MemoryFabric;
     use crate::fixture;
+    use failover::quorum::Members;
 
     #[tokio::test(start_paused = true)]
     async fn a_round_planned_in_an_older_term_is_refused_and_stops_the_round() {
@@ -301,22 +229,31 @@ mod tests {
         }
     }
 
-    fn observe(state: &mut FabricState, observer: u64, subject: u64, up: bool) {
-        fixture::apply(state, fixture::observe(observer, subject, up));
+    fn observe(state: &mut FabricState, observer: u64, site: &str, up: bool) {
+        fixture::apply(state, fixture::observe_site(observer, site, up));
+    }
+
+    fn verdict_changes(
+        state: &FabricState,
+        members: &Members,
+        lapsed: &BTreeMap<u64, Duration>,
+    ) -> Vec<Command> {
+        quorum::verdict_commands(state, members, lapsed)
     }
 
     #[test]
     fn site_verdicts_come_before_host_verdicts_with_their_reasons() {
         let mut state = fixture::fabric();
-        observe(&mut state, 11, 21, false);
-        observe(&mut state, 12, 21, false);
+        observe(&mut state, 11, "s2", false);
+        observe(&mut state, 12, "s2", false);
         assert_eq!(
             verdict_changes(&state, &members(), &BTreeMap::new()),
             vec![
                 Command::SetSiteHealth {
                     name: "s2".into(),
                     health: Health::Down,
-                    reason: "a majority of the other sites see none of its agents".into(),
+                    reason: "a majority of the other sites' observers reach none of its agents"
+                        .into(),
                 },
                 Command::SetHostHealth {
                     id: 21,
@@ -334,9 +271,15 @@ mod tests {
             verdict_changes(&state, &members(), &BTreeMap::new()).is_empty(),
             "all agree"
         );
-        observe(&mut state, 12, 11, false);
+        fixture::apply(&mut state, fixture::site_view("s1", 12, &[11]));
         let changes = verdict_changes(&state, &members(), &BTreeMap::new());
-        assert_eq!(changes, vec![host_down(11, "its peers in site s1 lost it")]);
+        assert_eq!(
+            changes,
+            vec![host_down(
+                11,
+                "its peers in site s1 lost it (site view written by node 12)"
+            )]
+        );
         for c in changes {
             fixture::apply(&mut state, c);
         }
@@ -351,10 +294,7 @@ mod tests {
         let changes = verdict_changes(&state, &without_11, &BTreeMap::new());
         assert_eq!(
             changes,
-            vec![host_down(
-                11,
-                "node 11 is no longer a member of the cluster"
-            )]
+            vec![host_down(11, "node 11 is no longer an agent of the fabric")]
         );
         for c in changes {
             fixture::apply(&mut state, c);

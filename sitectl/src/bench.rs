@@ -2,7 +2,7 @@
 //!
 //! Each write is an operator event note (`POST /v1/events`), sent to the leader's admin API: it
 //! is a full round of HTTPS, a Raft commit on a quorum with fsync on every member, and the apply.
-//! `sitectl bench replication` lives in [`replication`].
+//! `sitectl bench replication` lives in [`replication`], `sitectl bench fleet` in [`fleet`].
 //!
 //! Figures are measured, never asserted; the machine may be shared and noisy.
 
@@ -14,6 +14,7 @@ use siteagent::api::{EventNote, WriteResult};
 
 use crate::client::Client;
 
+pub mod fleet;
 pub mod replication;
 
 #[derive(Debug, Clone, Serialize)]

@@ -261,6 +261,21 @@ enum BenchCmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Idle cost per agent: starts a lab of SITES x 1 agents, then one of SITES x
+    /// HOSTS_PER_SITE (each in a temporary directory, removed afterwards), and measures CPU and
+    /// WAN requests per agent over a window.
+    Fleet {
+        #[arg(long, default_value_t = 3)]
+        sites: u32,
+        #[arg(long, default_value_t = 20)]
+        hosts_per_site: u32,
+        /// Idle time after a lab is up, before measuring.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+        /// Measurement window.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        window: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -537,6 +552,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let progress = |what: &str| eprintln!("bench replication: {what}...");
             let report = sitectl::bench::replication::replication(&settings, &progress).await?;
             print(out, &report, views::replication_bench)?;
+        }
+        Cmd::Bench(BenchCmd::Fleet {
+            sites,
+            hosts_per_site,
+            settle,
+            window,
+        }) => {
+            if !(1..=9).contains(&sites) || !(1..=50).contains(&hosts_per_site) {
+                anyhow::bail!("--sites must be 1 to 9 and --hosts-per-site 1 to 50");
+            }
+            let settings = sitectl::bench::fleet::Settings {
+                sites,
+                hosts_per_site,
+                settle,
+                window,
+                siteagent: scenarios::lab::find_siteagent()?,
+            };
+            let progress = |what: &str| eprintln!("bench fleet: {what}...");
+            let report = sitectl::bench::fleet::fleet(&settings, &progress).await?;
+            print(out, &report, views::fleet_bench)?;
         }
     }
     Ok(())

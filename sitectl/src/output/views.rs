@@ -17,7 +17,9 @@ use siteagent::api::{
 use super::{ago, lower, table};
 use crate::bench::BenchRun;
 
+mod fleet;
 mod replication;
+pub use fleet::fleet_bench;
 pub use replication::replication_bench;
 
 /// `sitectl status`: one line about the answering agent, then the hosts it knows.

@@ -1,0 +1,213 @@
+//! The probe cycle of one node: choosing whom to probe, asking others when the direct probe
+//! goes unanswered, and turning an unanswered period into a suspicion.
+//!
+//! Invariant: at most one probe per period; a probe of a Dead member never suspects, never asks
+//! others and never counts against local health.
+//!
+//! It does not expire suspicions or apply gossip (see `view`), nor schedule periods (`tick`).
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use consensus::NodeId;
+
+use super::{MemberState, Message, Outgoing, Suspicion, Swim, Update};
+
+/// Every this many periods a Dead member is probed instead of a live one.
+const DEAD_PROBE_EVERY: u64 = 5;
+
+/// This node's probe of the current period.
+#[derive(Debug, Clone)]
+pub(super) struct Probe {
+    pub(super) target: NodeId,
+    pub(super) seq: u64,
+    /// The target is Dead here: no ping-req, no suspicion, no health penalty on failure.
+    pub(super) of_dead: bool,
+    pub(super) indirect_at: Instant,
+    pub(super) acked: bool,
+    /// Intermediaries asked (empty until the indirect phase).
+    pub(super) asked: Vec<NodeId>,
+    /// Intermediaries that answered (nack or forwarded ack).
+    pub(super) answered: BTreeSet<NodeId>,
+    pub(super) indirect_sent: bool,
+}
+
+/// SplitMix64: small, seedable, good enough for probe order and intermediaries.
+#[derive(Debug, Clone)]
+pub(super) struct Rng(pub(super) u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform-enough in `0..n` (`n > 0`).
+    pub(super) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i + 1);
+            items.swap(i, j);
+        }
+    }
+}
+
+impl Swim {
+    /// This node's own probe failed: suspect the target (or confirm a suspicion of it), count
+    /// the intermediaries that could not reach it either as confirmations, and tell the target in
+    /// person so it can refute at once.
+    pub(super) fn suspect(
+        &mut self,
+        target: NodeId,
+        nacked: &BTreeSet<NodeId>,
+        now: Instant,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let me = self.me;
+        let Some(m) = self.members.get_mut(&target) else {
+            return;
+        };
+        let update = Update {
+            member: target,
+            incarnation: m.incarnation,
+            state: MemberState::Suspect,
+            from: me,
+        };
+        let fresh = match m.state {
+            MemberState::Alive => {
+                m.state = MemberState::Suspect;
+                m.from = me;
+                m.suspicion = Some(Suspicion::new(now, me, me));
+                self.suspected.insert(target);
+                true
+            }
+            MemberState::Suspect => m
+                .suspicion
+                .get_or_insert_with(|| Suspicion::new(now, me, me))
+                .confirm(me, me),
+            MemberState::Dead => return,
+        };
+        if let Some(s) = m.suspicion.as_mut() {
+            for via in nacked {
+                s.confirm(*via, me);
+            }
+        }
+        if fresh {
+            self.broadcasts.push(update);
+            let seq = self.take_seq();
+            self.send(out, target, |gossip| Message::Ping { seq, gossip });
+        }
+    }
+
+    pub(super) fn send_ping_reqs(&mut self, out: &mut Vec<Outgoing>) {
+        let Some((target, seq)) = self.probe.as_ref().map(|p| (p.target, p.seq)) else {
+            return;
+        };
+        let mut candidates: Vec<NodeId> = self
+            .members
+            .iter()
+            .filter(|(id, m)| **id != target && m.state == MemberState::Alive)
+            .map(|(id, _)| *id)
+            .collect();
+        self.rng.shuffle(&mut candidates);
+        candidates.truncate(self.config.indirect_probes);
+        for via in &candidates {
+            self.send(out, *via, |gossip| Message::PingReq {
+                seq,
+                target,
+                gossip,
+            });
+        }
+        if let Some(p) = self.probe.as_mut() {
+            p.asked = candidates;
+            p.indirect_sent = true;
+        }
+    }
+
+    pub(super) fn finish_probe(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
+        let Some(p) = self.probe.take() else {
+            return;
+        };
+        if p.acked || p.of_dead {
+            return;
+        }
+        let missed_nacks = p.asked.iter().filter(|id| !p.answered.contains(id)).count();
+        self.raise_health(1 + missed_nacks as u32);
+        self.suspect(p.target, &p.answered, now, out);
+    }
+
+    pub(super) fn start_probe(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
+        let scale = self.health + 1;
+        self.period_end = Some(now + self.config.interval * scale);
+        self.periods += 1;
+        let dead_turn = self.periods.is_multiple_of(DEAD_PROBE_EVERY);
+        let target = if dead_turn {
+            self.next_dead().or_else(|| self.next_live())
+        } else {
+            self.next_live().or_else(|| self.next_dead())
+        };
+        let Some(target) = target else {
+            return;
+        };
+        let of_dead = self.state_of(target) == Some(MemberState::Dead);
+        let seq = self.take_seq();
+        self.probe = Some(Probe {
+            target,
+            seq,
+            of_dead,
+            indirect_at: now + self.config.probe_timeout * scale,
+            acked: false,
+            asked: Vec::new(),
+            answered: BTreeSet::new(),
+            indirect_sent: false,
+        });
+        self.send(out, target, |gossip| Message::Ping { seq, gossip });
+    }
+
+    /// Next Alive/Suspect member of the shuffled round-robin, reshuffling after each round.
+    fn next_live(&mut self) -> Option<NodeId> {
+        for _ in 0..2 {
+            while self.cursor < self.order.len() {
+                let id = self.order[self.cursor];
+                self.cursor += 1;
+                if self.state_of(id).is_some_and(|s| s != MemberState::Dead) {
+                    return Some(id);
+                }
+            }
+            self.order = self
+                .members
+                .iter()
+                .filter(|(_, m)| m.state != MemberState::Dead)
+                .map(|(id, _)| *id)
+                .collect();
+            self.rng.shuffle(&mut self.order);
+            self.cursor = 0;
+        }
+        None
+    }
+
+    /// Next Dead member in id order after the last one probed.
+    fn next_dead(&mut self) -> Option<NodeId> {
+        let mut dead = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == MemberState::Dead)
+            .map(|(id, _)| *id);
+        let after = self.last_dead_probed;
+        let pick = self
+            .members
+            .iter()
+            .filter(|(id, m)| m.state == MemberState::Dead && after.is_none_or(|a| **id > a))
+            .map(|(id, _)| *id)
+            .next()
+            .or_else(|| dead.next());
+        self.last_dead_probed = pick.or(self.last_dead_probed);
+        pick
+    }
+}
