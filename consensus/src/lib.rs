@@ -7,6 +7,7 @@
 //! This crate does not open sockets itself: the transport is injected (`wan` in the agent, an
 //! in-memory map in tests).
 
+pub mod feed;
 pub mod fixture;
 pub mod mem_transport;
 pub mod network;

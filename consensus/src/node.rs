@@ -17,10 +17,11 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
+use crate::feed::Feed;
 use crate::network::{Network, RaftTransport};
 use crate::state::{CommandResult, FabricState, NodeId, Proposal};
 use crate::store::{self, ClosedSignal, StateHandle};
-use crate::types::{FabricNode, Raft, RaftMetrics};
+use crate::types::{FabricNode, Raft, RaftMetrics, StoredMembership};
 
 /// Raft timing and log retention.
 #[derive(Debug, Clone)]
@@ -90,12 +91,28 @@ pub struct Members {
     pub settled: bool,
 }
 
+impl Members {
+    /// The members an applied configuration names; `settled` when it is a single one (applied,
+    /// hence committed).
+    pub fn applied(m: &StoredMembership) -> Self {
+        let membership = m.membership();
+        Self {
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+            settled: membership.get_joint_config().len() == 1,
+        }
+    }
+}
+
 /// One Raft member of the fabric.
 #[derive(Clone)]
 pub struct FabricRaft {
     id: NodeId,
     raft: Raft,
     state: StateHandle,
+    /// The entries this node applied lately, for the hosts it relays to.
+    feed: Arc<Feed>,
     closed: ClosedSignal,
     /// Leader side: one membership change at a time. Two changes racing each other make
     /// openraft refuse the second step of one of them, which would leave a joint configuration
@@ -128,6 +145,7 @@ impl FabricRaft {
         .map_err(|e| NodeError::Config(e.to_string()))?;
         let (log, sm) = store::open(db_path)?;
         let state = sm.state_handle();
+        let feed = sm.feed();
         let closed = log.closed_signal();
         let raft = Raft::new(id, Arc::new(config), Network::new(transport), log, sm)
             .await
@@ -136,6 +154,7 @@ impl FabricRaft {
             id,
             raft,
             state,
+            feed,
             closed,
             membership: Arc::new(tokio::sync::Mutex::new(())),
         })
@@ -160,6 +179,11 @@ impl FabricRaft {
 
     pub fn state_handle(&self) -> &StateHandle {
         &self.state
+    }
+
+    /// The feed of applied entries this node serves to the hosts that follow it.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
     }
 
     /// Makes this node the first member of a new cluster; a no-op when it already is in one.
@@ -418,10 +442,11 @@ impl FabricRaft {
         let Self {
             raft,
             state,
+            feed,
             closed,
             ..
         } = self;
-        drop((raft, state));
+        drop((raft, state, feed));
         if tokio::time::timeout(Duration::from_secs(10), closed.wait())
             .await
             .is_err()

@@ -32,8 +32,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 pub use self::log::LogStore;
-use self::machine::MachineState;
-pub use self::machine::{SnapshotBuilder, StateHandle, StateMachineStore};
+pub use self::machine::{MachineState, SnapshotBuilder, StateHandle, StateMachineStore};
 use crate::state::NodeId;
 use crate::types::StorageError;
 

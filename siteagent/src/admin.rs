@@ -190,7 +190,7 @@ async fn read<R: Send>(
     f: impl FnOnce(&FabricState) -> R + Send,
 ) -> Result<R, Failure> {
     if opts.local {
-        Ok(agent.cluster.raft().state_handle().read(f))
+        Ok(agent.cluster.state().read(f))
     } else {
         Ok(agent.cluster.read(f).await?)
     }
@@ -202,8 +202,10 @@ fn actor(op: &Identity) -> String {
 
 async fn status(State(agent): State<Shared>) -> Json<Status> {
     let m = agent.cluster.raft().metrics();
-    let members = agent.cluster.raft().members();
-    let (revision, hosts) = agent.cluster.raft().state_handle().read(|s| {
+    let view = agent.cluster.state();
+    let members = view.members();
+    let applied_index = view.applied_index();
+    let (revision, hosts) = view.read(|s| {
         let hosts = s
             .hosts
             .values()
@@ -219,14 +221,19 @@ async fn status(State(agent): State<Shared>) -> Json<Status> {
         node: agent.cluster.id(),
         site: agent.config.site.clone(),
         roles: agent.config.roles.clone(),
-        leader: m.current_leader,
+        leader: view.leader().map(|(id, _)| id),
         term: m.current_term,
         voters: members.voters.into_iter().collect(),
         learners: members.learners.into_iter().collect(),
         membership_settled: members.settled,
-        raft_state: format!("{:?}", m.state).to_lowercase(),
-        last_log_index: m.last_log_index.unwrap_or(0),
-        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        // A host that follows a relay has an idle Raft node: say so rather than "learner".
+        raft_state: if view.is_relayed() && !members.nodes.contains_key(&agent.cluster.id()) {
+            "relayed".into()
+        } else {
+            format!("{:?}", m.state).to_lowercase()
+        },
+        last_log_index: m.last_log_index.unwrap_or(applied_index),
+        applied_index,
         revision,
         hosts,
         lease_valid: agent.lease.is_valid(crate::clock::lease_now()),
@@ -242,7 +249,7 @@ async fn sites(
     State(agent): State<Shared>,
     Query(opts): Query<ReadOpts>,
 ) -> Result<Json<Vec<SiteView>>, Failure> {
-    let members = agent.cluster.raft().members();
+    let members = agent.cluster.state().members();
     let views = read(&agent, &opts, |s| {
         s.sites
             .values()
@@ -282,7 +289,7 @@ async fn hosts(
     State(agent): State<Shared>,
     Query(opts): Query<ReadOpts>,
 ) -> Result<Json<Vec<HostView>>, Failure> {
-    let members = agent.cluster.raft().members();
+    let members = agent.cluster.state().members();
     let views = read(&agent, &opts, |s| {
         s.hosts
             .values()
@@ -454,25 +461,42 @@ async fn state(
     Ok(Json(read(&agent, &opts, |s| s.clone()).await?))
 }
 
+/// The Raft members, then the registered hosts that are none (role `host`: they follow the
+/// state through a relay).
 async fn members(State(agent): State<Shared>) -> Json<Vec<MemberView>> {
-    let m = agent.cluster.raft().members();
-    Json(
-        m.nodes
-            .iter()
-            .map(|(id, n)| MemberView {
-                node: *id,
-                site: n.site.clone(),
-                address: n.addr.clone(),
-                admin_address: n.admin_addr.clone(),
-                role: if m.voters.contains(id) {
-                    "voter"
-                } else {
-                    "learner"
-                }
-                .into(),
-            })
-            .collect(),
-    )
+    let view = agent.cluster.state();
+    let m = view.members();
+    let mut out: Vec<MemberView> = m
+        .nodes
+        .iter()
+        .map(|(id, n)| MemberView {
+            node: *id,
+            site: n.site.clone(),
+            address: n.addr.clone(),
+            admin_address: n.admin_addr.clone(),
+            role: if m.voters.contains(id) {
+                "voter"
+            } else {
+                "learner"
+            }
+            .into(),
+        })
+        .collect();
+    view.read(|s| {
+        out.extend(
+            s.hosts
+                .values()
+                .filter(|h| !m.nodes.contains_key(&h.id))
+                .map(|h| MemberView {
+                    node: h.id,
+                    site: h.site.clone(),
+                    address: h.address.clone(),
+                    admin_address: h.admin_address.clone(),
+                    role: "host".into(),
+                }),
+        )
+    });
+    Json(out)
 }
 
 async fn membership_change(
@@ -480,18 +504,26 @@ async fn membership_change(
     id: u64,
     promote: bool,
 ) -> Result<Json<WriteResult>, Failure> {
-    let raft = agent.cluster.raft();
+    use crate::cluster::PromoteError;
     // One change at a time and each bounded: `FabricRaft` holds its membership lock.
     let result = if promote {
-        raft.promote(id).await
+        agent.cluster.promote(id).await
     } else {
-        raft.remove(id).await
+        agent
+            .cluster
+            .raft()
+            .remove(id)
+            .await
+            .map_err(PromoteError::from)
     };
     match result {
         Ok(()) => Ok(Json(WriteResult {
-            revision: raft.local_state().revision,
+            revision: agent.cluster.state().read(|s| s.revision),
         })),
-        Err(consensus::node::ProposeError::NotLeader(n)) => Err(failure(
+        Err(PromoteError::Unknown(id)) => Err(ops::not_found(format!(
+            "node {id} is neither a Raft member nor a registered host"
+        ))),
+        Err(PromoteError::Raft(consensus::node::ProposeError::NotLeader(n))) => Err(failure(
             StatusCode::MISDIRECTED_REQUEST,
             "not_leader",
             format!(

@@ -1,5 +1,6 @@
-//! The agent: wires the WAN endpoint, the Raft member ([`Cluster`]), the lease ([`LeaseHandle`]),
-//! the workload driver and every loop (admin API, health, keeper, leader, metrics, DNS), handing
+//! The agent: wires the WAN endpoint, the Raft member ([`Cluster`]) and its state view (fed by
+//! Raft on a voter, by a relay on a host: [`crate::relay`]), the lease ([`LeaseHandle`]), the
+//! workload driver and every loop (admin API, health, keeper, leader, metrics, DNS), handing
 //! each only the handles it uses; then registers this node and waits for shutdown.
 //!
 //! Invariant: every change to the fabric state is a proposal committed by Raft; the agent keeps
@@ -174,10 +175,12 @@ pub async fn run(
         Arc::new(WanTransport::new(wan.clone())),
     )
     .await?;
+    let (view, follower) = Cluster::new_view(&raft, config.is_voter());
     let cluster = Arc::new(Cluster::new(
         me.clone(),
         wan.clone(),
         raft.clone(),
+        view.clone(),
         config.peers.clone(),
         config.is_voter(),
     ));
@@ -186,6 +189,17 @@ pub async fn run(
 
     let inner = shutdown.child_token();
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(follower) = follower {
+        tasks.spawn(crate::relay::follow_loop(
+            follower,
+            view.clone(),
+            wan.clone(),
+            config.node_id,
+            config.site.clone(),
+            config.peers.clone(),
+            inner.clone(),
+        ));
+    }
     // Hosts hold volume copies (witnesses and pure voters hold none).
     let health = crate::health::Health::new(cluster.clone(), config.detector());
     let volumes = config.has(AgentRole::Host).then(|| {
@@ -221,7 +235,7 @@ pub async fn run(
         tasks.spawn(
             volumes
                 .clone()
-                .run(Duration::from_millis(250), raft.raft().metrics()),
+                .run(Duration::from_millis(250), view.changes()),
         );
     }
     let admin = crate::admin::serve(
@@ -250,11 +264,11 @@ pub async fn run(
     };
     tasks.spawn(crate::keeper::keeper_loop(
         Keeper::new(cluster.clone(), lease.clone(), driver, host),
-        raft.raft().metrics(),
+        view.changes(),
         inner.clone(),
     ));
     if config.has(AgentRole::Dns) {
-        tasks.spawn(crate::zone::serve(&config, raft.clone(), lease.clone(), inner.clone()).await?);
+        tasks.spawn(crate::zone::serve(&config, view.clone(), lease.clone(), inner.clone()).await?);
     }
     tasks.spawn(crate::prevote::prevote_loop(
         cluster.clone(),

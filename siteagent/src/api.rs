@@ -26,7 +26,8 @@ pub struct Status {
     /// The membership is not mid-change and this agent has applied it.
     #[serde(default)]
     pub membership_settled: bool,
-    /// `leader`, `follower`, `learner`, `candidate` or `shutdown`.
+    /// `leader`, `follower`, `learner`, `candidate` or `shutdown`; `relayed` on a host that is no
+    /// Raft member (it follows the state through a relay).
     pub raft_state: String,
     pub last_log_index: u64,
     pub applied_index: u64,
@@ -260,7 +261,8 @@ pub struct MemberView {
     pub site: String,
     pub address: String,
     pub admin_address: String,
-    /// `voter` or `learner`.
+    /// `voter` or `learner` (Raft members), or `host` (registered, follows the state through
+    /// a relay).
     pub role: String,
 }
 

@@ -1,14 +1,22 @@
-//! This node's membership of the Raft cluster: proposals and linearizable reads carried to the
-//! leader from wherever they arrive, admission of new nodes, joining, and serving the WAN streams
-//! (raft and control) peers send here.
+//! This node's place in the fabric: proposals and linearizable reads carried to the leader from
+//! wherever they arrive, admission of voters, joining, the state view every loop reads
+//! ([`Cluster::state`]), and serving the WAN streams (raft and control) peers send here.
 //!
-//! Owns: [`Cluster`] (the Raft member, the WAN endpoint, this node's [`FabricNode`] and the lock
-//! that keeps membership changes one at a time) and [`WanHandler`]; implements [`Fabric`] for
-//! the agent's loops.
+//! Voters are Raft members (they join as learners, catch up and are promoted). Hosts are not:
+//! they register in the state and follow it through a relay ([`crate::relay`]), so their
+//! [`StateView`] is fed by a follower, and the leader they forward to is the one their relay
+//! names.
+//!
+//! Owns: [`Cluster`] (the Raft member, the WAN endpoint, this node's [`FabricNode`], its
+//! [`StateView`]) and [`WanHandler`]; implements [`Fabric`] for the agent's loops.
 //!
 //! Invariant: every change to the fabric state is a proposal committed by Raft; a read through
-//! [`Cluster::read`] is linearizable (a read index confirmed by the leader's quorum, applied here
-//! before reading). The leader acts on what a peer asks only within what its certificate proves.
+//! [`Cluster::read`] is linearizable (a read index confirmed by the leader's quorum, applied to
+//! this node's view before reading — by Raft on a voter, by the follower on a host). The leader
+//! acts on what a peer asks only within what its certificate proves.
+//!
+//! A host's read index ([`Cluster::read`]) likewise goes to the leader and, when it is slow or
+//! unreachable, through the other voters, which ask the leader for it.
 //!
 //! Lease confirmations ([`Cluster::confirm_lease`]) go to the leader, and — when it has not
 //! answered within [`RELAY_AFTER`], or did not last time — also through every other voter, which
@@ -29,6 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use consensus::FabricNode;
+use consensus::feed::Follower;
 use consensus::network::{RaftRpc, RaftRpcReply, serve_rpc};
 use consensus::node::{FabricRaft, NotLeader, ProposeError};
 use consensus::state::{Applied, Command, FabricState, Proposal};
@@ -42,6 +51,7 @@ use crate::clock;
 use crate::confirmation::{LeaseRead, lease_read};
 use crate::control::{ControlReply, ControlRequest, HeardReply, authorize, authorize_confirmation};
 use crate::fabric::{Fabric, FabricError, lock};
+use crate::view::StateView;
 
 /// How long a write or read may keep looking for a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -54,12 +64,23 @@ pub const RELAY_AFTER: Duration = Duration::from_millis(250);
 /// a timeout (the joiner asks again).
 const ADMIT_CATCH_UP: Duration = Duration::from_secs(30);
 
-/// This node as a member of the cluster.
+/// Every agent of the fabric with where it lives and where to reach it (WAN address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub site: String,
+    pub addr: String,
+}
+
+/// This node in the fabric.
 pub struct Cluster {
     id: u64,
     me: FabricNode,
     wan: Arc<Wan>,
     raft: FabricRaft,
+    /// What this node has applied: Raft's state on a voter, the follower's on a host.
+    view: StateView,
+    /// How long this node, as a relay, holds a watch with nothing to send.
+    watch_wait: Duration,
     /// Where to ask for admission before a leader is known.
     peers: Vec<SocketAddr>,
     /// Whether this node should vote once admitted.
@@ -74,18 +95,24 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// `view` is what this node reads: [`StateView::of_raft`] on a voter, a follower's view on
+    /// a host (see [`Self::new_view`]).
     pub fn new(
         me: FabricNode,
         wan: Arc<Wan>,
         raft: FabricRaft,
+        view: StateView,
         peers: Vec<SocketAddr>,
         voter: bool,
     ) -> Self {
+        let watch_wait = crate::relay::watch_wait(wan.config().request_timeout);
         Self {
             id: raft.id(),
             me,
             wan,
             raft,
+            view,
+            watch_wait,
             peers,
             voter,
             confirmations: std::sync::Mutex::new(BTreeMap::new()),
@@ -103,8 +130,27 @@ impl Cluster {
         &self.me
     }
 
+    /// The view a node reads, and the follower to feed when it is a host: a voter (by config,
+    /// or because its Raft store names it a member, e.g. a host promoted earlier) reads Raft's
+    /// state; any other node follows a relay.
+    pub fn new_view(raft: &FabricRaft, voter: bool) -> (StateView, Option<Arc<Follower>>) {
+        if voter || raft.members().nodes.contains_key(&raft.id()) {
+            (StateView::of_raft(raft), None)
+        } else {
+            let follower = Arc::new(Follower::new());
+            (StateView::of_follower(&follower), Some(follower))
+        }
+    }
+
+    /// The Raft node (on a host: idle unless promoted). Loops that only read the state use
+    /// [`Self::state`].
     pub fn raft(&self) -> &FabricRaft {
         &self.raft
+    }
+
+    /// What this node has applied, and the leader it knows.
+    pub fn state(&self) -> &StateView {
+        &self.view
     }
 
     pub fn wan(&self) -> &Arc<Wan> {
@@ -121,13 +167,38 @@ impl Cluster {
         self.raft.metrics().current_leader == Some(self.id)
     }
 
-    /// Every member with its site, as the health quorum counts them.
+    /// Every agent of the fabric: the Raft members (voters and learners) of the applied
+    /// configuration and the hosts registered in the state.
+    pub fn agents(&self) -> BTreeMap<u64, AgentInfo> {
+        let mut agents: BTreeMap<u64, AgentInfo> = self.view.read(|s| {
+            s.hosts
+                .values()
+                .map(|h| {
+                    let info = AgentInfo {
+                        site: h.site.clone(),
+                        addr: h.address.clone(),
+                    };
+                    (h.id, info)
+                })
+                .collect()
+        });
+        for (id, n) in self.view.members().nodes {
+            agents.insert(
+                id,
+                AgentInfo {
+                    site: n.site,
+                    addr: n.addr,
+                },
+            );
+        }
+        agents
+    }
+
+    /// Every agent with its site, as the health quorum counts them: voters and hosts.
     pub fn members_by_site(&self) -> Members {
-        self.raft
-            .members()
-            .nodes
+        self.agents()
             .into_iter()
-            .map(|(id, n)| (id, n.site))
+            .map(|(id, a)| (id, a.site))
             .collect()
     }
 
@@ -176,79 +247,81 @@ impl Cluster {
         }
     }
 
-    /// A linearizable read: gets a read index from the leader, waits until this node applied
-    /// it, then reads locally.
+    /// A linearizable read: gets a read index from the leader, waits until this node's view
+    /// applied it (Raft on a voter, the follower on a host), then reads locally.
     pub async fn read<R: Send>(
         &self,
         f: impl FnOnce(&FabricState) -> R + Send,
     ) -> Result<R, FabricError> {
+        // A host also asks the other voters (relays forward it to the leader) when the leader
+        // is slow or unreachable from here.
+        let relays = if self.view.is_relayed() {
+            self.relay_voters()
+                .into_iter()
+                .map(|(id, addr)| self.read_index_via_relay(id, addr))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (index, _) = hedged(self.read_index_on_leader(), RELAY_AFTER, relays).await?;
+        self.view
+            .wait_applied(index, LEADER_WAIT)
+            .await
+            .map_err(|e| FabricError::Unavailable(e.to_string()))?;
+        Ok(self.view.read(f))
+    }
+
+    /// The leader's read index (this node's own when it leads).
+    pub async fn read_index_on_leader(&self) -> Result<u64, FabricError> {
         let reply = self
             .on_leader(ControlRequest::ReadIndex, |raft| async move {
-                raft.read_index().await.map(|_| ())
+                raft.read_index().await.map(ReadIndexOf)
             })
             .await?;
-        let index = match reply {
-            // Served locally as leader: read_index already waited for our own apply.
-            ControlReply::Proposed(_) | ControlReply::Pong => 0,
-            ControlReply::ReadIndex(i) => i,
-            other => {
-                return Err(FabricError::Unavailable(format!(
-                    "unexpected reply {other:?}"
-                )));
-            }
-        };
-        self.raft
-            .read_at(index, LEADER_WAIT, f)
+        match reply {
+            ControlReply::ReadIndex(i) => Ok(i),
+            other => Err(FabricError::Unavailable(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Asks voter `id` at `addr` to get the leader's read index for this host.
+    async fn read_index_via_relay(&self, id: u64, addr: SocketAddr) -> Result<u64, FabricError> {
+        match self
+            .wan
+            .request::<_, ControlReply>(
+                addr,
+                Some(id),
+                Channel::Control,
+                &ControlRequest::ReadIndex,
+            )
             .await
-            .map_err(|e| FabricError::Unavailable(e.to_string()))
+        {
+            Ok(ControlReply::ReadIndex(i)) => Ok(i),
+            Ok(other) => Err(FabricError::Unavailable(format!("relay {id}: {other:?}"))),
+            Err(e) => Err(FabricError::Unavailable(format!("relay {id}: {e}"))),
+        }
     }
 
     /// Confirms the lease of `host` of `site`: through the leader, and through the other voters
     /// when the leader is slow or was unreachable last time; the first answer wins.
     pub async fn confirm_lease(&self, host: u64, site: String) -> Result<LeaseRead, FabricError> {
-        let direct = self.confirm_via_leader(host, site.clone());
-        tokio::pin!(direct);
         let hedge = if self.relayed_last.load(Ordering::Relaxed) {
             Duration::ZERO
         } else {
             RELAY_AFTER
         };
-        let mut direct_err = None;
-        tokio::select! {
-            r = &mut direct => match r {
-                Ok(read) => return Ok(read),
-                Err(e) => direct_err = Some(e),
-            },
-            _ = tokio::time::sleep(hedge) => {}
-        }
-        let mut relays: FuturesUnordered<_> = self
+        let relays = self
             .relay_voters()
             .into_iter()
             .map(|(id, addr)| self.confirm_via_relay(id, addr, host, site.clone()))
             .collect();
-        let mut relay_err = None;
-        loop {
-            tokio::select! {
-                r = &mut direct, if direct_err.is_none() => match r {
-                    Ok(read) => {
-                        self.relayed_last.store(false, Ordering::Relaxed);
-                        return Ok(read);
-                    }
-                    Err(e) => direct_err = Some(e),
-                },
-                Some(r) = relays.next() => match r {
-                    Ok(read) => {
-                        self.relayed_last.store(true, Ordering::Relaxed);
-                        return Ok(read);
-                    }
-                    Err(e) => relay_err = Some(e),
-                },
-                else => break,
-            }
-        }
-        Err(direct_err
-            .or(relay_err)
-            .unwrap_or_else(|| FabricError::Unavailable("no voter to ask".into())))
+        let (read, via) =
+            hedged(self.confirm_via_leader(host, site.clone()), hedge, relays).await?;
+        self.relayed_last
+            .store(via == Via::Relay, Ordering::Relaxed);
+        Ok(read)
     }
 
     /// A lease confirmation on the leader (this node or the one it knows). The leader reads
@@ -304,8 +377,8 @@ impl Cluster {
 
     /// The voters other than this node and the leader it knows, with their WAN addresses.
     fn relay_voters(&self) -> Vec<(u64, SocketAddr)> {
-        let m = self.raft.members();
-        let leader = self.raft.metrics().current_leader;
+        let m = self.view.members();
+        let leader = self.view.leader().map(|(id, _)| id);
         m.voters
             .iter()
             .filter(|id| **id != self.id && Some(**id) != leader)
@@ -354,7 +427,10 @@ impl Cluster {
         loop {
             let leader = match local(self.raft.clone()).await {
                 Ok(t) => return Ok(t.into_reply()),
-                Err(ProposeError::NotLeader(NotLeader { leader })) => leader,
+                // A host's own Raft knows no leader: its relay named one.
+                Err(ProposeError::NotLeader(NotLeader { leader })) => {
+                    leader.or_else(|| self.view.leader())
+                }
                 Err(e @ ProposeError::TimedOut { .. }) => {
                     last = e.to_string();
                     None
@@ -377,7 +453,7 @@ impl Cluster {
                         );
                         let reply = tokio::select! {
                             r = request => Some(r),
-                            _ = self.leader_changes_from(id) => None,
+                            _ = self.view.leader_changes_from(id) => None,
                         };
                         match reply {
                             Some(Ok(ControlReply::NotLeader(_))) => {
@@ -399,20 +475,6 @@ impl Cluster {
         }
     }
 
-    /// Resolves when this node's Raft no longer names `leader` as the leader.
-    async fn leader_changes_from(&self, leader: u64) {
-        let mut metrics = self.raft.raft().metrics();
-        loop {
-            if metrics.borrow_and_update().current_leader != Some(leader) {
-                return;
-            }
-            if metrics.changed().await.is_err() {
-                // Raft stopped: nothing will change any more.
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
     /// Leader side of admission: adds `id` as a learner, then (when it should vote) waits up
     /// to [`ADMIT_CATCH_UP`] for it to catch up and promotes it. Membership changes run one at
     /// a time, but the wait holds no lock ([`FabricRaft::admit`]): a joiner that dies while
@@ -422,18 +484,39 @@ impl Cluster {
         self.raft.admit(id, node, voter, ADMIT_CATCH_UP).await
     }
 
-    fn is_member(&self) -> bool {
-        let m = self.raft.members();
-        let wanted = if self.voter {
-            // Settled: a voter in a joint configuration asks again, which finishes the change.
-            m.voters.contains(&self.id) && m.settled
-        } else {
-            m.voters.contains(&self.id) || m.learners.contains(&self.id)
-        };
-        wanted && m.nodes.get(&self.id) == Some(&self.me)
+    /// Leader side of `members promote`: a learner is promoted; a registered host that is no
+    /// Raft member is first added as a learner at the addresses it registered, and promoted
+    /// once it has caught up (up to [`ADMIT_CATCH_UP`]).
+    pub async fn promote(&self, id: u64) -> Result<(), PromoteError> {
+        if self.raft.members().nodes.contains_key(&id) {
+            return Ok(self.raft.promote(id).await?);
+        }
+        let node = self
+            .view
+            .read(|s| {
+                s.hosts.get(&id).map(|h| FabricNode {
+                    addr: h.address.clone(),
+                    admin_addr: h.admin_address.clone(),
+                    site: h.site.clone(),
+                })
+            })
+            .ok_or(PromoteError::Unknown(id))?;
+        Ok(self.admit(id, node, true).await?)
     }
 
-    /// Asks peers (and then the leader they name) to admit this node until it is a member.
+    /// True when this node needs no (more) admission: a voter that votes in a settled
+    /// configuration at its current addresses; a host always (it follows a relay instead).
+    fn is_member(&self) -> bool {
+        if !self.voter {
+            return true;
+        }
+        let m = self.raft.members();
+        // Settled: a voter in a joint configuration asks again, which finishes the change.
+        m.voters.contains(&self.id) && m.settled && m.nodes.get(&self.id) == Some(&self.me)
+    }
+
+    /// A voter asks peers (and then the leader they name) to admit it until it votes. A host
+    /// returns at once: it registers in the state instead, and follows it through a relay.
     pub async fn join(&self, shutdown: &CancellationToken) {
         let mut attempt = 0u32;
         while !self.is_member() {
@@ -534,6 +617,53 @@ impl Fabric for Cluster {
     }
 }
 
+/// Which way a hedged request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Leader,
+    Relay,
+}
+
+/// Runs `direct`; when it has not succeeded within `hedge`, also every one of `relays`; the
+/// first success wins. Fails with the direct error (else a relay's) when all failed.
+async fn hedged<T, D, R>(
+    direct: D,
+    hedge: Duration,
+    relays: Vec<R>,
+) -> Result<(T, Via), FabricError>
+where
+    D: Future<Output = Result<T, FabricError>>,
+    R: Future<Output = Result<T, FabricError>>,
+{
+    tokio::pin!(direct);
+    let mut direct_err = None;
+    tokio::select! {
+        r = &mut direct => match r {
+            Ok(t) => return Ok((t, Via::Leader)),
+            Err(e) => direct_err = Some(e),
+        },
+        _ = tokio::time::sleep(hedge) => {}
+    }
+    let mut relays: FuturesUnordered<R> = relays.into_iter().collect();
+    let mut relay_err = None;
+    loop {
+        tokio::select! {
+            r = &mut direct, if direct_err.is_none() => match r {
+                Ok(t) => return Ok((t, Via::Leader)),
+                Err(e) => direct_err = Some(e),
+            },
+            Some(r) = relays.next() => match r {
+                Ok(t) => return Ok((t, Via::Relay)),
+                Err(e) => relay_err = Some(e),
+            },
+            else => break,
+        }
+    }
+    Err(direct_err
+        .or(relay_err)
+        .unwrap_or_else(|| FabricError::Unavailable("no voter to ask".into())))
+}
+
 /// Turns the result of a local leader action into the reply a remote leader would have sent.
 trait IntoLocalReply {
     fn into_reply(self) -> ControlReply;
@@ -551,10 +681,22 @@ impl IntoLocalReply for LeaseRead {
     }
 }
 
-impl IntoLocalReply for () {
+/// A read index the local leader confirmed.
+struct ReadIndexOf(u64);
+
+impl IntoLocalReply for ReadIndexOf {
     fn into_reply(self) -> ControlReply {
-        ControlReply::Pong
+        ControlReply::ReadIndex(self.0)
     }
+}
+
+/// Why `members promote` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PromoteError {
+    #[error("node {0} is neither a Raft member nor a registered host")]
+    Unknown(u64),
+    #[error(transparent)]
+    Raft(#[from] ProposeError),
 }
 
 /// When this node last accepted entries from a leader, and from which.
@@ -664,6 +806,19 @@ impl WanHandler {
             }
             ControlRequest::ReadIndex => match raft.read_index().await {
                 Ok(index) => ControlReply::ReadIndex(index),
+                // A host (no Raft member) that asks a voter is relayed to the leader; a member
+                // asks the leader itself.
+                Err(ProposeError::NotLeader(_))
+                    if peer
+                        .node_id()
+                        .is_some_and(|id| !raft.members().nodes.contains_key(&id))
+                        && raft.members().nodes.contains_key(&self.cluster.id) =>
+                {
+                    match self.cluster.read_index_on_leader().await {
+                        Ok(index) => ControlReply::ReadIndex(index),
+                        Err(e) => ControlReply::Failed(e.to_string()),
+                    }
+                }
                 Err(e) => e.into(),
             },
             ControlRequest::Join { node, voter } => {
@@ -675,6 +830,10 @@ impl WanHandler {
                         "node {id} asked to join in site {} but its certificate says {}",
                         node.site, peer.site
                     ));
+                }
+                if !voter {
+                    // Hosts follow the state through a relay, not as Raft learners.
+                    return ControlReply::Joined;
                 }
                 match self.cluster.admit(id, node, voter).await {
                     Ok(()) => ControlReply::Joined,
@@ -693,10 +852,50 @@ impl WanHandler {
             }
             ControlRequest::LeaderHeard => ControlReply::Heard(self.cluster.heard_reply()),
             ControlRequest::Ping => ControlReply::Pong,
+            ControlRequest::Watch { from } => {
+                if peer.role != wan::Role::Agent {
+                    return ControlReply::Failed(format!("{peer} is not an agent"));
+                }
+                if !raft.members().nodes.contains_key(&self.cluster.id) {
+                    return ControlReply::Failed(format!(
+                        "node {} relays nothing: it is not a Raft member",
+                        self.cluster.id
+                    ));
+                }
+                let leader = || raft.leader();
+                crate::relay::serve_watch(raft.feed(), from, self.cluster.watch_wait, leader).await
+            }
             ControlRequest::Swim(message) => match peer.node_id() {
                 Some(from) => ControlReply::Swim(self.health.handle(from, message)),
                 None => ControlReply::Failed(format!("{peer} is not an agent")),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn after(ms: u64, r: Result<u64, FabricError>) -> Result<u64, FabricError> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        r
+    }
+
+    fn down() -> Result<u64, FabricError> {
+        Err(FabricError::Unavailable("down".into()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedged_request_asks_relays_only_when_the_leader_is_slow_and_takes_the_first_answer()
+    {
+        let fast = hedged(after(10, Ok(1)), RELAY_AFTER, vec![after(0, Ok(2))]).await;
+        assert_eq!(fast.expect("answer"), (1, Via::Leader), "relays not asked");
+        let slow = hedged(after(5_000, Ok(1)), RELAY_AFTER, vec![after(10, Ok(2))]).await;
+        assert_eq!(slow.expect("answer"), (2, Via::Relay));
+        let relays_fail = hedged(after(1_000, Ok(1)), RELAY_AFTER, vec![after(0, down())]).await;
+        assert_eq!(relays_fail.expect("answer"), (1, Via::Leader));
+        let all_fail = hedged(after(0, down()), RELAY_AFTER, vec![after(0, down())]).await;
+        assert!(all_fail.is_err());
     }
 }

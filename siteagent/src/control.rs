@@ -1,5 +1,5 @@
 //! The control channel between agents: its messages (forwarded proposals and reads, admission,
-//! pings) and the rule of what a peer may ask ([`authorize`]).
+//! the relay's watch stream, pings) and the rule of what a peer may ask ([`authorize`]).
 //!
 //! Invariant: the leader acts on what a peer asks only within what the peer's certificate
 //! proves — a node reports only about itself.
@@ -7,6 +7,7 @@
 //! Does not: send or serve anything; the cluster module does both.
 
 use consensus::FabricNode;
+use consensus::feed::Catchup;
 use consensus::node::{NotLeader, ProposeError};
 use consensus::state::{Command, CommandResult, Proposal};
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,13 @@ pub enum ControlRequest {
     /// When did you last hear a leader? (pre-vote, [`crate::prevote`])
     LeaderHeard,
     Ping,
+    /// A relay (a Raft member) sends the committed entries from index `from` on (the first
+    /// one the asking host lacks), or its whole state when `from` is older than what it keeps.
+    /// A long poll: with nothing after `from` yet, it answers when something is applied or
+    /// after a few seconds with an empty batch ([`crate::relay`]).
+    Watch {
+        from: u64,
+    },
     /// A SWIM message from an agent of the same site ([`crate::health`]); the reply carries
     /// what the receiver sends back to it.
     Swim(failover::swim::Message),
@@ -48,6 +56,17 @@ pub struct HeardReply {
     pub term: u64,
     /// Milliseconds since (0 from the leader itself while its quorum acknowledges it).
     pub ago_ms: u64,
+}
+
+/// A relay's answer to [`ControlRequest::Watch`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchReply {
+    pub batch: Catchup,
+    /// The leader as the relay knows it (where the host sends proposals and read-index
+    /// requests).
+    pub leader: Option<(u64, FabricNode)>,
+    /// The relay's applied index: a host ahead of it looks for another relay.
+    pub applied: u64,
 }
 
 /// The answer on the control channel.
@@ -63,6 +82,8 @@ pub enum ControlReply {
     NotLeader(NotLeader),
     /// The leader could not do it (e.g. lost its quorum mid-way).
     Failed(String),
+    /// A relay's batch for [`ControlRequest::Watch`].
+    Watched(Box<WatchReply>),
 }
 
 impl From<ProposeError> for ControlReply {

@@ -44,7 +44,7 @@ fn agents(cluster: &Cluster, state: &FabricState) -> BTreeMap<NodeId, (String, S
         .iter()
         .map(|(id, h)| (*id, (h.site.clone(), h.address.clone())))
         .collect();
-    for (id, node) in cluster.raft().members().nodes {
+    for (id, node) in cluster.state().members().nodes {
         out.insert(id, (node.site, node.addr));
     }
     out
@@ -170,17 +170,14 @@ impl Health {
             }
             next_refresh = now + config.interval;
 
-            let members = cluster.raft().members();
+            let members = cluster.state().members();
             if !members.nodes.contains_key(&me)
-                && cluster
-                    .raft()
-                    .state_handle()
-                    .read(|s| !s.hosts.contains_key(&me))
+                && cluster.state().read(|s| !s.hosts.contains_key(&me))
             {
                 // Not admitted or registered yet: nobody to watch, nothing we could record.
                 continue;
             }
-            let (all, site, recorded, observers) = cluster.raft().state_handle().read(|s| {
+            let (all, site, recorded, observers) = cluster.state().read(|s| {
                 let all = agents(&cluster, s);
                 let site = all
                     .get(&me)
@@ -268,7 +265,7 @@ impl Health {
             if now.saturating_duration_since(since) < config.window() {
                 continue;
             }
-            let differing: Vec<Command> = cluster.raft().state_handle().read(|s| {
+            let differing: Vec<Command> = cluster.state().read(|s| {
                 watch
                     .verdicts()
                     .filter(|(site, up)| {

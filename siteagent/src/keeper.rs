@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use consensus::state::{Command, InstanceState, WorkloadKind};
-use consensus::types::RaftMetrics;
 use failover::lease::LeaseInstant;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -62,14 +61,14 @@ pub struct Keeper<F: Fabric> {
 }
 
 /// Runs until `shutdown`; then stops every local workload. A round starts every
-/// `confirm_every`, or sooner when this node applies something new (`applied` changes).
+/// `confirm_every`, or sooner when this node applies something new (`applied` changes: the
+/// applied index of [`crate::view::StateView::changes`]).
 pub async fn keeper_loop<F: Fabric>(
     mut keeper: Keeper<F>,
-    mut metrics: watch::Receiver<RaftMetrics>,
+    mut applied: watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
     let every = keeper.lease.config().confirm_every();
-    let mut applied = None;
     loop {
         let sent = clock::lease_now();
         // A read can hang for the whole validity while the majority is away; shutdown must not.
@@ -81,22 +80,17 @@ pub async fn keeper_loop<F: Fabric>(
         let elapsed = clock::lease_now().saturating_duration_since(sent);
         let next = tokio::time::sleep(every.saturating_sub(elapsed));
         tokio::pin!(next);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return keeper.stop_all().await,
-                _ = &mut next => break,
-                r = metrics.changed() => {
-                    if r.is_err() {
-                        next.as_mut().await;
-                        break;
-                    }
-                    let now_applied = metrics.borrow_and_update().last_applied;
-                    if now_applied != applied {
-                        applied = now_applied;
-                        // Coalesce a burst of applies into one round.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        break;
-                    }
+        tokio::select! {
+            _ = shutdown.cancelled() => return keeper.stop_all().await,
+            _ = &mut next => {}
+            r = applied.changed() => {
+                if r.is_err() {
+                    // The feeder stopped: the agent is shutting down.
+                    next.as_mut().await;
+                } else {
+                    applied.borrow_and_update();
+                    // Coalesce a burst of applies into one round.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }

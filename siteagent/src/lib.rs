@@ -8,14 +8,15 @@
 //! through the replicated state.
 //!
 //! Each loop takes only the handles it uses: [`cluster::Cluster`] (Raft member + WAN: reads,
-//! proposals, admission), [`lease::LeaseHandle`] (the lease, its confirmed revision and the DNS
+//! proposals, admission, and its [`view::StateView`] — the applied state fed by Raft on a voter
+//! and by a relay on a host, [`relay`]), [`lease::LeaseHandle`] (the lease, its confirmed revision and the DNS
 //! vouching rule), a [`workload::Driver`], or the [`fabric::Fabric`] trait where a unit test
 //! should feed a fake ([`fabric::MemoryFabric`]). [`agent`] only wires them.
 //!
 //! Module dependencies (`a → b`: a uses b; no cycles, `agent` is the only module that sees all):
 //! ```text
 //! agent    → admin, cluster, config, fabric, health, keeper, leader, lease, metrics, prevote,
-//!            volumes, workload, zone
+//!            relay, view, volumes, workload, zone
 //! volumes  → clock, cluster, config, lease
 //! admin    → api, clock, cluster, config, fabric, lease, metrics
 //! leader   → clock, cluster, fabric, lease, recovery
@@ -24,14 +25,15 @@
 //! health   → cluster, control
 //! metrics  → clock, cluster, lease
 //! recovery → zone
-//! cluster  → clock, confirmation, control, fabric
+//! cluster  → clock, confirmation, control, fabric, relay, view
+//! relay    → control, view
 //! fabric   → clock, confirmation
 //! control  → confirmation
 //! confirmation → zone
-//! zone     → clock, config, lease
+//! zone     → clock, config, lease, view
 //! workload → guard → clock
 //! api      → config
-//! leaves:    clock, config, lease
+//! leaves:    clock, config, lease, view
 //! ```
 
 pub mod admin;
@@ -53,6 +55,8 @@ pub mod lease;
 pub mod metrics;
 pub mod prevote;
 pub mod recovery;
+pub mod relay;
+pub mod view;
 pub mod volumes;
 pub mod workload;
 pub mod zone;

@@ -127,14 +127,11 @@ pub async fn export_loop(cluster: Arc<Cluster>, lease: LeaseHandle, shutdown: Ca
             u64::from(m.current_leader == Some(cluster.id())),
         );
         gauge_u64("fabric_raft_last_log_index", m.last_log_index.unwrap_or(0));
-        gauge_u64(
-            "fabric_raft_applied_index",
-            m.last_applied.map(|l| l.index).unwrap_or(0),
-        );
+        // What this node applied: through Raft on a voter, through its relay on a host.
+        gauge_u64("fabric_raft_applied_index", cluster.state().applied_index());
         gauge_u64("fabric_raft_commit_index", commit_index(&m));
         let (revision, by_state) = cluster
-            .raft()
-            .state_handle()
+            .state()
             .read(|s| (s.revision, instances_by_state(s)));
         gauge_u64("fabric_state_revision", revision);
         instances.set(by_state);

@@ -204,31 +204,26 @@ impl Volumes {
     pub async fn run(
         self: Arc<Self>,
         tick: Duration,
-        mut metrics: tokio::sync::watch::Receiver<consensus::types::RaftMetrics>,
+        mut applied: tokio::sync::watch::Receiver<u64>,
     ) {
         let mut every = tokio::time::interval(tick);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut applied = None;
         loop {
             tokio::select! {
                 _ = every.tick() => {}
                 _ = self.shutdown.cancelled() => break,
-                r = metrics.changed() => {
+                r = applied.changed() => {
                     if r.is_err() {
-                        // Raft stopped: the agent is shutting down.
+                        // Raft or the follower stopped: the agent is shutting down.
                         self.shutdown.cancelled().await;
                         break;
                     }
-                    let now = metrics.borrow_and_update().last_applied;
-                    if now == applied {
-                        continue;
-                    }
-                    applied = now;
+                    applied.borrow_and_update();
                     // Coalesce a burst of applies into one round.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
-            let state = self.cluster.raft().state_handle().read(|s| s.clone());
+            let state = self.cluster.state().snapshot();
             self.reconcile(&state).await;
             self.report(&state).await;
         }
@@ -669,7 +664,7 @@ struct WanLink {
 #[async_trait::async_trait]
 impl Link for WanLink {
     async fn call(&self, msg: ToReplica) -> Result<FromReplica, LinkError> {
-        let target = self.cluster.raft().state_handle().read(|s| {
+        let target = self.cluster.state().read(|s| {
             let v = s.volumes.get(&self.volume)?;
             let host = s.hosts.get(&s.volume_server(v, &self.site)?)?;
             Some((host.id, host.address.clone()))

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use consensus::node::FabricRaft;
 use consensus::state::{FabricState, Health, Host, Instance, InstanceState, Service};
 use failover::dns::{DnsError, DnsServer};
 use failover::zone::{ZoneConfig, ZoneSnapshot};
@@ -24,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock;
 use crate::config::AgentConfig;
 use crate::lease::LeaseHandle;
+use crate::view::StateView;
 
 /// The hosts that serve `svc` now: those running the newest epoch any instance of the current
 /// ownership runs, healthy, in its owner site, while that site is healthy. During a rolling
@@ -109,7 +109,7 @@ pub fn digest(names: &BTreeMap<String, Vec<IpAddr>>) -> u64 {
 /// Binds the DNS server now (so a bad address fails start-up) and returns the future serving it.
 pub async fn serve(
     config: &AgentConfig,
-    raft: FabricRaft,
+    view: StateView,
     lease: LeaseHandle,
     shutdown: CancellationToken,
 ) -> Result<impl Future<Output = ()> + Send + 'static, DnsError> {
@@ -124,7 +124,7 @@ pub async fn serve(
         lease.vouch(clock::lease_now(), zone.revision, zone.digest)
     });
     Ok(async move {
-        let builder = tokio::spawn(build_loop(raft, tx, shutdown.clone()));
+        let builder = tokio::spawn(build_loop(view, tx, shutdown.clone()));
         if let Err(e) = server.run(rx, vouch, shutdown).await {
             tracing::error!("DNS server stopped: {e}");
         }
@@ -134,14 +134,15 @@ pub async fn serve(
 
 /// Rebuilds the zone whenever this node applies new entries.
 async fn build_loop(
-    raft: FabricRaft,
+    view: StateView,
     tx: watch::Sender<Arc<ZoneSnapshot>>,
     shutdown: CancellationToken,
 ) {
-    let mut metrics = raft.raft().metrics();
+    let mut applied = view.changes();
     let mut current = ZoneSnapshot::default();
     loop {
-        let (revision, names) = raft.state_handle().read(|s| (s.revision, names(s)));
+        applied.borrow_and_update();
+        let (revision, names) = view.read(|s| (s.revision, names(s)));
         if names != current.names {
             // Serials follow the state revision, so every site's server shows the same serial for
             // the same content; never backwards, even if revisions wrap past u32.
@@ -160,7 +161,7 @@ async fn build_loop(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = metrics.changed() => if r.is_err() { return },
+            r = applied.changed() => if r.is_err() { return },
         }
     }
 }

@@ -27,16 +27,61 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::{APPLIED, ClosedSignal, Db, SM, SNAPSHOT, StoreError};
+use crate::feed::Feed;
 use crate::state::{self, CommandResult, FabricState};
 use crate::types::TypeConfig;
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 
-/// The applied state as persisted and as carried in a snapshot.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(super) struct MachineState {
+/// The applied state as persisted and as carried in a snapshot (postcard-encoded, the bytes of
+/// a Raft snapshot and of a relay's catch-up snapshot alike).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MachineState {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     state: FabricState,
+}
+
+impl MachineState {
+    /// Id of the last applied log entry.
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.last_applied
+    }
+
+    /// The last membership applied (the configuration entry that set it, and its members).
+    pub fn membership(&self) -> &StoredMembership {
+        &self.membership
+    }
+
+    pub fn state(&self) -> &FabricState {
+        &self.state
+    }
+
+    /// Applies one committed entry: the one definition of what an entry does to the state, used
+    /// by the state machine and by a relay's follower alike. Returns the command's result (an
+    /// entry that carries no command leaves the revision as it is).
+    pub(crate) fn apply_entry(&mut self, entry: &Entry) -> CommandResult {
+        debug_assert!(
+            self.last_applied < Some(entry.log_id),
+            "entries are applied in log order: {:?} then {}",
+            self.last_applied,
+            entry.log_id
+        );
+        self.last_applied = Some(entry.log_id);
+        let unchanged = Ok(state::Applied {
+            revision: self.state.revision,
+        });
+        match &entry.payload {
+            // A plan is only good under the leadership that made it.
+            EntryPayload::Normal(p) => p
+                .check_term(entry.log_id.leader_id.term)
+                .and_then(|()| self.state.apply(p)),
+            EntryPayload::Blank => unchanged,
+            EntryPayload::Membership(m) => {
+                self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                unchanged
+            }
+        }
+    }
 }
 
 /// A snapshot as stored: what it covers and its bytes (a postcard-encoded `MachineState`).
@@ -54,6 +99,13 @@ pub struct StateHandle {
 }
 
 impl StateHandle {
+    /// A handle on `applied`, shared by nothing else yet.
+    pub(crate) fn new(applied: MachineState) -> Self {
+        Self {
+            inner: Arc::new(RwLock::new(applied)),
+        }
+    }
+
     /// Runs `f` on the applied state. `f` runs under a read lock: keep it short.
     pub fn read<R>(&self, f: impl FnOnce(&FabricState) -> R) -> R {
         f(&self.lock_read().state)
@@ -69,17 +121,27 @@ impl StateHandle {
         self.lock_read().last_applied
     }
 
+    /// The last membership applied.
+    pub fn membership(&self) -> StoredMembership {
+        self.lock_read().membership.clone()
+    }
+
+    /// Runs `f` on the whole applied state (with its log id and membership).
+    pub fn read_machine<R>(&self, f: impl FnOnce(&MachineState) -> R) -> R {
+        f(&self.lock_read())
+    }
+
     fn lock_read(&self) -> std::sync::RwLockReadGuard<'_, MachineState> {
         // A panic elsewhere while holding the lock cannot leave a half-written state: writers
         // only swap in a complete value.
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn copy(&self) -> MachineState {
+    pub(crate) fn copy(&self) -> MachineState {
         self.lock_read().clone()
     }
 
-    fn replace(&self, next: MachineState) {
+    pub(crate) fn replace(&self, next: MachineState) {
         let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
         debug_assert!(
             next.last_applied >= guard.last_applied,
@@ -95,20 +157,27 @@ impl StateHandle {
 pub struct StateMachineStore {
     db: Arc<Db>,
     state: StateHandle,
+    /// The entries this node applied lately, for the hosts that follow it.
+    feed: Arc<Feed>,
 }
 
 impl StateMachineStore {
     pub(super) fn new(db: Arc<Db>, applied: MachineState) -> Self {
+        let state = StateHandle::new(applied);
         Self {
             db,
-            state: StateHandle {
-                inner: Arc::new(RwLock::new(applied)),
-            },
+            feed: Arc::new(Feed::new(state.clone(), crate::feed::RING)),
+            state,
         }
     }
 
     pub fn state_handle(&self) -> StateHandle {
         self.state.clone()
+    }
+
+    /// The feed of applied entries that relays serve to followers.
+    pub fn feed(&self) -> Arc<Feed> {
+        self.feed.clone()
     }
 
     /// Fires once this store and the log store of the same file have been dropped.
@@ -144,32 +213,11 @@ impl StateMachineStore {
         entries: impl IntoIterator<Item = Entry>,
     ) -> Result<Vec<CommandResult>, StoreError> {
         let mut next = self.state.copy();
-        let mut results = Vec::new();
-        for entry in entries {
-            debug_assert!(
-                next.last_applied < Some(entry.log_id),
-                "entries are applied in log order: {:?} then {}",
-                next.last_applied,
-                entry.log_id
-            );
-            next.last_applied = Some(entry.log_id);
-            let unchanged = Ok(state::Applied {
-                revision: next.state.revision,
-            });
-            results.push(match entry.payload {
-                // A plan is only good under the leadership that made it.
-                EntryPayload::Normal(p) => p
-                    .check_term(entry.log_id.leader_id.term)
-                    .and_then(|()| next.state.apply(&p)),
-                EntryPayload::Blank => unchanged,
-                EntryPayload::Membership(m) => {
-                    next.membership = StoredMembership::new(Some(entry.log_id), m);
-                    unchanged
-                }
-            });
-        }
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let results = entries.iter().map(|e| next.apply_entry(e)).collect();
         self.persist(&next, None)?;
         self.state.replace(next);
+        self.feed.applied(entries);
         Ok(results)
     }
 
@@ -187,7 +235,9 @@ impl StateMachineStore {
             data,
         };
         self.persist(&next, Some(&stored))?;
+        let index = next.last_applied.map_or(0, |l| l.index);
         self.state.replace(next);
+        self.feed.installed(index);
         Ok(())
     }
 
