@@ -32,23 +32,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wan::Channel;
 
-use crate::cluster::Cluster;
+use crate::cluster::{AgentInfo, Cluster};
 use crate::control::{ControlReply, ControlRequest};
 use crate::fabric::lock;
-
-/// Every agent of the fabric with its site and WAN address: the Raft members and the hosts the
-/// state registers.
-fn agents(cluster: &Cluster, state: &FabricState) -> BTreeMap<NodeId, (String, String)> {
-    let mut out: BTreeMap<NodeId, (String, String)> = state
-        .hosts
-        .iter()
-        .map(|(id, h)| (*id, (h.site.clone(), h.address.clone())))
-        .collect();
-    for (id, node) in cluster.state().members().nodes {
-        out.insert(id, (node.site, node.addr));
-    }
-    out
-}
 
 /// The SWIM side of this agent, shared by the loop and the WAN handler.
 pub struct Health {
@@ -177,21 +163,18 @@ impl Health {
                 // Not admitted or registered yet: nobody to watch, nothing we could record.
                 continue;
             }
-            let (all, site, recorded, observers) = cluster.state().read(|s| {
-                let all = agents(&cluster, s);
-                let site = all
-                    .get(&me)
-                    .map(|(site, _)| site.clone())
-                    .unwrap_or_default();
+            let all = cluster.agents();
+            let site = all.get(&me).map(|a| a.site.clone()).unwrap_or_default();
+            let (recorded, observers) = cluster.state().read(|s| {
                 let recorded = s
                     .site_views
                     .get(&site)
                     .map(|v| v.dead.clone())
                     .unwrap_or_default();
-                let by_site: Members = all.iter().map(|(id, (s, _))| (*id, s.clone())).collect();
+                let by_site: Members = all.iter().map(|(id, a)| (*id, a.site.clone())).collect();
                 let observers = quorum::site_observers(s, &by_site, &site);
                 let up_first = other_sites(s, &all, &site);
-                (all, site, recorded, (observers, up_first))
+                (recorded, (observers, up_first))
             });
             self.refresh_site(me, &all, &site, &recorded, now);
 
@@ -240,7 +223,7 @@ impl Health {
                 if in_flight.contains(&target) {
                     continue;
                 }
-                let Some(addr) = all.get(&target).and_then(|(_, a)| a.parse().ok()) else {
+                let Some(addr) = all.get(&target).and_then(|a| a.addr.parse().ok()) else {
                     continue;
                 };
                 in_flight.insert(target);
@@ -293,15 +276,15 @@ impl Health {
     fn refresh_site(
         &self,
         me: NodeId,
-        all: &BTreeMap<NodeId, (String, String)>,
+        all: &BTreeMap<NodeId, AgentInfo>,
         site: &str,
         recorded: &BTreeSet<NodeId>,
         now: Instant,
     ) {
         let mine: BTreeMap<NodeId, SocketAddr> = all
             .iter()
-            .filter(|(id, (s, _))| **id != me && s == site)
-            .filter_map(|(id, (_, addr))| Some((*id, addr.parse().ok()?)))
+            .filter(|(id, a)| **id != me && a.site == site)
+            .filter_map(|(id, a)| Some((*id, a.addr.parse().ok()?)))
             .collect();
         let initial = mine.keys().map(|id| {
             let state = if recorded.contains(id) {
@@ -320,15 +303,15 @@ impl Health {
 /// when none is (a site that is down is still probed, so its return is noticed).
 fn other_sites(
     state: &FabricState,
-    all: &BTreeMap<NodeId, (String, String)>,
+    all: &BTreeMap<NodeId, AgentInfo>,
     site: &str,
 ) -> BTreeMap<String, Vec<NodeId>> {
     let mut out: BTreeMap<String, (Vec<NodeId>, Vec<NodeId>)> = BTreeMap::new();
-    for (id, (s, _)) in all {
-        if s == site {
+    for (id, a) in all {
+        if a.site == site {
             continue;
         }
-        let entry = out.entry(s.clone()).or_default();
+        let entry = out.entry(a.site.clone()).or_default();
         let up = state
             .hosts
             .get(id)
