@@ -15,6 +15,7 @@ pub mod dns;
 pub mod lease;
 pub mod planner;
 pub mod quorum;
+mod rng;
 pub mod sim;
 pub mod siteview;
 pub mod sitewatch;

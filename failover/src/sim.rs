@@ -28,7 +28,6 @@ mod agenda;
 mod faults;
 mod fleet;
 mod report;
-mod rng;
 mod world;
 
 #[cfg(test)]

@@ -5,8 +5,10 @@
 //! Per observer that is one probe per other site per interval, whatever the number of hosts:
 //! cross-site traffic grows with sites (and the few observers per site), not with hosts. The
 //! window covers several probes to different agents, so one dead or unreachable agent does not
-//! make its site look down; trying the agents the state records up first keeps a site with
-//! dead hosts from looking dark.
+//! make its site look down; the shell gives only the agents the state records up (all of them
+//! when none is), so a site with dead hosts does not look dark. Probes do not wait for each
+//! other: the shell keeps one in flight per agent, not per site, so a dead agent's unanswered
+//! probe does not hold up its site's next probes for a whole window.
 //!
 //! Invariant: the observer's own pauses are not blamed on the sites (the window restarts, as
 //! in [`Detector`]).

@@ -79,9 +79,10 @@ mod suspicion;
 mod tests;
 mod view;
 
+use crate::rng::Rng;
 use gossip::Broadcasts;
 pub use message::{MemberState, Message, Outgoing, Update};
-use probe::{Probe, Rng};
+use probe::Probe;
 use suspicion::Suspicion;
 
 /// Parameters of the detector.
@@ -189,7 +190,7 @@ impl Swim {
             me,
             config,
             incarnation,
-            rng: Rng(seed ^ me.rotate_left(32)),
+            rng: Rng::new(seed ^ me.rotate_left(32)),
             members: BTreeMap::new(),
             suspected: BTreeSet::new(),
             dead: BTreeSet::new(),
@@ -332,7 +333,7 @@ impl Swim {
         let mut out = Vec::new();
         let Some(period_end) = self.period_end else {
             // Start at a random phase so members started together do not probe in lockstep.
-            let permille = self.rng.below(1000) as u32;
+            let permille = self.rng.index(1000) as u32;
             self.period_end = Some(now + self.config.interval * permille / 1000);
             return out;
         };

@@ -19,7 +19,7 @@
 
 use super::SimConfig;
 use super::agenda::Nanos;
-use super::rng::{Rng, nanos};
+use crate::rng::{Rng, nanos};
 
 /// Something that happens to the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use super::agenda::{Agenda, Nanos};
 use super::faults::{self, Fault, LEADER_SITE};
 use super::fleet::{Agent, INCARNATION_ORIGIN, Template, Watch};
 use super::report::{Latency, SimReport, Writes};
-use super::rng::{Rng, nanos};
+use crate::rng::{Rng, nanos};
 
 static EMPTY: BTreeSet<NodeId> = BTreeSet::new();
 

@@ -33,32 +33,6 @@ pub(super) struct Probe {
     pub(super) indirect_sent: bool,
 }
 
-/// SplitMix64: small, seedable, good enough for probe order and intermediaries.
-#[derive(Debug, Clone)]
-pub(super) struct Rng(pub(super) u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform-enough in `0..n` (`n > 0`).
-    pub(super) fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
-    }
-}
-
 impl Swim {
     /// This node's own probe failed: suspect the target (or confirm a suspicion of it), count
     /// the intermediaries that could not reach it either as confirmations, and tell the target in
@@ -144,7 +118,7 @@ impl Swim {
             if chosen.len() == k {
                 return chosen;
             }
-            let id = self.ids[self.rng.below(self.ids.len())];
+            let id = self.ids[self.rng.index(self.ids.len())];
             if !chosen.contains(&id) && eligible(self, id) {
                 chosen.push(id);
             }

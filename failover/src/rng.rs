@@ -1,29 +1,30 @@
-//! The simulator's only source of chance: SplitMix64, seeded from the run's seed.
+//! The crate's only source of chance: SplitMix64, seeded by the caller (SWIM's probe order
+//! and intermediaries, the simulator's delays, losses and faults).
 //!
 //! Invariant: the same seed gives the same sequence on every machine and build (integer
 //! arithmetic only; floats are derived from the integers, never the other way round).
 //!
 //! It does not try to be cryptographic or to pass every statistical test: it picks message
-//! delays, losses and fault victims, where SplitMix64 is plenty.
+//! delays, losses and fault victims and SWIM's probe order, where SplitMix64 is plenty.
 
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
-pub(super) struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub(super) fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(seed)
     }
 
     /// An independent stream for `purpose` (so adding draws to one stream does not shift the
     /// others).
-    pub(super) fn fork(&self, purpose: u64) -> Self {
+    pub(crate) fn fork(&self, purpose: u64) -> Self {
         let mut r = Self(self.0 ^ purpose.wrapping_mul(0xA076_1D64_78BD_642F));
         Self(r.next_u64())
     }
 
-    pub(super) fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -32,12 +33,25 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (0 when `n` is 0); the modulo bias is negligible for our `n`.
-    pub(super) fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         if n == 0 { 0 } else { self.next_u64() % n }
     }
 
+    /// Uniform in `0..n` as an index (0 when `n` is 0).
+    pub(crate) fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
+    /// Fisher–Yates.
+    pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.index(i + 1);
+            items.swap(i, j);
+        }
+    }
+
     /// True with probability `p` (clamped to 0..=1).
-    pub(super) fn chance(&mut self, p: f64) -> bool {
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
         if p <= 0.0 {
             return false;
         }
@@ -47,7 +61,7 @@ impl Rng {
     }
 
     /// Uniform in `[lo, hi]`, in nanoseconds.
-    pub(super) fn between(&mut self, lo: Duration, hi: Duration) -> u64 {
+    pub(crate) fn between(&mut self, lo: Duration, hi: Duration) -> u64 {
         let lo = nanos(lo);
         let hi = nanos(hi).max(lo);
         lo + self.below(hi - lo + 1)
@@ -55,7 +69,7 @@ impl Rng {
 }
 
 /// A duration in nanoseconds, saturating (a simulated run never gets near 584 years).
-pub(super) fn nanos(d: Duration) -> u64 {
+pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
