@@ -264,6 +264,14 @@ pub struct UpOptions {
     pub seed: u64,
 }
 
+/// Refuses a lab size `Lab::up` cannot lay out on `127.N.S.H` addresses.
+pub fn check_size(sites: u32, hosts_per_site: u32) -> anyhow::Result<()> {
+    if !(1..=9).contains(&sites) || !(1..=50).contains(&hosts_per_site) {
+        bail!("a lab has 1 to 9 sites and 1 to 50 hosts per site");
+    }
+    Ok(())
+}
+
 /// The `siteagent` binary: `$SITEAGENT_BIN`, else next to this `sitectl`.
 pub fn find_siteagent() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("SITEAGENT_BIN") {
@@ -412,9 +420,7 @@ impl Lab {
                 dir.display()
             );
         }
-        if !(1..=9).contains(&opts.sites) || !(1..=50).contains(&opts.hosts_per_site) {
-            bail!("a lab has 1 to 9 sites and 1 to 50 hosts per site");
-        }
+        check_size(opts.sites, opts.hosts_per_site)?;
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         // The claim is held until every agent has bound its addresses (the end of this function).
         let (net, _claim) = match opts.net {

@@ -156,15 +156,11 @@ impl Health {
             }
             next_refresh = now + config.interval;
 
-            let members = cluster.state().members();
-            if !members.nodes.contains_key(&me)
-                && cluster.state().read(|s| !s.hosts.contains_key(&me))
-            {
-                // Not admitted or registered yet: nobody to watch, nothing we could record.
-                continue;
-            }
             let all = cluster.agents();
-            let site = all.get(&me).map(|a| a.site.clone()).unwrap_or_default();
+            let Some(site) = all.get(&me).map(|a| a.site.clone()) else {
+                // Not a voter nor a registered host yet: nobody to watch, nothing to record.
+                continue;
+            };
             let (recorded, observers) = cluster.state().read(|s| {
                 let recorded = s
                     .site_views
@@ -173,8 +169,8 @@ impl Health {
                     .unwrap_or_default();
                 let by_site: Members = all.iter().map(|(id, a)| (*id, a.site.clone())).collect();
                 let observers = quorum::site_observers(s, &by_site, &site);
-                let up_first = other_sites(s, &all, &site);
-                (recorded, (observers, up_first))
+                let targets = other_sites(s, &all, &site);
+                (recorded, (observers, targets))
             });
             self.refresh_site(me, &all, &site, &recorded, now);
 

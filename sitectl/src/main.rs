@@ -631,9 +631,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             settle,
             window,
         }) => {
-            if !(1..=9).contains(&sites) || !(1..=50).contains(&hosts_per_site) {
-                anyhow::bail!("--sites must be 1 to 9 and --hosts-per-site 1 to 50");
-            }
+            // Both labs are checked before the first starts.
+            scenarios::lab::check_size(sites, hosts_per_site)?;
             let settings = sitectl::bench::fleet::Settings {
                 sites,
                 hosts_per_site,
