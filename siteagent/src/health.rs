@@ -129,6 +129,9 @@ impl Health {
         let proposing_view = Arc::new(tokio::sync::Mutex::new(()));
         let proposing_observations = Arc::new(tokio::sync::Mutex::new(()));
         let mut next_refresh = Instant::now();
+        let mut known: Option<Known> = None;
+        // The `fabric_peer_up` value last set for each peer (set again only when it changes).
+        let mut exported: BTreeMap<NodeId, bool> = BTreeMap::new();
         loop {
             let next = lock(&self.swim).next_tick().min(next_refresh);
             let sleep = tokio::time::Instant::from_std(next);
@@ -156,23 +159,30 @@ impl Health {
             }
             next_refresh = now + config.interval;
 
-            let all = cluster.agents();
-            let Some(site) = all.get(&me).map(|a| a.site.clone()) else {
+            // What the state says (agents, the recorded view, observers, other sites' agents)
+            // is read again only when something new was applied, or after a while.
+            let applied = cluster.state().applied_index();
+            if known
+                .as_ref()
+                .is_none_or(|k| k.applied != applied || now >= k.read_at + RESCAN)
+            {
+                known = Known::read(&cluster, me, applied, now);
+                if let Some(k) = &known {
+                    self.refresh_site(me, &k.all, &k.site, &k.recorded, now);
+                }
+            }
+            let Some(Known {
+                all,
+                site,
+                recorded,
+                observers,
+                targets,
+                ..
+            }) = &known
+            else {
                 // Not a voter nor a registered host yet: nobody to watch, nothing to record.
                 continue;
             };
-            let (recorded, observers) = cluster.state().read(|s| {
-                let recorded = s
-                    .site_views
-                    .get(&site)
-                    .map(|v| v.dead.clone())
-                    .unwrap_or_default();
-                let by_site: Members = all.iter().map(|(id, a)| (*id, a.site.clone())).collect();
-                let observers = quorum::site_observers(s, &by_site, &site);
-                let targets = other_sites(s, &all, &site);
-                (recorded, (observers, targets))
-            });
-            self.refresh_site(me, &all, &site, &recorded, now);
 
             // The site's view.
             let (mine, alive) = {
@@ -180,8 +190,11 @@ impl Health {
                 let mut mine = BTreeSet::new();
                 let mut alive = BTreeSet::new();
                 for (id, state) in swim.members() {
-                    metrics::gauge!("fabric_peer_up", "peer" => id.to_string())
-                        .set(f64::from(u8::from(state != MemberState::Dead)));
+                    let up = state != MemberState::Dead;
+                    if exported.insert(id, up) != Some(up) {
+                        metrics::gauge!("fabric_peer_up", "peer" => id.to_string())
+                            .set(f64::from(u8::from(up)));
+                    }
                     if state == MemberState::Dead {
                         mine.insert(id);
                     } else {
@@ -191,7 +204,7 @@ impl Health {
                 metrics::gauge!("fabric_swim_local_health").set(f64::from(swim.local_health()));
                 (mine, alive)
             };
-            if let Some(dead) = reporter.poll(&mine, &alive, &recorded, now) {
+            if let Some(dead) = reporter.poll(&mine, &alive, recorded, now) {
                 propose_in_background(
                     &cluster,
                     &proposing_view,
@@ -204,14 +217,13 @@ impl Health {
             }
 
             // The other sites, if this agent is one of its site's observers.
-            let (observers, targets) = observers;
             if !observers.contains(&me) {
                 watch.set_sites(BTreeMap::new(), now);
                 observing_since = None;
                 continue;
             }
             let since = *observing_since.get_or_insert(now);
-            watch.set_sites(targets, now);
+            watch.set_sites(targets.clone(), now);
             for c in watch.tick(now) {
                 tracing::info!("site {} is unreachable", c.subject);
             }
@@ -292,6 +304,49 @@ impl Health {
         });
         lock(&self.swim).set_members(initial, now);
         *lock(&self.peers) = mine;
+    }
+}
+
+/// How often the loop reads the state again although nothing new was applied.
+const RESCAN: Duration = Duration::from_secs(1);
+
+/// What the health loop last read from the state.
+struct Known {
+    /// The applied index it was read at, and when.
+    applied: u64,
+    read_at: Instant,
+    all: BTreeMap<NodeId, AgentInfo>,
+    site: String,
+    /// The site's dead set as the state records it.
+    recorded: BTreeSet<NodeId>,
+    observers: Vec<NodeId>,
+    targets: BTreeMap<String, Vec<NodeId>>,
+}
+
+impl Known {
+    /// `None` while this agent is neither a voter nor a registered host.
+    fn read(cluster: &Cluster, me: NodeId, applied: u64, now: Instant) -> Option<Self> {
+        let all = cluster.agents();
+        let site = all.get(&me)?.site.clone();
+        let (recorded, observers, targets) = cluster.state().read(|s| {
+            let recorded = s
+                .site_views
+                .get(&site)
+                .map(|v| v.dead.clone())
+                .unwrap_or_default();
+            let by_site: Members = all.iter().map(|(id, a)| (*id, a.site.clone())).collect();
+            let observers = quorum::site_observers(s, &by_site, &site);
+            (recorded, observers, other_sites(s, &all, &site))
+        });
+        Some(Self {
+            applied,
+            read_at: now,
+            all,
+            site,
+            recorded,
+            observers,
+            targets,
+        })
     }
 }
 

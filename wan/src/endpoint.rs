@@ -125,6 +125,64 @@ struct Peer {
     identity: Identity,
 }
 
+/// UDP datagrams and the QUIC frames this endpoint sent and received, over every connection it
+/// ever had (open ones read live, closed ones kept as totals): what an idle agent's traffic is
+/// made of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PacketStats {
+    pub datagrams_sent: u64,
+    pub datagrams_received: u64,
+    /// Frames sent, by kind: acknowledgements, keep-alive pings, stream data, stream credit.
+    pub acks_sent: u64,
+    pub pings_sent: u64,
+    pub stream_frames_sent: u64,
+    pub stream_credit_sent: u64,
+}
+
+impl PacketStats {
+    fn of(conn: &Connection) -> Self {
+        let s = conn.stats();
+        Self {
+            datagrams_sent: s.udp_tx.datagrams,
+            datagrams_received: s.udp_rx.datagrams,
+            acks_sent: s.frame_tx.acks,
+            pings_sent: s.frame_tx.ping,
+            stream_frames_sent: s.frame_tx.stream,
+            stream_credit_sent: s.frame_tx.max_streams_bidi,
+        }
+    }
+
+    fn add(&mut self, o: &Self) {
+        self.datagrams_sent += o.datagrams_sent;
+        self.datagrams_received += o.datagrams_received;
+        self.acks_sent += o.acks_sent;
+        self.pings_sent += o.pings_sent;
+        self.stream_frames_sent += o.stream_frames_sent;
+        self.stream_credit_sent += o.stream_credit_sent;
+    }
+}
+
+/// Every connection of the endpoint, for [`PacketStats`].
+#[derive(Default)]
+struct Traffic {
+    open: Vec<Connection>,
+    closed: PacketStats,
+}
+
+impl Traffic {
+    /// Moves closed connections into the totals, so the list holds only open ones.
+    fn fold_closed(&mut self) {
+        let closed = &mut self.closed;
+        self.open.retain(|c| {
+            let gone = c.close_reason().is_some();
+            if gone {
+                closed.add(&PacketStats::of(c));
+            }
+            !gone
+        });
+    }
+}
+
 type Connecting = Shared<BoxFuture<'static, Result<(Connection, Identity), String>>>;
 
 /// An agent's WAN endpoint: serves incoming streams and makes outgoing requests.
@@ -138,6 +196,7 @@ pub struct Wan {
     peers: Mutex<HashMap<SocketAddr, Peer>>,
     /// Connection attempts in flight, shared by every caller that wants the same peer.
     connecting: Mutex<HashMap<SocketAddr, Connecting>>,
+    traffic: Mutex<Traffic>,
     /// Set by [`Wan::serve`]: who answers streams, and when to stop.
     serving: OnceLock<(Arc<dyn Handler>, CancellationToken)>,
 }
@@ -210,6 +269,7 @@ impl Wan {
             config,
             peers: Mutex::new(HashMap::new()),
             connecting: Mutex::new(HashMap::new()),
+            traffic: Mutex::new(Traffic::default()),
             serving: OnceLock::new(),
         }))
     }
@@ -289,6 +349,11 @@ impl Wan {
 
     /// Serves the streams the peer opens on `conn`, if this endpoint is serving.
     fn spawn_stream_server(self: &Arc<Self>, conn: Connection, peer: Identity) {
+        {
+            let mut t = self.lock_traffic();
+            t.fold_closed();
+            t.open.push(conn.clone());
+        }
         let Some((handler, shutdown)) = self.serving.get().cloned() else {
             return;
         };
@@ -443,14 +508,11 @@ impl Wan {
                 return Err(stream_err(&e));
             }
         };
-        send.write_all(&[channel as u8])
-            .await
-            .map_err(|e| stream_err(&e))?;
-        frame::write_frame(&mut send, request, max)
+        frame::write_frame(&mut send, &[channel as u8], request, max)
             .await
             .map_err(|source| WanError::Frame { addr, source })?;
         send.finish().map_err(|e| stream_err(&e))?;
-        match frame::read_frame(&mut recv, max).await {
+        match frame::read_last_frame(&mut recv, max).await {
             Ok(Some(reply)) => Ok(reply),
             Ok(None) => Err(stream_err(&"peer closed the stream without a reply")),
             Err(source) => Err(WanError::Frame { addr, source }),
@@ -468,6 +530,23 @@ impl Wan {
         let body = frame::encode(req).map_err(|source| WanError::Frame { addr, source })?;
         let reply = self.call(addr, expect, channel, &body).await?;
         frame::decode(&reply).map_err(|source| WanError::Frame { addr, source })
+    }
+
+    /// Packets and frames over every connection so far; closed connections are folded into
+    /// the totals here.
+    pub fn packet_stats(&self) -> PacketStats {
+        let mut t = self.lock_traffic();
+        t.fold_closed();
+        let mut total = t.closed;
+        for c in &t.open {
+            total.add(&PacketStats::of(c));
+        }
+        total
+    }
+
+    fn lock_traffic(&self) -> std::sync::MutexGuard<'_, Traffic> {
+        // Pushes, retains and sums only: a poisoned lock leaves nothing half-done.
+        self.traffic.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Round-trip times of the open peer connections.
@@ -519,7 +598,7 @@ async fn serve_stream(
         let _ = send.reset(VarInt::from_u32(codes::UNKNOWN_CHANNEL));
         return;
     };
-    let request = match frame::read_frame(&mut recv, max).await {
+    let request = match frame::read_last_frame(&mut recv, max).await {
         Ok(Some(body)) => body,
         Ok(None) => return,
         Err(e) => {
@@ -531,7 +610,7 @@ async fn serve_stream(
     };
     match handler.handle(peer.clone(), channel, request).await {
         Ok(reply) => {
-            if let Err(e) = frame::write_frame(&mut send, &reply, max).await {
+            if let Err(e) = frame::write_frame(&mut send, &[], &reply, max).await {
                 tracing::warn!(%remote, ?channel, "reply to {peer} failed: {e}");
                 let _ = send.reset(VarInt::from_u32(codes::HANDLER_FAILED));
                 return;

@@ -16,6 +16,8 @@ pub enum FrameError {
     Decode(String),
     #[error("stream ended inside a frame")]
     Truncated,
+    #[error("bytes after the frame that should end the stream")]
+    Trailing,
     #[error("stream i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -37,9 +39,11 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     }
 }
 
-/// Writes one frame.
+/// Writes one frame, after `prefix` (e.g. a channel tag), in one write: on a QUIC stream,
+/// separate small writes can leave in separate packets.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
+    prefix: &[u8],
     body: &[u8],
     max: usize,
 ) -> Result<(), FrameError> {
@@ -53,8 +57,11 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
         len: body.len(),
         max,
     })?;
-    w.write_all(&len.to_be_bytes()).await?;
-    w.write_all(body).await?;
+    let mut out = Vec::with_capacity(prefix.len() + 4 + body.len());
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(body);
+    w.write_all(&out).await?;
     Ok(())
 }
 
@@ -82,6 +89,23 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
     })?;
     Ok(Some(body))
+}
+
+/// Reads the one frame a stream carries, then its end. Reading to the end matters on QUIC: a
+/// stream dropped before its end was read is stopped with a STOP_SENDING frame, a packet (and
+/// its acknowledgement) for nothing.
+pub async fn read_last_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let Some(body) = read_frame(r, max).await? else {
+        return Ok(None);
+    };
+    let mut more = [0u8; 1];
+    match r.read(&mut more).await? {
+        0 => Ok(Some(body)),
+        _ => Err(FrameError::Trailing),
+    }
 }
 
 #[cfg(test)]
@@ -125,9 +149,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_last_frame_must_end_the_stream_and_its_prefix_is_written_with_it() {
+        let mut out = Vec::new();
+        write_frame(&mut out, &[7], &[1, 2], 16)
+            .await
+            .expect("write");
+        assert_eq!(out, [7, 0, 0, 0, 2, 1, 2]);
+        let mut wire = &out[1..];
+        let body = read_last_frame(&mut wire, 16).await.expect("one frame");
+        assert_eq!(body, Some(vec![1, 2]));
+        out.push(9);
+        let mut wire = &out[1..];
+        assert!(matches!(
+            read_last_frame(&mut wire, 16).await,
+            Err(FrameError::Trailing)
+        ));
+    }
+
+    #[tokio::test]
     async fn writer_refuses_oversized_body() {
         let mut out = Vec::new();
-        let err = write_frame(&mut out, &[0u8; 10], 4)
+        let err = write_frame(&mut out, &[], &[0u8; 10], 4)
             .await
             .expect_err("too large");
         assert!(matches!(err, FrameError::TooLarge { len: 10, max: 4 }));
@@ -149,8 +191,8 @@ mod tests {
             let msg = Msg::Note { text, tags };
             let back: (Msg, Msg) = rt.block_on(async {
                 let mut wire = Vec::new();
-                write_frame(&mut wire, &encode(&Msg::Ping(n)).expect("e"), 1 << 20).await.expect("w");
-                write_frame(&mut wire, &encode(&msg).expect("e"), 1 << 20).await.expect("w");
+                write_frame(&mut wire, &[], &encode(&Msg::Ping(n)).expect("e"), 1 << 20).await.expect("w");
+                write_frame(&mut wire, &[], &encode(&msg).expect("e"), 1 << 20).await.expect("w");
                 let mut r: &[u8] = &wire;
                 let a = decode(&read_frame(&mut r, 1 << 20).await.expect("r").expect("some")).expect("d");
                 let b = decode(&read_frame(&mut r, 1 << 20).await.expect("r").expect("some")).expect("d");

@@ -16,6 +16,6 @@ pub mod identity;
 pub mod pki;
 pub mod tls;
 
-pub use endpoint::{Channel, Handler, Wan, WanConfig, WanError};
+pub use endpoint::{Channel, Handler, PacketStats, Wan, WanConfig, WanError};
 pub use identity::{Identity, Role};
 pub use tls::{FabricTls, TlsFiles};

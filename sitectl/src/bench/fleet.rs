@@ -47,6 +47,11 @@ pub struct FleetRow {
     pub requests_per_sec_per_agent: f64,
     /// SWIM messages sent per agent per second.
     pub swim_per_sec_per_agent: f64,
+    /// UDP datagrams sent per agent per second (every WAN connection's, QUIC acks and
+    /// keep-alives included).
+    pub datagrams_per_sec_per_agent: f64,
+    /// Frames sent per agent per second, by kind (`fabric_wan_packets_total`).
+    pub packets_per_sec_per_agent: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -147,6 +152,7 @@ async fn measure(
     let mut cpu_max: f64 = 0.0;
     let mut requests: BTreeMap<String, f64> = BTreeMap::new();
     let mut swim = 0.0;
+    let mut packets: BTreeMap<String, f64> = BTreeMap::new();
     for (node, a) in &after {
         let b = before
             .get(node)
@@ -159,8 +165,15 @@ async fn measure(
             *requests.entry(channel.clone()).or_default() += (n - was).max(0.0) / seconds;
         }
         swim += (a.swim - b.swim).max(0.0) / seconds;
+        for (kind, n) in &a.packets {
+            let was = b.packets.get(kind).copied().unwrap_or(0.0);
+            *packets.entry(kind.clone()).or_default() += (n - was).max(0.0) / seconds;
+        }
     }
     let n = after.len().max(1) as f64;
+    for v in packets.values_mut() {
+        *v /= n;
+    }
     let total: f64 = requests.values().sum();
     Ok(FleetRow {
         sites: settings.sites,
@@ -174,6 +187,8 @@ async fn measure(
         requests_per_sec_total: total,
         requests_per_sec_per_agent: total / n,
         swim_per_sec_per_agent: swim / n,
+        datagrams_per_sec_per_agent: packets.get("datagrams_sent").copied().unwrap_or(0.0),
+        packets_per_sec_per_agent: packets,
     })
 }
 
@@ -182,6 +197,7 @@ struct Sample {
     cpu_ticks: u64,
     requests: BTreeMap<String, f64>,
     swim: f64,
+    packets: BTreeMap<String, f64>,
 }
 
 async fn sample(
@@ -203,6 +219,7 @@ async fn sample(
                 swim: counters(&text, "fabric_swim_messages_total", "kind")
                     .values()
                     .sum(),
+                packets: counters(&text, "fabric_wan_packets_total", "kind"),
             },
         );
     }

@@ -23,6 +23,7 @@ pub fn fleet_bench(r: &FleetReport) -> String {
                 by_channel,
                 format!("{:.1}", row.requests_per_sec_per_agent),
                 format!("{:.1}", row.swim_per_sec_per_agent),
+                format!("{:.1}", row.datagrams_per_sec_per_agent),
                 format!("{:.1}", row.cpu_percent),
                 format!("{:.2}", row.cpu_percent_per_agent),
                 format!("{:.1}", row.cpu_percent_max),
@@ -37,14 +38,27 @@ pub fn fleet_bench(r: &FleetReport) -> String {
             "by channel",
             "per agent",
             "SWIM msgs/s per agent",
+            "UDP datagrams/s per agent",
             "CPU % (all)",
             "CPU % per agent",
             "busiest agent CPU %",
         ],
         rows,
     );
+    for row in &r.rows {
+        let kinds = row
+            .packets_per_sec_per_agent
+            .iter()
+            .map(|(k, n)| format!("{k} {n:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(
+            "\n{} agents, per agent per second: {kinds}",
+            row.agents
+        ));
+    }
     out.push_str(&format!(
-        "\nper agent, big lab / small lab: CPU {:.2}x, WAN requests {:.2}x (flat is 1x; quadratic grows with the fleet)\ngoal: idle CPU per agent <= 0.5 % of a core in the 60-agent lab\n",
+        "\n\nper agent, big lab / small lab: CPU {:.2}x, WAN requests {:.2}x (flat is 1x; quadratic grows with the fleet)\ngoal: idle CPU per agent <= 0.5 % of a core in the 60-agent lab\n",
         r.cpu_ratio, r.requests_ratio
     ));
     out
