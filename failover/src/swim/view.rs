@@ -28,6 +28,7 @@ impl Swim {
         match update.state {
             MemberState::Alive => {
                 if update.incarnation > m.incarnation {
+                    self.accused.remove(&update.member);
                     became = Some(MemberState::Alive);
                     m.suspicion = None;
                     spread = true;
@@ -159,6 +160,7 @@ impl Swim {
                 m.state = MemberState::Dead;
                 m.from = self.me;
                 m.suspicion = None;
+                self.accused.remove(&id);
                 self.note_transition(id, MemberState::Suspect, MemberState::Dead);
                 self.broadcasts.push(update);
             }
