@@ -76,6 +76,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use consensus::NodeId;
+use serde::Serialize;
 
 use crate::detector::VerdictChange;
 
@@ -158,6 +159,25 @@ struct Relay {
     deadline: Instant,
 }
 
+/// What this node's suspicions came to, counted since it started (for reports and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SuspicionStats {
+    /// Suspicions this node started, or joined, from its own failed probe.
+    pub accused: u64,
+    /// Of those, ended here by the member's refutation (it was alive after all).
+    pub refuted: u64,
+    /// Suspicions (this node's or heard) that expired into Dead here: this node's own deaths.
+    pub expired: u64,
+}
+
+impl std::ops::AddAssign for SuspicionStats {
+    fn add_assign(&mut self, other: Self) {
+        self.accused += other.accused;
+        self.refuted += other.refuted;
+        self.expired += other.expired;
+    }
+}
+
 /// The SWIM detector of one member (see the module docs for the rules).
 #[derive(Debug, Clone)]
 pub struct Swim {
@@ -187,6 +207,7 @@ pub struct Swim {
     /// carrying the accusation (every probe timeout while they stay Suspect here).
     accused: BTreeMap<NodeId, Instant>,
     relays: BTreeMap<u64, Relay>,
+    stats: SuspicionStats,
     next_seq: u64,
     changes: Vec<VerdictChange>,
     last_now: Option<Instant>,
@@ -216,6 +237,7 @@ impl Swim {
             probe: None,
             accused: BTreeMap::new(),
             relays: BTreeMap::new(),
+            stats: SuspicionStats::default(),
             next_seq: 1,
             changes: Vec::new(),
             last_now: None,
@@ -445,6 +467,11 @@ impl Swim {
 
     pub fn incarnation(&self) -> u64 {
         self.incarnation
+    }
+
+    /// What this node's suspicions came to so far.
+    pub fn suspicion_stats(&self) -> SuspicionStats {
+        self.stats
     }
 
     /// Lifeguard local health multiplier (0 = healthy).

@@ -76,6 +76,7 @@ impl Swim {
             }
         }
         if fresh {
+            self.stats.accused += 1;
             self.broadcasts.push(update);
             self.accused.insert(target, now);
             self.remind_accused(now, out);

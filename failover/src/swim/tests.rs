@@ -758,6 +758,9 @@ fn an_accuser_keeps_telling_a_suspect_in_person_so_one_lost_ping_is_no_false_ver
         "reminders stop once refuted: {later:?}"
     );
     assert!(s.drain_changes().iter().all(|c| c.up), "no verdict");
+    // (The lone node's later probes of the others fail too: more accusations, none refuted.)
+    let stats = s.suspicion_stats();
+    assert_eq!((stats.refuted, stats.expired), (1, 0), "{stats:?}");
 }
 
 #[test]
@@ -783,4 +786,5 @@ fn a_crashed_suspect_is_reminded_every_probe_timeout_until_it_is_dead_and_then_n
         reminders.iter().all(|at| *at < accused_at + dead_after),
         "{reminders:?}"
     );
+    assert_eq!(s.suspicion_stats().expired, 1);
 }
