@@ -11,6 +11,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::swim::SuspicionStats;
+
 /// Percentiles of detection times, in milliseconds (nearest rank).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Latency {
@@ -119,6 +121,10 @@ pub struct SimReport {
     pub writes_per_host_change: f64,
     /// Proposals the state machine refused (should be 0).
     pub refused: u64,
+    /// SWIM suspicions summed over every agent's detector: those an agent's own failed probe
+    /// raised (mostly loss), how many their target refuted, and the deaths agents declared
+    /// (a crash is declared by several agents, each counted).
+    pub suspicions: SuspicionStats,
 }
 
 impl fmt::Display for SimReport {
@@ -160,6 +166,12 @@ impl fmt::Display for SimReport {
             w.site_verdicts,
             self.refused,
             self.events
+        )?;
+        let s = &self.suspicions;
+        writeln!(
+            f,
+            "SWIM suspicions from failed probes {} (refuted {}), deaths declared by agents {}",
+            s.accused, s.refuted, s.expired
         )
     }
 }

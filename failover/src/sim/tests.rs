@@ -181,7 +181,7 @@ fn cross(r: &SimReport) -> f64 {
 }
 
 #[test]
-#[ignore = "one row of the sweep; run in release with FABRIC_SIM_ROW=sites,hosts,loss"]
+#[ignore = "one row of the sweep; run in release with FABRIC_SIM_ROW=sites,hosts,loss[,seed]"]
 fn one_sweep_row() {
     let row = std::env::var("FABRIC_SIM_ROW").unwrap_or_else(|_| "20,500,0.05".into());
     let v: Vec<&str> = row.split(',').collect();
@@ -189,6 +189,7 @@ fn one_sweep_row() {
         sites: v[0].parse().expect("sites"),
         hosts_per_site: v[1].parse().expect("hosts"),
         loss: v[2].parse().expect("loss"),
+        seed: v.get(3).map_or(1, |s| s.parse().expect("seed")),
         ..SimConfig::default()
     };
     let t = std::time::Instant::now();

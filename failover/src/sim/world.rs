@@ -19,7 +19,7 @@ use consensus::state::{Command, FabricState, Health, Proposal};
 use crate::detector::DetectorConfig;
 use crate::quorum::{self, Members};
 use crate::sitewatch::SiteWatch;
-use crate::swim::{Message, Outgoing, SwimConfig};
+use crate::swim::{Message, Outgoing, SuspicionStats, SwimConfig};
 
 use super::SimConfig;
 use super::agenda::{Agenda, Nanos};
@@ -110,6 +110,8 @@ struct Tally {
     writes: Writes,
     refused: u64,
     events: u64,
+    /// SWIM suspicion counts of the agents' earlier lives (a restart starts a new detector).
+    suspicions: SuspicionStats,
 }
 
 pub(super) struct World<'c> {
@@ -789,6 +791,7 @@ impl<'c> World<'c> {
             }
         }
         let (id, site, life) = (self.agents[i].id, self.agents[i].site, self.agents[i].life);
+        self.tally.suspicions += self.agents[i].swim.suspicion_stats();
         let incarnation = INCARNATION_ORIGIN + self.now / 1_000_000_000;
         let mut agent = self.born(id, site, incarnation);
         agent.life = life + 1;
@@ -803,7 +806,10 @@ impl<'c> World<'c> {
     // --- report ---
 
     fn report(self) -> SimReport {
-        let t = self.tally;
+        let mut t = self.tally;
+        for a in &self.agents {
+            t.suspicions += a.swim.suspicion_stats();
+        }
         let hosts = self.agents.len();
         let secs = self.end as f64 / 1e9;
         let per_host = |n: u64| {
@@ -850,6 +856,7 @@ impl<'c> World<'c> {
                 t.writes.for_hosts() as f64 / changes as f64
             },
             refused: t.refused,
+            suspicions: t.suspicions,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! goes unanswered, and turning an unanswered period into a suspicion.
 //!
 //! Invariant: at most one probe per period; a probe of a Dead member never suspects, never asks
-//! others and never counts against local health.
+//! others and never counts against local health. The pings that remind an accused member of
+//! its suspicion are not probes: nobody waits for their acks and a missing one counts nothing.
 //!
 //! It does not expire suspicions or apply gossip (see `view`), nor schedule periods (`tick`).
 
@@ -36,7 +37,8 @@ pub(super) struct Probe {
 impl Swim {
     /// This node's own probe failed: suspect the target (or confirm a suspicion of it), count
     /// the intermediaries that could not reach it either as confirmations, and tell the target in
-    /// person so it can refute at once.
+    /// person, at once and then every probe timeout while the suspicion lasts here, so it can
+    /// refute.
     pub(super) fn suspect(
         &mut self,
         target: NodeId,
@@ -74,9 +76,37 @@ impl Swim {
             }
         }
         if fresh {
+            self.stats.accused += 1;
             self.broadcasts.push(update);
-            let seq = self.take_seq();
-            self.send(out, target, |gossip| Message::Ping { seq, gossip });
+            self.accused.insert(target, now);
+            self.remind_accused(now, out);
+        }
+    }
+
+    /// Pings each member this node accused and that is still Suspect here, when its reminder
+    /// is due (at once, then every probe timeout): the ping carries the member's own Suspect
+    /// entry first, so a live member refutes in its ack. Without the repeats, a lost ping or
+    /// ack left the member to hear of its suspicion through gossip and this node of the
+    /// refutation through gossip again, which in a large site outlasts the suspicion.
+    pub(super) fn remind_accused(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
+        let due: Vec<NodeId> = self
+            .accused
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        // Every probe timeout (the time an ack is expected in), not stretched by local health:
+        // several reminders must fit in the shortest suspicion, which local health does not
+        // stretch either.
+        let every = self.config.probe_timeout;
+        for id in due {
+            if self.state_of(id) == Some(MemberState::Suspect) {
+                self.accused.insert(id, now + every);
+                let seq = self.take_seq();
+                self.send(out, id, |gossip| Message::Ping { seq, gossip });
+            } else {
+                self.accused.remove(&id);
+            }
         }
     }
 

@@ -28,6 +28,11 @@ impl Swim {
         match update.state {
             MemberState::Alive => {
                 if update.incarnation > m.incarnation {
+                    if m.state == MemberState::Suspect
+                        && self.accused.remove(&update.member).is_some()
+                    {
+                        self.stats.refuted += 1;
+                    }
                     became = Some(MemberState::Alive);
                     m.suspicion = None;
                     spread = true;
@@ -159,6 +164,8 @@ impl Swim {
                 m.state = MemberState::Dead;
                 m.from = self.me;
                 m.suspicion = None;
+                self.accused.remove(&id);
+                self.stats.expired += 1;
                 self.note_transition(id, MemberState::Suspect, MemberState::Dead);
                 self.broadcasts.push(update);
             }
