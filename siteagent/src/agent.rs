@@ -55,6 +55,8 @@ pub enum StartError {
     LeaseTerms(CommandError),
     #[error("volumes: {0}")]
     Volumes(String),
+    #[error("{0}")]
+    Swim(String),
 }
 
 /// The driver `siteagent` runs workloads with: real processes under `fabric-guard` on agents
@@ -201,7 +203,18 @@ pub async fn run(
         ));
     }
     // Hosts hold volume copies (witnesses and pure voters hold none).
-    let health = crate::health::Health::new(cluster.clone(), config.detector());
+    let datagrams = match (&config.failover.swim_key_file, config.swim_listen()) {
+        (Some(path), Some(addr)) => {
+            let key = wan::sealed::SealKey::load(path)
+                .map_err(|e| StartError::Swim(format!("failover.swim_key_file: {e}")))?;
+            let d = crate::health::Datagrams::bind(addr, key)
+                .await
+                .map_err(|e| StartError::Swim(format!("SWIM datagrams on {addr}: {e}")))?;
+            Some(d)
+        }
+        _ => None,
+    };
+    let health = crate::health::Health::new(cluster.clone(), config.detector(), datagrams);
     let volumes = config.has(AgentRole::Host).then(|| {
         crate::volumes::Volumes::new(&config, cluster.clone(), lease.clone(), inner.clone())
     });
@@ -255,6 +268,7 @@ pub async fn run(
         lease.clone(),
         inner.clone(),
     ));
+    tasks.spawn(health.clone().serve_datagrams(inner.clone()));
     tasks.spawn(health.run(config.detector(), inner.clone()));
     let host = Host {
         id: config.node_id,

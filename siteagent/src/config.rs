@@ -158,6 +158,12 @@ pub struct FailoverConfig {
     /// How often the leader runs the planner (it also runs on every state change).
     #[serde(with = "humantime_serde", default = "defaults::plan_interval")]
     pub plan_interval: Duration,
+    /// The fabric's datagram key (`swim.key` beside the CA, from `sitectl pki init`). With it,
+    /// SWIM inside a site runs over sealed UDP datagrams on the WAN address's port + 1 (two
+    /// packets per probe); without it, over the WAN's QUIC streams. Every agent of a site must
+    /// do the same.
+    #[serde(default)]
+    pub swim_key_file: Option<PathBuf>,
 }
 
 impl Default for FailoverConfig {
@@ -168,6 +174,7 @@ impl Default for FailoverConfig {
             lease: defaults::lease(),
             lease_margin: defaults::lease_margin(),
             plan_interval: defaults::plan_interval(),
+            swim_key_file: None,
         }
     }
 }
@@ -409,6 +416,9 @@ impl AgentConfig {
         if let Some(dir) = &config.volumes.dir {
             config.volumes.dir = Some(base.join(dir));
         }
+        if let Some(key) = &config.failover.swim_key_file {
+            config.failover.swim_key_file = Some(base.join(key));
+        }
         Ok(config)
     }
 
@@ -438,6 +448,12 @@ impl AgentConfig {
             return Err(invalid(
                 "roles",
                 "name at least one of voter, host, witness, dns",
+            ));
+        }
+        if self.failover.swim_key_file.is_some() && self.swim_listen().is_none() {
+            return Err(invalid(
+                "failover.swim_key_file",
+                "SWIM datagrams use the WAN port + 1; wan_listen's port leaves no room",
             ));
         }
         if self.has(AgentRole::Witness) && self.has(AgentRole::Host) {
@@ -550,6 +566,11 @@ impl AgentConfig {
             .work_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("workloads"))
+    }
+
+    /// Where SWIM datagrams are received when `failover.swim_key_file` is set.
+    pub fn swim_listen(&self) -> Option<SocketAddr> {
+        crate::health::swim_addr(self.wan_listen)
     }
 
     pub fn detector(&self) -> failover::detector::DetectorConfig {

@@ -31,10 +31,31 @@ use failover::swim::{MemberState, Message, Outgoing, Swim, SwimConfig};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wan::Channel;
+use wan::sealed::SealKey;
 
 use crate::cluster::{AgentInfo, Cluster};
 use crate::control::{ControlReply, ControlRequest};
 use crate::fabric::lock;
+
+/// Where an agent whose WAN address is `wan` receives SWIM datagrams: the same IP, port + 1.
+pub fn swim_addr(wan: SocketAddr) -> Option<SocketAddr> {
+    Some(SocketAddr::new(wan.ip(), wan.port().checked_add(1)?))
+}
+
+/// SWIM's UDP socket and the fabric's datagram key ([`wan::sealed`]).
+pub struct Datagrams {
+    socket: tokio::net::UdpSocket,
+    key: SealKey,
+}
+
+impl Datagrams {
+    pub async fn bind(addr: SocketAddr, key: SealKey) -> std::io::Result<Self> {
+        Ok(Self {
+            socket: tokio::net::UdpSocket::bind(addr).await?,
+            key,
+        })
+    }
+}
 
 /// The SWIM side of this agent, shared by the loop and the WAN handler.
 pub struct Health {
@@ -44,12 +65,18 @@ pub struct Health {
     peers: Mutex<BTreeMap<NodeId, SocketAddr>>,
     /// Wakes the loop when a handled message may have moved the next deadline.
     wake: Notify,
-    /// How long a SWIM request waits for its reply.
+    /// How long a SWIM request waits for its reply (over QUIC).
     request_timeout: Duration,
+    /// When set, SWIM messages go as sealed datagrams instead of QUIC requests.
+    datagrams: Option<Datagrams>,
 }
 
 impl Health {
-    pub fn new(cluster: Arc<Cluster>, config: DetectorConfig) -> Arc<Self> {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        config: DetectorConfig,
+        datagrams: Option<Datagrams>,
+    ) -> Arc<Self> {
         let swim = Swim::new(
             cluster.id(),
             SwimConfig::from_window(config.interval, config.threshold),
@@ -62,25 +89,95 @@ impl Health {
             peers: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
             request_timeout: config.interval.saturating_mul(2),
+            datagrams,
         })
     }
 
     /// Serves a SWIM message from agent `from`: returns what goes back in the reply and sends the
     /// rest (probes on `from`'s behalf).
     pub fn handle(self: &Arc<Self>, from: NodeId, message: Message) -> Vec<Message> {
+        let (reply, others): (Vec<Outgoing>, Vec<Outgoing>) = self
+            .receive(from, message)
+            .into_iter()
+            .partition(|o| o.to == from);
+        self.send(others);
+        reply.into_iter().map(|o| o.message).collect()
+    }
+
+    /// What SWIM answers to a message from `from`: nothing when `from` is not of this site.
+    fn receive(&self, from: NodeId, message: Message) -> Vec<Outgoing> {
         if !lock(&self.peers).contains_key(&from) {
             return Vec::new();
         }
         let out = lock(&self.swim).handle(from, message, Instant::now());
         self.wake.notify_one();
-        let (reply, others): (Vec<Outgoing>, Vec<Outgoing>) =
-            out.into_iter().partition(|o| o.to == from);
-        self.send(others);
-        reply.into_iter().map(|o| o.message).collect()
+        out
     }
 
-    /// Sends each message as a request; what comes back in the reply is handled in turn.
+    /// Receives sealed SWIM datagrams until `shutdown` (when this agent uses them); everything
+    /// SWIM answers, replies included, goes back as datagrams.
+    pub async fn serve_datagrams(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(d) = &self.datagrams else {
+            return;
+        };
+        let mut buf = vec![0u8; wan::sealed::MAX_DATAGRAM];
+        loop {
+            let (n, src) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = d.socket.recv_from(&mut buf) => match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!("SWIM socket: {e}");
+                        continue;
+                    }
+                },
+            };
+            let message =
+                d.key
+                    .open(&buf[..n])
+                    .map_err(|e| e.to_string())
+                    .and_then(|(from, body)| {
+                        let m = wan::frame::decode::<Message>(&body).map_err(|e| e.to_string())?;
+                        Ok((from, m))
+                    });
+            match message {
+                Ok((from, message)) => {
+                    let out = self.receive(from, message);
+                    self.send(out);
+                }
+                Err(e) => {
+                    metrics::counter!("fabric_swim_datagrams_dropped_total").increment(1);
+                    tracing::debug!(%src, "dropped a SWIM datagram from {src}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Sends each message: as a sealed datagram, or as a request whose reply is handled in turn.
     fn send(self: &Arc<Self>, outgoing: Vec<Outgoing>) {
+        if let Some(d) = &self.datagrams {
+            let me = self.cluster.id();
+            for o in outgoing {
+                let Some(addr) = lock(&self.peers).get(&o.to).copied().and_then(swim_addr) else {
+                    continue;
+                };
+                metrics::counter!("fabric_swim_messages_total", "kind" => o.message.kind())
+                    .increment(1);
+                let sealed = wan::frame::encode(&o.message)
+                    .map_err(|e| e.to_string())
+                    .and_then(|body| d.key.seal(me, &body).map_err(|e| e.to_string()));
+                // SWIM tolerates loss: a full socket buffer drops the message like the network would.
+                match sealed {
+                    Ok(datagram) => {
+                        if let Err(e) = d.socket.try_send_to(&datagram, addr) {
+                            tracing::debug!(%addr, "SWIM datagram to {} not sent: {e}", o.to);
+                        }
+                    }
+                    Err(e) => tracing::warn!("SWIM message to {} not sealed: {e}", o.to),
+                }
+            }
+            return;
+        }
         for o in outgoing {
             let Some(addr) = lock(&self.peers).get(&o.to).copied() else {
                 continue;
@@ -154,7 +251,9 @@ impl Health {
                 let verdict = if c.up { "alive again" } else { "dead" };
                 tracing::info!(peer = c.subject, "peer {} is {verdict}", c.subject);
             }
-            if now < next_refresh {
+            // A refresh due within a quarter interval runs now, on SWIM's wake-up: the two
+            // schedules fall in step instead of waking the agent twice per interval.
+            if now + config.interval / 4 < next_refresh {
                 continue;
             }
             next_refresh = now + config.interval;

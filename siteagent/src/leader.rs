@@ -44,12 +44,17 @@ pub async fn leader_loop(
     // The term this node leads in and when it first saw itself lead in it.
     let mut leadership: Option<(u64, Instant)> = None;
     let mut metrics = cluster.raft().raft().metrics();
+    let mut server = cluster.raft().raft().server_metrics();
     let actor = format!("planner (node {})", cluster.id());
     loop {
+        // Off the lead, only a change of leader (or membership) can make this node plan: wait
+        // for one instead of waking every interval and on every replication step.
+        let leading = cluster.is_leader();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-            r = metrics.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(interval), if leading => {}
+            r = metrics.changed(), if leading => if r.is_err() { return },
+            r = server.changed(), if !leading => if r.is_err() { return },
         }
         if !cluster.is_leader() {
             clock.clear();

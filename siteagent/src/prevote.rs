@@ -62,10 +62,20 @@ pub async fn prevote_loop(
 ) {
     let fresh = heartbeat * 3;
     let mut enabled = true;
+    let mut server = cluster.raft().raft().server_metrics();
     loop {
+        // A node that holds no vote (a host) has no election to gate: it waits for a change of
+        // membership instead of waking every heartbeat.
+        let voter = cluster.raft().members().voters.contains(&cluster.id());
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(heartbeat) => {}
+            _ = tokio::time::sleep(heartbeat), if voter => {}
+            r = server.changed(), if !voter => {
+                if r.is_err() {
+                    return;
+                }
+                continue;
+            }
         }
         let raft = cluster.raft();
         let members = raft.members();

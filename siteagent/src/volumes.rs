@@ -208,9 +208,13 @@ impl Volumes {
     ) {
         let mut every = tokio::time::interval(tick);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The applied index of a round that found nothing held and nothing wanted: until
+        // something new is applied, a tick would find the same (and copy the state for it).
+        let mut idle_at: Option<u64> = None;
         loop {
+            let idle = idle_at == Some(self.cluster.state().applied_index());
             tokio::select! {
-                _ = every.tick() => {}
+                _ = every.tick(), if !idle => {}
                 _ = self.shutdown.cancelled() => break,
                 r = applied.changed() => {
                     if r.is_err() {
@@ -223,9 +227,13 @@ impl Volumes {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
+            let index = self.cluster.state().applied_index();
             let state = self.cluster.state().snapshot();
             self.reconcile(&state).await;
             self.report(&state).await;
+            let nothing =
+                lock(&self.held).is_empty() && wanted(&state, self.me, &self.site).is_empty();
+            idle_at = nothing.then_some(index);
         }
         let all: Vec<_> = std::mem::take(&mut *lock(&self.held))
             .into_values()

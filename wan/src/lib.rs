@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod frame;
 pub mod identity;
 pub mod pki;
+pub mod sealed;
 pub mod tls;
 
 pub use endpoint::{Channel, Handler, PacketStats, Wan, WanConfig, WanError};

@@ -73,6 +73,12 @@ fn ca_key_path(dir: &Path) -> PathBuf {
     dir.join("ca.key")
 }
 
+/// The fabric's datagram key ([`crate::sealed`]), written with the CA: every agent's
+/// `failover.swim_key_file`.
+pub fn swim_key_path(dir: &Path) -> PathBuf {
+    dir.join("swim.key")
+}
+
 /// Where the files of an identity live in a PKI directory.
 pub fn issued_paths(dir: &Path, role: Role, node: &str) -> Issued {
     Issued {
@@ -106,7 +112,7 @@ fn write_new(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> 
 /// Creates a new fabric CA in `dir` (created if missing). Returns the CA certificate's path.
 pub fn init_ca(dir: &Path, fabric_name: &str) -> Result<PathBuf, PkiError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    for p in [ca_cert_path(dir), ca_key_path(dir)] {
+    for p in [ca_cert_path(dir), ca_key_path(dir), swim_key_path(dir)] {
         if p.exists() {
             return Err(PkiError::Exists(p));
         }
@@ -124,6 +130,11 @@ pub fn init_ca(dir: &Path, fabric_name: &str) -> Result<PathBuf, PkiError> {
     let cert = params.self_signed(&key)?;
     write_new(&ca_key_path(dir), &key.serialize_pem(), true)?;
     write_new(&ca_cert_path(dir), &cert.pem(), false)?;
+    let swim = crate::sealed::SealKey::generate().map_err(|reason| PkiError::Invalid {
+        path: swim_key_path(dir),
+        reason,
+    })?;
+    write_new(&swim_key_path(dir), &format!("{swim}\n"), true)?;
     Ok(ca_cert_path(dir))
 }
 
