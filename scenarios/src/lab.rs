@@ -84,6 +84,9 @@ pub struct LabFile {
     /// Service ports clients in one site reach in another through the emulator.
     #[serde(default)]
     pub probe_ports: Vec<u16>,
+    /// SWIM over the WAN's QUIC streams instead of sealed datagrams (no `swim_key_file`).
+    #[serde(default)]
+    pub swim_over_quic: bool,
     pub agents: Vec<LabAgent>,
 }
 
@@ -130,6 +133,7 @@ impl LabFile {
             timing: opts.timing,
             links: Vec::new(),
             probe_ports: opts.probe_ports.clone(),
+            swim_over_quic: opts.swim_over_quic,
             agents,
         };
         file.links = links::resolve(&file.site_names(), &opts.links)?;
@@ -262,6 +266,8 @@ pub struct UpOptions {
     pub probe_ports: Vec<u16>,
     /// Seed of the link emulator's randomness.
     pub seed: u64,
+    /// SWIM over QUIC streams instead of sealed datagrams.
+    pub swim_over_quic: bool,
 }
 
 /// Refuses a lab size `Lab::up` cannot lay out on `127.N.S.H` addresses.

@@ -118,6 +118,7 @@ pub async fn run(
         progress: false,
         witness: scenario.topology.witness,
         ipv6: scenario.topology.ipv6,
+        swim_over_quic: false,
         timing,
         links: scenario.topology.links.clone(),
         probe_ports: scenario.services.iter().map(|s| s.port).collect(),

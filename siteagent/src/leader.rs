@@ -48,8 +48,11 @@ pub async fn leader_loop(
     let actor = format!("planner (node {})", cluster.id());
     loop {
         // Off the lead, only a change of leader (or membership) can make this node plan: wait
-        // for one instead of waking every interval and on every replication step.
-        let leading = cluster.is_leader();
+        // for one instead of waking every interval and on every replication step. Read from
+        // the server metrics themselves: openraft publishes them before the full metrics, so a
+        // look at the full ones right after a change could still see the old leader, and this
+        // loop would then sleep through its own election.
+        let leading = server.borrow_and_update().current_leader == Some(cluster.id());
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval), if leading => {}

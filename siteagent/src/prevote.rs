@@ -66,7 +66,14 @@ pub async fn prevote_loop(
     loop {
         // A node that holds no vote (a host) has no election to gate: it waits for a change of
         // membership instead of waking every heartbeat.
-        let voter = cluster.raft().members().voters.contains(&cluster.id());
+        // From the server metrics themselves (published before the full metrics): a change
+        // seen here is never missed by a stale read elsewhere.
+        let voter = server
+            .borrow_and_update()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == cluster.id());
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(heartbeat), if voter => {}

@@ -34,6 +34,9 @@ pub enum LabCmd {
         /// Hosts also advertise ::1 for their workloads (AAAA answers).
         #[arg(long)]
         ipv6: bool,
+        /// SWIM inside a site over the WAN's QUIC streams instead of sealed UDP datagrams.
+        #[arg(long)]
+        swim_over_quic: bool,
         /// A topology file: a drill scenario (its `[topology]` is used) or a bare `[topology]`
         /// table (sites, hosts, witness, timing, links at the top level); it replaces --sites,
         /// --hosts-per-site, --witness and --ipv6. Links put the link emulator between sites.
@@ -164,6 +167,7 @@ pub async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
             timeout,
             witness,
             ipv6,
+            swim_over_quic,
             topology,
             ports,
             seed,
@@ -179,6 +183,7 @@ pub async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
                 links: Vec::new(),
                 probe_ports: ports,
                 seed,
+                swim_over_quic,
                 siteagent: lab::find_siteagent()?,
                 progress: out == Output::Table
                     && std::io::IsTerminal::is_terminal(&std::io::stderr()),

@@ -297,6 +297,9 @@ enum BenchCmd {
         /// Measurement window.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         window: Duration,
+        /// Run SWIM over QUIC streams instead of sealed datagrams, to compare.
+        #[arg(long)]
+        swim_over_quic: bool,
     },
 }
 
@@ -630,6 +633,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             hosts_per_site,
             settle,
             window,
+            swim_over_quic,
         }) => {
             // Both labs are checked before the first starts.
             scenarios::lab::check_size(sites, hosts_per_site)?;
@@ -639,6 +643,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 settle,
                 window,
                 siteagent: scenarios::lab::find_siteagent()?,
+                swim_over_quic,
             };
             let progress = |what: &str| eprintln!("bench fleet: {what}...");
             let report = sitectl::bench::fleet::fleet(&settings, &progress).await?;

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use consensus::state::{Health, InstanceState};
 use fabric_tests::{Dig, TestLab, dig, eventually, whoami};
 use nix::sys::signal::Signal;
-use siteagent::api::{EventView, OperationResult, ServiceView, SiteView, Status};
+use siteagent::api::{EventView, HostView, OperationResult, ServiceView, SiteView, Status};
 use siteagent::clock::unix_ms;
 
 const ZONE_NAME: &str = "web.fabric.test.";
@@ -372,4 +372,30 @@ fn wait_serving_from_majority(lab: &TestLab, site: &str, within: Duration) -> (u
         let ip = endpoint.rsplit_once(':').expect("ip:port").0.to_string();
         Ok(Some((i.host, ip)))
     })
+}
+
+/// Host `node`'s health as the state records it (`sitectl hosts`).
+fn host_health(lab: &TestLab, node: u64) -> Option<Health> {
+    let hosts: Vec<HostView> = lab.ctl(&["hosts"]).ok()?;
+    hosts.iter().find(|h| h.id == node).map(|h| h.health)
+}
+
+/// The lab runs SWIM over sealed datagrams; `--swim-over-quic` keeps the QUIC path (an agent
+/// without `failover.swim_key_file`), which must detect a killed host, and its return, too.
+#[test]
+fn swim_over_quic_streams_detects_a_killed_host_and_its_return() {
+    let lab = TestLab::up_with(2, 3, &["--swim-over-quic"]);
+    let config = std::fs::read_to_string(lab.dir().join("nodes/n3/agent.toml")).expect("config");
+    assert!(!config.contains("swim_key_file"), "{config}");
+    eventually(Duration::from_secs(30), "host 3 up", || {
+        Ok((host_health(&lab, 3) == Some(Health::Up)).then_some(()))
+    });
+    lab.kill9(3);
+    eventually(Duration::from_secs(30), "host 3 down", || {
+        Ok((host_health(&lab, 3) == Some(Health::Down)).then_some(()))
+    });
+    lab.start(3);
+    eventually(Duration::from_secs(30), "host 3 up again", || {
+        Ok((host_health(&lab, 3) == Some(Health::Up)).then_some(()))
+    });
 }

@@ -63,7 +63,7 @@ pub fn agent_config(lab: &LabFile, a: &LabAgent, voters: &[&LabAgent]) -> AgentC
             lease_margin: t.lease_margin,
             plan_interval: LAB_PLAN_INTERVAL,
             // SWIM over sealed datagrams on the WAN port + 1 (free on every agent's own IP).
-            swim_key_file: Some(PathBuf::from("../../pki/swim.key")),
+            swim_key_file: (!lab.swim_over_quic).then(|| PathBuf::from("../../pki/swim.key")),
         },
         dns: DnsConfig {
             listen: Some(SocketAddr::new(a.wan.ip(), DNS_PORT)),

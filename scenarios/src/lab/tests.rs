@@ -13,6 +13,7 @@ fn options(witness: bool, links: Vec<LinkDef>) -> UpOptions {
         progress: false,
         witness,
         ipv6: true,
+        swim_over_quic: false,
         timing: LabTiming::default(),
         links,
         probe_ports: vec![8080],

@@ -27,6 +27,8 @@ pub struct Settings {
     pub settle: Duration,
     pub window: Duration,
     pub siteagent: PathBuf,
+    /// SWIM over QUIC streams instead of sealed datagrams.
+    pub swim_over_quic: bool,
 }
 
 /// One lab's figures.
@@ -47,8 +49,8 @@ pub struct FleetRow {
     pub requests_per_sec_per_agent: f64,
     /// SWIM messages sent per agent per second.
     pub swim_per_sec_per_agent: f64,
-    /// UDP datagrams sent per agent per second (every WAN connection's, QUIC acks and
-    /// keep-alives included).
+    /// QUIC datagrams sent per agent per second (every WAN connection's, acks and
+    /// keep-alives included; SWIM's sealed datagrams are counted in `swim_per_sec_per_agent`).
     pub datagrams_per_sec_per_agent: f64,
     /// Frames sent per agent per second, by kind (`fabric_wan_packets_total`).
     pub packets_per_sec_per_agent: BTreeMap<String, f64>,
@@ -99,6 +101,7 @@ async fn one(settings: &Settings, hosts: u32, progress: &dyn Fn(&str)) -> anyhow
         progress: false,
         witness: false,
         ipv6: false,
+        swim_over_quic: settings.swim_over_quic,
         timing: LabTiming::default(),
         links: Vec::new(),
         probe_ports: Vec::new(),

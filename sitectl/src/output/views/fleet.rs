@@ -38,7 +38,7 @@ pub fn fleet_bench(r: &FleetReport) -> String {
             "by channel",
             "per agent",
             "SWIM msgs/s per agent",
-            "UDP datagrams/s per agent",
+            "QUIC datagrams/s per agent",
             "CPU % (all)",
             "CPU % per agent",
             "busiest agent CPU %",
