@@ -622,6 +622,32 @@ mod tests {
     }
 
     #[test]
+    fn a_swim_key_file_means_datagrams_on_the_wan_port_plus_one_and_needs_that_port() {
+        let text = EXAMPLE.replace(
+            "# swim_key_file = \"pki/swim.key\"",
+            "swim_key_file = \"pki/swim.key\"",
+        );
+        let c = AgentConfig::parse(&text).expect("parses");
+        assert_eq!(
+            c.failover.swim_key_file,
+            Some(PathBuf::from("pki/swim.key"))
+        );
+        assert_eq!(
+            c.swim_listen(),
+            Some("127.10.1.1:7101".parse().expect("addr"))
+        );
+        let last = text.replace("127.10.1.1:7100", "127.10.1.1:65535");
+        let err = AgentConfig::parse(&last)
+            .expect_err("no port left")
+            .to_string();
+        assert!(err.contains("failover.swim_key_file"), "{err}");
+        assert!(
+            AgentConfig::parse(&EXAMPLE.replace("127.10.1.1:7100", "127.10.1.1:65535")).is_ok(),
+            "without a key the last port is fine"
+        );
+    }
+
+    #[test]
     fn wrong_type_is_named() {
         let text = EXAMPLE.replace("node_id = 1", "node_id = \"one\"");
         let err = AgentConfig::parse(&text).expect_err("bad type").to_string();

@@ -127,7 +127,9 @@ impl Health {
                 r = d.socket.recv_from(&mut buf) => match r {
                     Ok(r) => r,
                     Err(e) => {
+                        // Transient on UDP (an ICMP error for an earlier send); never a spin.
                         tracing::debug!("SWIM socket: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                 },
