@@ -142,15 +142,7 @@ pub async fn export_loop(cluster: Arc<Cluster>, lease: LeaseHandle, shutdown: Ca
         let held = lease.held();
         service_remaining.set(held.iter().map(|s| (s.clone(), remaining)).collect());
         service_fenced.set(held.iter().map(|s| (s.clone(), fenced)).collect());
-        let p = cluster.wan().packet_stats();
-        for (kind, n) in [
-            ("datagrams_sent", p.datagrams_sent),
-            ("datagrams_received", p.datagrams_received),
-            ("acks_sent", p.acks_sent),
-            ("pings_sent", p.pings_sent),
-            ("stream_frames_sent", p.stream_frames_sent),
-            ("stream_credit_sent", p.stream_credit_sent),
-        ] {
+        for (kind, n) in cluster.wan().packet_stats().by_kind() {
             metrics::counter!("fabric_wan_packets_total", "kind" => kind).absolute(n);
         }
         for (peer, _addr, rtt) in cluster.wan().peer_rtts() {

@@ -65,9 +65,9 @@ pub async fn prevote_loop(
     let mut server = cluster.raft().raft().server_metrics();
     loop {
         // A node that holds no vote (a host) has no election to gate: it waits for a change of
-        // membership instead of waking every heartbeat.
-        // From the server metrics themselves (published before the full metrics): a change
-        // seen here is never missed by a stale read elsewhere.
+        // membership instead of waking every heartbeat. Membership is read from the server
+        // metrics themselves (openraft publishes them before the full metrics), so a change
+        // that woke this loop is never missed by a stale read of the full ones.
         let voter = server
             .borrow_and_update()
             .membership_config

@@ -152,6 +152,18 @@ impl PacketStats {
         }
     }
 
+    /// Each count under the name `fabric_wan_packets_total` gives it as `kind`.
+    pub fn by_kind(&self) -> [(&'static str, u64); 6] {
+        [
+            ("datagrams_sent", self.datagrams_sent),
+            ("datagrams_received", self.datagrams_received),
+            ("acks_sent", self.acks_sent),
+            ("pings_sent", self.pings_sent),
+            ("stream_frames_sent", self.stream_frames_sent),
+            ("stream_credit_sent", self.stream_credit_sent),
+        ]
+    }
+
     fn add(&mut self, o: &Self) {
         self.datagrams_sent += o.datagrams_sent;
         self.datagrams_received += o.datagrams_received;

@@ -48,6 +48,8 @@ pub enum SealError {
     Forged,
     #[error("message of {0} bytes does not fit in a datagram")]
     TooLarge(usize),
+    #[error("the system's random source failed; no nonce to seal with")]
+    NoRandomness,
 }
 
 /// The fabric's datagram key.
@@ -114,8 +116,10 @@ impl SealKey {
             return Err(SealError::TooLarge(body.len()));
         }
         let mut nonce = [0u8; NONCE_LEN];
-        // A failing system RNG leaves the nonce zero; refuse rather than reuse it.
-        self.rng.fill(&mut nonce).map_err(|_| SealError::Forged)?;
+        // A failing system RNG would leave the nonce zero; refuse rather than reuse it.
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| SealError::NoRandomness)?;
         let mut out = Vec::with_capacity(len);
         out.push(VERSION);
         out.extend_from_slice(&from.to_be_bytes());
