@@ -12,6 +12,7 @@ pub mod fixture;
 pub mod mem_transport;
 pub mod network;
 pub mod node;
+pub mod rounds;
 pub mod state;
 pub mod store;
 pub mod types;

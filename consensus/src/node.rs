@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::feed::Feed;
 use crate::network::{Network, RaftTransport};
+use crate::rounds::SharedRounds;
 use crate::state::{CommandResult, FabricState, NodeId, Proposal};
 use crate::store::{self, ClosedSignal, StateHandle};
 use crate::types::{FabricNode, Raft, RaftMetrics, StoredMembership};
@@ -64,7 +65,7 @@ pub struct NotLeader {
     pub leader: Option<(NodeId, FabricNode)>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
     #[error(transparent)]
     NotLeader(#[from] NotLeader),
@@ -120,6 +121,8 @@ pub struct FabricRaft {
     /// ([`MEMBERSHIP_CHANGE_TIMEOUT`]) — never across a wait for a joiner to catch up, so a
     /// joiner that dies meanwhile cannot block `members promote/remove`.
     membership: Arc<tokio::sync::Mutex<()>>,
+    /// Leader side: read-index rounds shared by the reads that wait for one.
+    reads: Arc<SharedRounds<Result<u64, ProposeError>>>,
 }
 
 impl FabricRaft {
@@ -157,6 +160,7 @@ impl FabricRaft {
             feed,
             closed,
             membership: Arc::new(tokio::sync::Mutex::new(())),
+            reads: SharedRounds::new(settings.heartbeat_interval / 4),
         })
     }
 
@@ -251,8 +255,35 @@ impl FabricRaft {
     }
 
     /// Leader side of a read: confirms leadership with a quorum and returns the index a reader
-    /// must have applied.
+    /// must have applied. Reads that arrive together share one quorum round (one that starts
+    /// after each of them arrived), and rounds start at most every quarter heartbeat: hosts'
+    /// lease confirmations cost the voters a bounded number of rounds, not one each.
     pub async fn read_index(&self) -> Result<u64, ProposeError> {
+        // A node that knows it does not lead says so without a round (hosts ask their own Raft
+        // first); a stale belief either way is caught by the round itself or by the caller's
+        // retry at the leader it names.
+        if self.raft.metrics().borrow().current_leader != Some(self.id) {
+            return Err(ProposeError::NotLeader(self.not_leader()));
+        }
+        let this = self.clone();
+        let round = move || {
+            let this = this.clone();
+            async move { this.read_index_round().await }
+        };
+        self.reads.join(round).await.unwrap_or_else(|| {
+            Err(ProposeError::Raft(
+                "the read-index round ended without an answer".into(),
+            ))
+        })
+    }
+
+    /// How many read-index quorum rounds this node started as the leader.
+    pub fn read_rounds(&self) -> u64 {
+        self.reads.started()
+    }
+
+    /// One read-index round: a quorum confirms this node leads.
+    async fn read_index_round(&self) -> Result<u64, ProposeError> {
         match self.raft.ensure_linearizable().await {
             Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
             Err(RaftError::APIError(_)) => Err(ProposeError::NotLeader(self.not_leader())),

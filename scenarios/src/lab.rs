@@ -87,6 +87,9 @@ pub struct LabFile {
     /// SWIM over the WAN's QUIC streams instead of sealed datagrams (no `swim_key_file`).
     #[serde(default)]
     pub swim_over_quic: bool,
+    /// Worker threads of each agent's runtime (0: one per CPU, the agent's default).
+    #[serde(default = "one_worker")]
+    pub worker_threads: usize,
     pub agents: Vec<LabAgent>,
 }
 
@@ -134,6 +137,7 @@ impl LabFile {
             links: Vec::new(),
             probe_ports: opts.probe_ports.clone(),
             swim_over_quic: opts.swim_over_quic,
+            worker_threads: opts.worker_threads,
             agents,
         };
         file.links = links::resolve(&file.site_names(), &opts.links)?;
@@ -268,6 +272,17 @@ pub struct UpOptions {
     pub seed: u64,
     /// SWIM over QUIC streams instead of sealed datagrams.
     pub swim_over_quic: bool,
+    /// Worker threads of each agent's runtime (0: one per CPU). A lab packs many agents on one
+    /// machine, so its default is [`LAB_WORKER_THREADS`].
+    pub worker_threads: usize,
+}
+
+/// Worker threads per lab agent unless asked otherwise: one, as for a host agent held to one
+/// CPU — many agents share the lab's machine.
+pub const LAB_WORKER_THREADS: usize = 1;
+
+fn one_worker() -> usize {
+    LAB_WORKER_THREADS
 }
 
 /// Refuses a lab size `Lab::up` cannot lay out on `127.N.S.H` addresses.

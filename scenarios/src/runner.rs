@@ -119,6 +119,7 @@ pub async fn run(
         witness: scenario.topology.witness,
         ipv6: scenario.topology.ipv6,
         swim_over_quic: false,
+        worker_threads: crate::lab::LAB_WORKER_THREADS,
         timing,
         links: scenario.topology.links.clone(),
         probe_ports: scenario.services.iter().map(|s| s.port).collect(),

@@ -268,7 +268,6 @@ pub async fn run(
         lease.clone(),
         inner.clone(),
     ));
-    tasks.spawn(health.clone().serve_datagrams(inner.clone()));
     tasks.spawn(health.run(config.detector(), inner.clone()));
     let host = Host {
         id: config.node_id,

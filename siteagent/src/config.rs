@@ -67,6 +67,8 @@ pub struct AgentConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub volumes: VolumeConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
 }
 
 /// Raft timing. Defaults suit a LAN; on a WAN use heartbeat ≥ 2 × RTT (openraft also uses it
@@ -296,6 +298,17 @@ impl Default for LogConfig {
     }
 }
 
+/// The agent's async runtime.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads (1 to 256). Default: one per CPU the agent may use (its cgroup's quota
+    /// included). One is enough for the control plane and saves idle CPU where many agents share
+    /// a machine (the lab); DNS under load, NBD and volume replication use more.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
+}
+
 /// Every default value, in one place.
 mod defaults {
     use std::time::Duration;
@@ -508,6 +521,13 @@ impl AgentConfig {
         if self.volumes.sync_timeout.is_zero() {
             return Err(invalid("volumes.sync_timeout", "must be greater than 0"));
         }
+        if self
+            .runtime
+            .worker_threads
+            .is_some_and(|n| !(1..=256).contains(&n))
+        {
+            return Err(invalid("runtime.worker_threads", "must be 1 to 256"));
+        }
         if f.plan_interval.is_zero() {
             return Err(invalid("failover.plan_interval", "must be greater than 0"));
         }
@@ -689,6 +709,27 @@ mod tests {
                 .to_string();
             assert!(err.contains("failover.lease"), "{margin}: {err}");
             assert!(err.contains("twice"), "{margin}: {err}");
+        }
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_runtime_and_must_be_1_to_256() {
+        assert_eq!(
+            AgentConfig::parse(EXAMPLE)
+                .expect("example")
+                .runtime
+                .worker_threads,
+            None
+        );
+        let set =
+            |n: &str| EXAMPLE.replace("# worker_threads = 1", &format!("worker_threads = {n}"));
+        let c = AgentConfig::parse(&set("1")).expect("one worker");
+        assert_eq!(c.runtime.worker_threads, Some(1));
+        for bad in ["0", "257"] {
+            let err = AgentConfig::parse(&set(bad))
+                .expect_err("out of range")
+                .to_string();
+            assert!(err.contains("runtime.worker_threads"), "{bad}: {err}");
         }
     }
 

@@ -105,52 +105,65 @@ impl Health {
     }
 
     /// What SWIM answers to a message from `from`: nothing when `from` is not of this site.
+    /// Wakes the loop when the message brought SWIM's next deadline forward (a handled message
+    /// that only cancels a wait leaves the loop asleep).
     fn receive(&self, from: NodeId, message: Message) -> Vec<Outgoing> {
-        if !lock(&self.peers).contains_key(&from) {
-            return Vec::new();
+        let (out, sooner) = self.receive_quietly(from, message);
+        if sooner {
+            self.wake.notify_one();
         }
-        let out = lock(&self.swim).handle(from, message, Instant::now());
-        self.wake.notify_one();
         out
     }
 
-    /// Receives sealed SWIM datagrams until `shutdown` (when this agent uses them); everything
-    /// SWIM answers, replies included, goes back as datagrams.
-    pub async fn serve_datagrams(self: Arc<Self>, shutdown: CancellationToken) {
+    /// [`Self::receive`] without the wake-up: also says whether SWIM's next deadline moved
+    /// forward.
+    fn receive_quietly(&self, from: NodeId, message: Message) -> (Vec<Outgoing>, bool) {
+        if !lock(&self.peers).contains_key(&from) {
+            return (Vec::new(), false);
+        }
+        let mut swim = lock(&self.swim);
+        let before = swim.next_tick();
+        let out = swim.handle(from, message, Instant::now());
+        let sooner = swim.next_tick() < before;
+        (out, sooner)
+    }
+
+    /// One sealed SWIM datagram (or a receive error) from the loop's socket: opened and
+    /// handled; everything SWIM answers, replies included, goes back as datagrams.
+    async fn on_datagram(
+        self: &Arc<Self>,
+        received: std::io::Result<(usize, SocketAddr)>,
+        buf: &[u8],
+    ) {
         let Some(d) = &self.datagrams else {
             return;
         };
-        let mut buf = vec![0u8; wan::sealed::MAX_DATAGRAM];
-        loop {
-            let (n, src) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = d.socket.recv_from(&mut buf) => match r {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // Transient on UDP (an ICMP error for an earlier send); never a spin.
-                        tracing::debug!("SWIM socket: {e}");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                },
-            };
-            let message =
-                d.key
-                    .open(&buf[..n])
-                    .map_err(|e| e.to_string())
-                    .and_then(|(from, body)| {
-                        let m = wan::frame::decode::<Message>(&body).map_err(|e| e.to_string())?;
-                        Ok((from, m))
-                    });
-            match message {
-                Ok((from, message)) => {
-                    let out = self.receive(from, message);
-                    self.send(out);
-                }
-                Err(e) => {
-                    metrics::counter!("fabric_swim_datagrams_dropped_total").increment(1);
-                    tracing::debug!(%src, "dropped a SWIM datagram from {src}: {e}");
-                }
+        let (n, src) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                // Transient on UDP (an ICMP error for an earlier send); never a spin.
+                tracing::debug!("SWIM socket: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                return;
+            }
+        };
+        let message = d
+            .key
+            .open(&buf[..n])
+            .map_err(|e| e.to_string())
+            .and_then(|(from, body)| {
+                let m = wan::frame::decode::<Message>(&body).map_err(|e| e.to_string())?;
+                Ok((from, m))
+            });
+        match message {
+            Ok((from, message)) => {
+                // The loop reads SWIM's deadline again right after this: no wake-up needed.
+                let (out, _) = self.receive_quietly(from, message);
+                self.send(out);
+            }
+            Err(e) => {
+                metrics::counter!("fabric_swim_datagrams_dropped_total").increment(1);
+                tracing::debug!(%src, "dropped a SWIM datagram from {src}: {e}");
             }
         }
     }
@@ -199,13 +212,15 @@ impl Health {
                     tokio::time::timeout(this.request_timeout, request).await
                 {
                     let mut more = Vec::new();
-                    {
-                        let mut swim = lock(&this.swim);
-                        for m in replies {
-                            more.extend(swim.handle(o.to, m, Instant::now()));
-                        }
+                    let mut sooner = false;
+                    for m in replies {
+                        let (out, s) = this.receive_quietly(o.to, m);
+                        more.extend(out);
+                        sooner |= s;
                     }
-                    this.wake.notify_one();
+                    if sooner {
+                        this.wake.notify_one();
+                    }
                     this.send(more);
                 }
             });
@@ -231,6 +246,9 @@ impl Health {
         let mut known: Option<Known> = None;
         // The `fabric_peer_up` value last set for each peer (set again only when it changes).
         let mut exported: BTreeMap<NodeId, bool> = BTreeMap::new();
+        // SWIM's datagrams are received here, not in a task of their own: one wake-up per
+        // datagram instead of two, and the deadline is read again right after each.
+        let mut buf = vec![0u8; wan::sealed::MAX_DATAGRAM];
         loop {
             let next = lock(&self.swim).next_tick().min(next_refresh);
             let sleep = tokio::time::Instant::from_std(next);
@@ -241,6 +259,10 @@ impl Health {
                     if ok && let Some(c) = watch.handle_answer(&site, Instant::now()) {
                         tracing::info!("site {} is reachable again", c.subject);
                     }
+                    continue;
+                }
+                received = recv_datagram(self.datagrams.as_ref(), &mut buf) => {
+                    self.on_datagram(received, &buf).await;
                     continue;
                 }
                 _ = self.wake.notified() => {}
@@ -405,6 +427,17 @@ impl Health {
         });
         lock(&self.swim).set_members(initial, now);
         *lock(&self.peers) = mine;
+    }
+}
+
+/// The next datagram on SWIM's socket; never, when this agent has none (SWIM over QUIC).
+async fn recv_datagram(
+    datagrams: Option<&Datagrams>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match datagrams {
+        Some(d) => d.socket.recv_from(buf).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -51,7 +51,12 @@ fn main() -> ExitCode {
         LogFormat::Text => builder.init(),
     }
     siteagent::metrics::install();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = config.runtime.worker_threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("siteagent: cannot start the runtime: {e}");

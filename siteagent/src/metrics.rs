@@ -130,6 +130,8 @@ pub async fn export_loop(cluster: Arc<Cluster>, lease: LeaseHandle, shutdown: Ca
         // What this node applied: through Raft on a voter, through its relay on a host.
         gauge_u64("fabric_raft_applied_index", cluster.state().applied_index());
         gauge_u64("fabric_raft_commit_index", commit_index(&m));
+        // Quorum rounds behind linearizable reads, shared by the reads waiting together.
+        metrics::counter!("fabric_raft_read_rounds_total").absolute(cluster.raft().read_rounds());
         let (revision, by_state) = cluster
             .state()
             .read(|s| (s.revision, instances_by_state(s)));

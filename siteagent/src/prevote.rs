@@ -62,18 +62,29 @@ pub async fn prevote_loop(
 ) {
     let fresh = heartbeat * 3;
     let mut enabled = true;
+    let mut ticks = true;
     let mut server = cluster.raft().raft().server_metrics();
     loop {
         // A node that holds no vote (a host) has no election to gate: it waits for a change of
         // membership instead of waking every heartbeat. Membership is read from the server
         // metrics themselves (openraft publishes them before the full metrics), so a change
         // that woke this loop is never missed by a stale read of the full ones.
-        let voter = server
-            .borrow_and_update()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|id| id == cluster.id());
+        let (voter, leading) = {
+            let m = server.borrow_and_update();
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == cluster.id());
+            (voter, m.state == openraft::ServerState::Leader)
+        };
+        // openraft's timer only serves a voter (elections) and a leader (heartbeats, stepping
+        // down once removed): a host's would wake Raft for nothing several times a second.
+        let ticking = voter || leading;
+        if ticking != ticks {
+            cluster.raft().raft().runtime_config().tick(ticking);
+            ticks = ticking;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(heartbeat), if voter => {}

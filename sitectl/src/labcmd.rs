@@ -37,6 +37,9 @@ pub enum LabCmd {
         /// SWIM inside a site over the WAN's QUIC streams instead of sealed UDP datagrams.
         #[arg(long)]
         swim_over_quic: bool,
+        /// Worker threads of each agent's runtime; 0: one per CPU (the agent's own default).
+        #[arg(long, default_value_t = scenarios::lab::LAB_WORKER_THREADS)]
+        worker_threads: usize,
         /// A topology file: a drill scenario (its `[topology]` is used) or a bare `[topology]`
         /// table (sites, hosts, witness, timing, links at the top level); it replaces --sites,
         /// --hosts-per-site, --witness and --ipv6. Links put the link emulator between sites.
@@ -168,6 +171,7 @@ pub async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
             witness,
             ipv6,
             swim_over_quic,
+            worker_threads,
             topology,
             ports,
             seed,
@@ -184,6 +188,7 @@ pub async fn lab_command(cmd: LabCmd, out: Output) -> anyhow::Result<()> {
                 probe_ports: ports,
                 seed,
                 swim_over_quic,
+                worker_threads,
                 siteagent: lab::find_siteagent()?,
                 progress: out == Output::Table
                     && std::io::IsTerminal::is_terminal(&std::io::stderr()),

@@ -300,6 +300,9 @@ enum BenchCmd {
         /// Run SWIM over QUIC streams instead of sealed datagrams, to compare.
         #[arg(long)]
         swim_over_quic: bool,
+        /// Worker threads of each agent's runtime; 0: one per CPU (the agent's own default).
+        #[arg(long, default_value_t = scenarios::lab::LAB_WORKER_THREADS)]
+        worker_threads: usize,
     },
 }
 
@@ -634,6 +637,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             settle,
             window,
             swim_over_quic,
+            worker_threads,
         }) => {
             // Both labs are checked before the first starts.
             scenarios::lab::check_size(sites, hosts_per_site)?;
@@ -644,6 +648,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 window,
                 siteagent: scenarios::lab::find_siteagent()?,
                 swim_over_quic,
+                worker_threads,
             };
             let progress = |what: &str| eprintln!("bench fleet: {what}...");
             let report = sitectl::bench::fleet::fleet(&settings, &progress).await?;

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use siteagent::config::{
-    AgentConfig, DnsConfig, FailoverConfig, HostConfig, LogConfig, RaftConfig, VolumeConfig,
-    WanTuning,
+    AgentConfig, DnsConfig, FailoverConfig, HostConfig, LogConfig, RaftConfig, RuntimeConfig,
+    VolumeConfig, WanTuning,
 };
 use wan::TlsFiles;
 
@@ -80,6 +80,9 @@ pub fn agent_config(lab: &LabFile, a: &LabAgent, voters: &[&LabAgent]) -> AgentC
         volumes: VolumeConfig {
             dir: Some(PathBuf::from(format!("../../volumes/{}", a.site))),
             ..VolumeConfig::default()
+        },
+        runtime: RuntimeConfig {
+            worker_threads: (lab.worker_threads > 0).then_some(lab.worker_threads),
         },
     }
 }

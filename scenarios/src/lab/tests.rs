@@ -14,6 +14,7 @@ fn options(witness: bool, links: Vec<LinkDef>) -> UpOptions {
         witness,
         ipv6: true,
         swim_over_quic: false,
+        worker_threads: super::LAB_WORKER_THREADS,
         timing: LabTiming::default(),
         links,
         probe_ports: vec![8080],

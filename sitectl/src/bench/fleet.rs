@@ -29,6 +29,8 @@ pub struct Settings {
     pub siteagent: PathBuf,
     /// SWIM over QUIC streams instead of sealed datagrams.
     pub swim_over_quic: bool,
+    /// Worker threads of each agent's runtime (0: one per CPU).
+    pub worker_threads: usize,
 }
 
 /// One lab's figures.
@@ -54,6 +56,9 @@ pub struct FleetRow {
     pub datagrams_per_sec_per_agent: f64,
     /// Frames sent per agent per second, by kind (`fabric_wan_packets_total`).
     pub packets_per_sec_per_agent: BTreeMap<String, f64>,
+    /// Read-index quorum rounds per second, all agents (the leader runs them), shared by the
+    /// lease confirmations and reads that wait together (`fabric_raft_read_rounds_total`).
+    pub read_rounds_per_sec: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +107,7 @@ async fn one(settings: &Settings, hosts: u32, progress: &dyn Fn(&str)) -> anyhow
         witness: false,
         ipv6: false,
         swim_over_quic: settings.swim_over_quic,
+        worker_threads: settings.worker_threads,
         timing: LabTiming::default(),
         links: Vec::new(),
         probe_ports: Vec::new(),
@@ -155,6 +161,7 @@ async fn measure(
     let mut cpu_max: f64 = 0.0;
     let mut requests: BTreeMap<String, f64> = BTreeMap::new();
     let mut swim = 0.0;
+    let mut read_rounds = 0.0;
     let mut packets: BTreeMap<String, f64> = BTreeMap::new();
     for (node, a) in &after {
         let b = before
@@ -168,6 +175,7 @@ async fn measure(
             *requests.entry(channel.clone()).or_default() += (n - was).max(0.0) / seconds;
         }
         swim += (a.swim - b.swim).max(0.0) / seconds;
+        read_rounds += (a.read_rounds - b.read_rounds).max(0.0) / seconds;
         for (kind, n) in &a.packets {
             let was = b.packets.get(kind).copied().unwrap_or(0.0);
             *packets.entry(kind.clone()).or_default() += (n - was).max(0.0) / seconds;
@@ -192,6 +200,7 @@ async fn measure(
         swim_per_sec_per_agent: swim / n,
         datagrams_per_sec_per_agent: packets.get("datagrams_sent").copied().unwrap_or(0.0),
         packets_per_sec_per_agent: packets,
+        read_rounds_per_sec: read_rounds,
     })
 }
 
@@ -200,6 +209,7 @@ struct Sample {
     cpu_ticks: u64,
     requests: BTreeMap<String, f64>,
     swim: f64,
+    read_rounds: f64,
     packets: BTreeMap<String, f64>,
 }
 
@@ -222,6 +232,7 @@ async fn sample(
                 swim: counters(&text, "fabric_swim_messages_total", "kind")
                     .values()
                     .sum(),
+                read_rounds: counter(&text, "fabric_raft_read_rounds_total"),
                 packets: counters(&text, "fabric_wan_packets_total", "kind"),
             },
         );
@@ -275,6 +286,14 @@ pub(crate) fn counters(text: &str, name: &str, label: &str) -> BTreeMap<String, 
     out
 }
 
+/// The value of counter `name` without labels (0 when absent), from Prometheus text.
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +313,15 @@ mod tests {
             counters(text, "fabric_swim_messages_total", "kind").get("ping"),
             Some(&5.0)
         );
+    }
+
+    #[test]
+    fn a_counter_without_labels_is_read_and_missing_is_zero() {
+        let text = "# TYPE fabric_raft_read_rounds_total counter\n\
+                    fabric_raft_read_rounds_total_x 7\n\
+                    fabric_raft_read_rounds_total 42\n";
+        assert_eq!(counter(text, "fabric_raft_read_rounds_total"), 42.0);
+        assert_eq!(counter(text, "fabric_nothing_total"), 0.0);
     }
 
     #[test]
