@@ -147,11 +147,17 @@ mod tests {
         let rounds = SharedRounds::new(GAP);
         let count = Arc::new(AtomicU64::new(0));
         let t0 = Instant::now();
-        let (started, n) = rounds.join(timed_round(t0, count.clone())).await.expect("an answer");
+        let (started, n) = rounds
+            .join(timed_round(t0, count.clone()))
+            .await
+            .expect("an answer");
         assert_eq!((started, n), (0, 1));
         // After a quiet spell longer than the gap, again no wait.
         tokio::time::sleep(GAP * 2).await;
-        let (started, n) = rounds.join(timed_round(t0, count.clone())).await.expect("an answer");
+        let (started, n) = rounds
+            .join(timed_round(t0, count.clone()))
+            .await
+            .expect("an answer");
         assert_eq!(n, 2);
         assert_eq!(
             u128::from(started),
@@ -214,7 +220,10 @@ mod tests {
         let count = Arc::new(AtomicU64::new(0));
         let t0 = Instant::now();
         // A first round, so the next must wait out the gap.
-        rounds.join(timed_round(t0, count.clone())).await.expect("an answer");
+        rounds
+            .join(timed_round(t0, count.clone()))
+            .await
+            .expect("an answer");
         let impatient = tokio::time::timeout(
             Duration::from_millis(5),
             rounds.join(timed_round(t0, count.clone())),

@@ -36,6 +36,8 @@ pub struct Admin {
     pub cluster: Arc<Cluster>,
     pub lease: LeaseHandle,
     pub config: Arc<AgentConfig>,
+    /// The gauges `/metrics` refreshes before it answers.
+    pub metrics: crate::metrics::Exporter,
 }
 
 type Shared = Arc<Admin>;
@@ -551,8 +553,8 @@ async fn remove(
     membership_change(&agent, id, false).await
 }
 
-async fn metrics() -> Response {
-    match crate::metrics::render() {
+async fn metrics(State(agent): State<Shared>) -> Response {
+    match agent.metrics.render() {
         Some(text) => (
             [(
                 axum::http::header::CONTENT_TYPE,

@@ -256,6 +256,7 @@ pub async fn run(
             cluster: cluster.clone(),
             lease: lease.clone(),
             config: config.clone(),
+            metrics: crate::metrics::Exporter::new(cluster.clone(), lease.clone()),
         }),
         &tls,
         inner.clone(),
@@ -263,11 +264,6 @@ pub async fn run(
     .await
     .map_err(|e| StartError::Admin(e.to_string()))?;
     tasks.spawn(admin);
-    tasks.spawn(crate::metrics::export_loop(
-        cluster.clone(),
-        lease.clone(),
-        inner.clone(),
-    ));
     tasks.spawn(health.run(config.detector(), inner.clone()));
     let host = Host {
         id: config.node_id,

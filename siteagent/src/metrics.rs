@@ -1,5 +1,5 @@
 //! Prometheus metrics: Raft position, leadership, peer round-trip times, this agent's lease and
-//! the services it holds under it, and instances by state; refreshed once a second. (Counters
+//! the services it holds under it, and instances by state; refreshed at each scrape. (Counters
 //! are incremented where things happen: proposals in the cluster, verdicts, moves and RTOs on
 //! the leader, DNS answers in the DNS server.)
 //!
@@ -12,12 +12,10 @@
 //! Does not: decide anything; it only reads.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use consensus::state::{FabricState, InstanceState};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 use crate::cluster::Cluster;
@@ -106,19 +104,52 @@ fn instances_by_state(s: &FabricState) -> BTreeMap<String, f64> {
     out
 }
 
-/// Refreshes the gauges once a second until shutdown.
-pub async fn export_loop(cluster: Arc<Cluster>, lease: LeaseHandle, shutdown: CancellationToken) {
-    install();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut service_remaining =
-        LabelledGauge::new("fabric_service_lease_remaining_seconds", "service");
-    let mut service_fenced = LabelledGauge::new("fabric_service_fenced", "service");
-    let mut instances = LabelledGauge::new("fabric_instances", "state");
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+/// The gauges that are read from the agent's state rather than counted where things happen:
+/// refreshed when `/metrics` is scraped, so an idle agent nobody scrapes spends nothing on them.
+pub struct Exporter {
+    cluster: Arc<Cluster>,
+    lease: LeaseHandle,
+    gauges: Mutex<Labelled>,
+}
+
+/// The labelled gauges' memory between refreshes.
+struct Labelled {
+    service_remaining: LabelledGauge,
+    service_fenced: LabelledGauge,
+    instances: LabelledGauge,
+}
+
+impl Exporter {
+    pub fn new(cluster: Arc<Cluster>, lease: LeaseHandle) -> Self {
+        install();
+        Self {
+            cluster,
+            lease,
+            gauges: Mutex::new(Labelled {
+                service_remaining: LabelledGauge::new(
+                    "fabric_service_lease_remaining_seconds",
+                    "service",
+                ),
+                service_fenced: LabelledGauge::new("fabric_service_fenced", "service"),
+                instances: LabelledGauge::new("fabric_instances", "state"),
+            }),
         }
+    }
+
+    /// Refreshes the gauges, then renders every metric in Prometheus text format.
+    pub fn render(&self) -> Option<String> {
+        self.refresh();
+        render()
+    }
+
+    fn refresh(&self) {
+        let (cluster, lease) = (&self.cluster, &self.lease);
+        let mut gauges = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
+        let Labelled {
+            service_remaining,
+            service_fenced,
+            instances,
+        } = &mut *gauges;
         let m = cluster.raft().metrics();
         gauge_u64("fabric_raft_term", m.current_term);
         gauge_u64("fabric_raft_leader", m.current_leader.unwrap_or(0));

@@ -187,7 +187,8 @@ fn metrics_tell_what_happened(lab: &TestLab, host: u64, leader_before: u64) {
         Ok(Some(rto))
     });
     eprintln!("MEASURED leader {leader} (before: {leader_before}): {rto:?}");
-    // Gauges are refreshed once a second: wait for a refresh that shows the new instance.
+    // Gauges are refreshed at each scrape; the host holds the new instance once its lease
+    // confirmation reads it: wait for that.
     let wanted: [(&str, &[&str]); 3] = [
         ("fabric_lease_remaining_seconds", &[]),
         (

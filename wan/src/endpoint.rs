@@ -215,7 +215,10 @@ pub struct Wan {
 
 const ALPN: &[u8] = b"fabric/1";
 
-fn transport(config: &WanConfig) -> Arc<quinn::TransportConfig> {
+/// The QUIC transport of either side. Only the dialing side sends keep-alives: a ping from one
+/// end keeps both ends' idle timers running, and a second pinger would double the idle traffic
+/// of every connection.
+fn transport(config: &WanConfig, keep_alive: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
         config
@@ -223,7 +226,7 @@ fn transport(config: &WanConfig) -> Arc<quinn::TransportConfig> {
             .try_into()
             .unwrap_or(VarInt::from_u32(10_000).into()),
     ));
-    t.keep_alive_interval(Some(config.idle_timeout / 3));
+    t.keep_alive_interval(keep_alive.then_some(config.idle_timeout / 3));
     t.max_concurrent_bidi_streams(VarInt::from_u32(1024));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     Arc::new(t)
@@ -241,14 +244,14 @@ impl Wan {
         let quic_server = QuicServerConfig::try_from(server_tls)
             .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
-        server.transport_config(transport(&config));
+        server.transport_config(transport(&config, false));
 
         let mut client_tls = tls.client_config(true)?;
         client_tls.alpn_protocols = vec![ALPN.to_vec()];
         let quic_client = QuicClientConfig::try_from(client_tls)
             .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic_client));
-        client.transport_config(transport(&config));
+        client.transport_config(transport(&config, true));
 
         // A reset key that survives restarts: when this agent comes back, peers still holding a
         // connection to its previous process get a stateless reset on their next packet and
