@@ -122,7 +122,7 @@ pub struct FabricRaft {
     /// joiner that dies meanwhile cannot block `members promote/remove`.
     membership: Arc<tokio::sync::Mutex<()>>,
     /// Leader side: read-index rounds shared by the reads that wait for one.
-    reads: Arc<SharedRounds<Result<u64, ProposeError>>>,
+    reads: Arc<SharedRounds<(), Result<u64, ProposeError>>>,
 }
 
 impl FabricRaft {
@@ -266,11 +266,11 @@ impl FabricRaft {
             return Err(ProposeError::NotLeader(self.not_leader()));
         }
         let this = self.clone();
-        let round = move || {
+        let round = move |_| {
             let this = this.clone();
             async move { this.read_index_round().await }
         };
-        self.reads.join(round).await.unwrap_or_else(|| {
+        self.reads.join((), round).await.unwrap_or_else(|| {
             Err(ProposeError::Raft(
                 "the read-index round ended without an answer".into(),
             ))

@@ -1,4 +1,5 @@
-//! Rounds shared by the callers that wait for them: the leader's read-index confirmations.
+//! Rounds shared by the callers that wait for them: the leader's read-index confirmations, and
+//! a relay's batches of lease confirmations.
 //!
 //! A linearizable read needs a quorum round (the leader confirms it still leads) that *starts
 //! after* the read arrived. Any such round serves every read that arrived before it started, so
@@ -7,7 +8,7 @@
 //! hosts.
 //!
 //! Invariant: a caller of [`SharedRounds::join`] gets the outcome of a round that started after
-//! it called. Rounds start at most once per `gap`; the first caller after a quiet spell waits
+//! it called, and that round was given the caller's input. Rounds start at most once per `gap`; the first caller after a quiet spell waits
 //! for none.
 //!
 //! Does not: know what a round does (the caller passes it), retry, or time out.
@@ -19,15 +20,17 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// A batcher of rounds whose outcome (`T`) every waiting caller receives.
-pub struct SharedRounds<T> {
+/// A batcher of rounds: each caller brings an input (`I`), a round runs on the inputs of its
+/// batch, and every caller of the batch receives the round's outcome (`T`).
+pub struct SharedRounds<I, T> {
     gap: Duration,
-    state: Mutex<State<T>>,
+    state: Mutex<State<I, T>>,
 }
 
-struct State<T> {
-    /// The batch the next round answers: callers that arrived since the last round started.
-    next: Option<watch::Sender<Option<T>>>,
+struct State<I, T> {
+    /// The batch the next round answers: the inputs of the callers that arrived since the last
+    /// round started, and where its outcome goes.
+    next: Option<(watch::Sender<Option<T>>, Vec<I>)>,
     /// Whether a driver runs rounds (it stops when nobody waits).
     driving: bool,
     /// When the last round started.
@@ -36,7 +39,7 @@ struct State<T> {
     started: u64,
 }
 
-impl<T: Clone + Send + Sync + 'static> SharedRounds<T> {
+impl<I: Send + 'static, T: Clone + Send + Sync + 'static> SharedRounds<I, T> {
     /// Rounds start at most once per `gap`.
     pub fn new(gap: Duration) -> Arc<Self> {
         Arc::new(Self {
@@ -50,20 +53,21 @@ impl<T: Clone + Send + Sync + 'static> SharedRounds<T> {
         })
     }
 
-    /// Waits for a round that starts after this call, and returns its outcome. `round` runs a
-    /// round; it is used only when no driver is running. `None` when the driver went away
-    /// without an answer (the runtime shuts down).
-    pub async fn join<F, Fut>(self: &Arc<Self>, round: F) -> Option<T>
+    /// Waits for a round that starts after this call and includes `input`, and returns its
+    /// outcome. `round` runs a round on a batch's inputs; it is used only when no driver is
+    /// running. `None` when the driver went away without an answer (the runtime shuts down).
+    pub async fn join<F, Fut>(self: &Arc<Self>, input: I, round: F) -> Option<T>
     where
-        F: Fn() -> Fut + Send + 'static,
+        F: Fn(Vec<I>) -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
         let mut rx = {
             let mut state = self.lock();
-            let rx = state
+            let (tx, inputs) = state
                 .next
-                .get_or_insert_with(|| watch::channel(None).0)
-                .subscribe();
+                .get_or_insert_with(|| (watch::channel(None).0, Vec::new()));
+            inputs.push(input);
+            let rx = tx.subscribe();
             if !state.driving {
                 state.driving = true;
                 tokio::spawn(self.clone().drive(round));
@@ -82,7 +86,7 @@ impl<T: Clone + Send + Sync + 'static> SharedRounds<T> {
     /// Runs rounds, one per gap at most, until a round starts with nobody waiting for the next.
     async fn drive<F, Fut>(self: Arc<Self>, round: F)
     where
-        F: Fn() -> Fut + Send + 'static,
+        F: Fn(Vec<I>) -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
         loop {
@@ -105,13 +109,14 @@ impl<T: Clone + Send + Sync + 'static> SharedRounds<T> {
                     }
                 }
             };
-            let outcome = round().await;
+            let (tx, inputs) = batch;
+            let outcome = round(inputs).await;
             // Every receiver may have given up (a caller's timeout): nothing to tell then.
-            let _ = batch.send(Some(outcome));
+            let _ = tx.send(Some(outcome));
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<I, T>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -124,14 +129,15 @@ mod tests {
 
     const GAP: Duration = Duration::from_millis(25);
 
+    type TimedRound = std::pin::Pin<Box<dyn Future<Output = (u64, u64)> + Send>>;
+
     /// A round that takes 2 ms and answers with the time it started (ms since `t0`) and its
     /// sequence number.
     fn timed_round(
         t0: Instant,
         count: Arc<AtomicU64>,
-    ) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = (u64, u64)> + Send>> + Send + 'static
-    {
-        move || {
+    ) -> impl Fn(Vec<()>) -> TimedRound + Send + 'static {
+        move |_| {
             let count = count.clone();
             Box::pin(async move {
                 let started = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -148,14 +154,14 @@ mod tests {
         let count = Arc::new(AtomicU64::new(0));
         let t0 = Instant::now();
         let (started, n) = rounds
-            .join(timed_round(t0, count.clone()))
+            .join((), timed_round(t0, count.clone()))
             .await
             .expect("an answer");
         assert_eq!((started, n), (0, 1));
         // After a quiet spell longer than the gap, again no wait.
         tokio::time::sleep(GAP * 2).await;
         let (started, n) = rounds
-            .join(timed_round(t0, count.clone()))
+            .join((), timed_round(t0, count.clone()))
             .await
             .expect("an answer");
         assert_eq!(n, 2);
@@ -173,7 +179,7 @@ mod tests {
         let joins: Vec<_> = (0..50)
             .map(|_| {
                 let (rounds, round) = (rounds.clone(), timed_round(t0, count.clone()));
-                tokio::spawn(async move { rounds.join(round).await })
+                tokio::spawn(async move { rounds.join((), round).await })
             })
             .collect();
         for j in joins {
@@ -196,7 +202,10 @@ mod tests {
             let (r, round) = (rounds.clone(), timed_round(t0, count.clone()));
             let arrived = u64::try_from(t0.elapsed().as_millis()).expect("ms");
             assert_eq!(arrived, i);
-            joins.push((arrived, tokio::spawn(async move { r.join(round).await })));
+            joins.push((
+                arrived,
+                tokio::spawn(async move { r.join((), round).await }),
+            ));
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let mut starts = Vec::new();
@@ -214,6 +223,36 @@ mod tests {
         assert_eq!(count.load(Ordering::SeqCst), 5);
     }
 
+    /// Each round is given exactly the inputs of the callers it answers.
+    #[tokio::test(start_paused = true)]
+    async fn a_round_is_given_the_inputs_of_its_batch() {
+        let rounds: Arc<SharedRounds<u64, Vec<u64>>> = SharedRounds::new(GAP);
+        let round = |mut inputs: Vec<u64>| async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            inputs.sort_unstable();
+            inputs
+        };
+        let mut joins = Vec::new();
+        for i in 0..30u64 {
+            let r = rounds.clone();
+            joins.push((i, tokio::spawn(async move { r.join(i, round).await })));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut seen = Vec::new();
+        for (i, j) in joins {
+            let batch = j.await.expect("joined").expect("an answer");
+            assert!(
+                batch.contains(&i),
+                "caller {i} got a batch without it: {batch:?}"
+            );
+            seen.push(batch);
+        }
+        seen.dedup();
+        // Caller 0 alone at 0 ms; 1..=25 by the round at 25 ms; the rest at 50 ms.
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen.concat(), (0..30).collect::<Vec<_>>());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_caller_that_gives_up_does_not_stop_the_others() {
         let rounds = SharedRounds::new(GAP);
@@ -221,14 +260,14 @@ mod tests {
         let t0 = Instant::now();
         // A first round, so the next must wait out the gap.
         rounds
-            .join(timed_round(t0, count.clone()))
+            .join((), timed_round(t0, count.clone()))
             .await
             .expect("an answer");
         let impatient = tokio::time::timeout(
             Duration::from_millis(5),
-            rounds.join(timed_round(t0, count.clone())),
+            rounds.join((), timed_round(t0, count.clone())),
         );
-        let patient = rounds.join(timed_round(t0, count.clone()));
+        let patient = rounds.join((), timed_round(t0, count.clone()));
         let (gave_up, answered) = tokio::join!(impatient, patient);
         assert!(gave_up.is_err());
         assert_eq!(answered, Some((25, 2)));

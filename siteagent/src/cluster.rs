@@ -18,13 +18,16 @@
 //! A host's read index ([`Cluster::read`]) likewise goes to the leader and, when it is slow or
 //! unreachable, through the other voters, which ask the leader for it.
 //!
-//! Lease confirmations ([`Cluster::confirm_lease`]) go to the leader, and — when it has not
-//! answered within [`RELAY_AFTER`], or did not last time — also through every other voter, which
-//! forwards them to the leader: a host whose only cut link is the one to the leader keeps its
-//! lease as long as it reaches a voter that reaches the leader. The leader evaluates the
-//! confirmation on its own state (the host's may lag: the leader cannot replicate to it) and
-//! notes when it confirmed each host ([`Cluster::confirmations`]), so it can tell a lease that
-//! lapsed while the host's site looks up.
+//! Lease confirmations ([`Cluster::confirm_lease`]) go from a host to its site's relay, which
+//! carries all the confirmations that reached it within [`CONFIRM_BATCH_GAP`] to the leader in
+//! one request (one read index for the batch): the leader's confirmation traffic grows with
+//! relays, not hosts. A voter asks the leader itself. When that first choice has not answered
+//! within [`RELAY_AFTER`], or did not last time, the host also asks the leader and every other
+//! voter, which forward to the leader: a host whose only cut link is the one to its relay or to
+//! the leader keeps its lease as long as it reaches a voter that reaches the leader. The leader
+//! evaluates every confirmation on its own state (a relay's or host's may lag) and notes when it
+//! confirmed each host ([`Cluster::confirmations`]), so it can tell a lease that lapsed while
+//! the host's site looks up.
 //!
 //! Does not: decide anything about hosts, sites or services; it carries what others decide.
 
@@ -40,9 +43,12 @@ use consensus::FabricNode;
 use consensus::feed::Follower;
 use consensus::network::{RaftRpc, RaftRpcReply, serve_rpc};
 use consensus::node::{FabricRaft, NotLeader, ProposeError};
+use consensus::rounds::SharedRounds;
 use consensus::state::{Applied, Command, FabricState, Proposal};
 use consensus::types::AppendEntriesResponse;
 use failover::quorum::Members;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 use wan::{Channel, Handler, Identity, Wan, frame};
@@ -52,6 +58,14 @@ use crate::confirmation::{LeaseRead, lease_read};
 use crate::control::{ControlReply, ControlRequest, HeardReply, authorize, authorize_confirmation};
 use crate::fabric::{Fabric, FabricError, lock};
 use crate::view::StateView;
+
+/// A relay's batches of lease confirmations: the hosts' `(host, site)` in, every host's read
+/// (or why there is none) out.
+type ConfirmBatches = SharedRounds<(u64, String), Result<Arc<BTreeMap<u64, LeaseRead>>, String>>;
+
+/// A relay carries its hosts' confirmations to the leader at most this often (one request per
+/// batch), well within [`RELAY_AFTER`].
+const CONFIRM_BATCH_GAP: Duration = Duration::from_millis(25);
 
 /// How long a write or read may keep looking for a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -87,9 +101,11 @@ pub struct Cluster {
     voter: bool,
     /// Leader side: when this node last confirmed each host's lease (majority clock).
     confirmations: std::sync::Mutex<BTreeMap<u64, Instant>>,
-    /// Whether the previous confirmation of this node's own lease needed a relay: if so the
-    /// next one asks the relays at once.
-    relayed_last: AtomicBool,
+    /// Whether the previous confirmation of this node's own lease was answered by a hedge (its
+    /// first choice did not answer in time): if so the next one asks everyone at once.
+    hedged_last: AtomicBool,
+    /// Relay side: its hosts' lease confirmations, carried to the leader in batches.
+    confirm_batches: Arc<ConfirmBatches>,
     /// When this node last accepted entries from a leader (pre-vote).
     heard: Heard,
 }
@@ -116,7 +132,8 @@ impl Cluster {
             peers,
             voter,
             confirmations: std::sync::Mutex::new(BTreeMap::new()),
-            relayed_last: AtomicBool::new(false),
+            hedged_last: AtomicBool::new(false),
+            confirm_batches: SharedRounds::new(CONFIRM_BATCH_GAP),
             heard: Heard::default(),
         }
     }
@@ -304,24 +321,50 @@ impl Cluster {
         }
     }
 
-    /// Confirms the lease of `host` of `site`: through the leader, and through the other voters
-    /// when the leader is slow or was unreachable last time; the first answer wins.
+    /// Confirms the lease of `host` of `site`. A host asks its site's relay, which carries all
+    /// its hosts' confirmations to the leader in one request; a node without one (a voter) asks
+    /// the leader. When that first choice has not answered within [`RELAY_AFTER`] (or did not
+    /// last time), the leader and the other voters are asked too; the first answer wins.
     pub async fn confirm_lease(&self, host: u64, site: String) -> Result<LeaseRead, FabricError> {
-        let hedge = if self.relayed_last.load(Ordering::Relaxed) {
+        let hedge = if self.hedged_last.load(Ordering::Relaxed) {
             Duration::ZERO
         } else {
             RELAY_AFTER
         };
-        let relays = self
+        let own = self.site_relay();
+        let mut others: Vec<BoxFuture<'_, Result<LeaseRead, FabricError>>> = self
             .relay_voters()
             .into_iter()
-            .map(|(id, addr)| self.confirm_via_relay(id, addr, host, site.clone()))
+            .filter(|(id, _)| own.is_none_or(|(own, _)| own != *id))
+            .map(|(id, addr)| self.confirm_via_relay(id, addr, host, site.clone()).boxed())
             .collect();
-        let (read, via) =
-            hedged(self.confirm_via_leader(host, site.clone()), hedge, relays).await?;
-        self.relayed_last
-            .store(via == Via::Relay, Ordering::Relaxed);
+        let first = match own {
+            Some((id, addr)) => {
+                if self.view.leader().is_none_or(|(leader, _)| leader != id) {
+                    others.push(self.confirm_via_leader(host, site.clone()).boxed());
+                }
+                self.confirm_via_relay(id, addr, host, site).boxed()
+            }
+            None => self.confirm_via_leader(host, site).boxed(),
+        };
+        let (read, via) = hedged(first, hedge, others).await?;
+        self.hedged_last.store(via == Via::Hedge, Ordering::Relaxed);
         Ok(read)
+    }
+
+    /// The voter of this host's own site it confirms through (`None` on a voter, and on a host
+    /// whose site has no voter).
+    fn site_relay(&self) -> Option<(u64, SocketAddr)> {
+        if !self.view.is_relayed() {
+            return None;
+        }
+        let m = self.view.members();
+        crate::relay::candidates(&m, self.id, &self.me.site, &[])
+            .into_iter()
+            .find_map(|r| {
+                let id = r.id?;
+                (m.nodes.get(&id)?.site == self.me.site).then_some((id, r.addr))
+            })
     }
 
     /// A lease confirmation on the leader (this node or the one it knows). The leader reads
@@ -337,13 +380,13 @@ impl Cluster {
         };
         let reply = self
             .on_leader(request, |raft| {
-                let site = site.clone();
+                let hosts = [(host, site.clone())];
                 async move {
-                    let read = raft
-                        .read_linearizable(|s| lease_read(s, host, &site))
-                        .await?;
-                    lock(&self.confirmations).insert(host, clock::majority_now());
-                    Ok(read)
+                    let mut reads = self.read_leases_on_leader(&raft, &hosts).await?;
+                    reads
+                        .pop()
+                        .map(|(_, read)| read)
+                        .ok_or_else(|| ProposeError::Raft("no read for the host asked".into()))
                 }
             })
             .await?;
@@ -353,6 +396,81 @@ impl Cluster {
                 "unexpected reply {other:?}"
             ))),
         }
+    }
+
+    /// Relay side: carries the confirmation of `host` to the leader in the next batch of this
+    /// relay's confirmations (one that leaves after it arrived).
+    pub async fn confirm_in_batch(
+        self: &Arc<Self>,
+        host: u64,
+        site: String,
+    ) -> Result<LeaseRead, FabricError> {
+        metrics::counter!("fabric_lease_confirmations_relayed_total").increment(1);
+        let cluster = self.clone();
+        let round = move |hosts: Vec<(u64, String)>| {
+            let cluster = cluster.clone();
+            async move {
+                cluster
+                    .confirm_many_via_leader(hosts)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let reads = self
+            .confirm_batches
+            .join((host, site), round)
+            .await
+            .ok_or_else(|| FabricError::Unavailable("the confirmation batch was dropped".into()))?
+            .map_err(FabricError::Unavailable)?;
+        reads.get(&host).cloned().ok_or_else(|| {
+            FabricError::Unavailable(format!("the leader's answer left out host {host}"))
+        })
+    }
+
+    /// A batch of confirmations on the leader (this node or the one it knows).
+    async fn confirm_many_via_leader(
+        &self,
+        hosts: Vec<(u64, String)>,
+    ) -> Result<BTreeMap<u64, LeaseRead>, FabricError> {
+        let request = ControlRequest::ConfirmLeases {
+            hosts: hosts.clone(),
+        };
+        let reply = self
+            .on_leader(request, |raft| {
+                let hosts = hosts.clone();
+                async move { self.read_leases_on_leader(&raft, &hosts).await }
+            })
+            .await?;
+        match reply {
+            ControlReply::LeaseReads(reads) => Ok(reads.into_iter().collect()),
+            other => Err(FabricError::Unavailable(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Leader side: reads what each of `hosts` holds after one read index, and notes every
+    /// confirmation.
+    async fn read_leases_on_leader(
+        &self,
+        raft: &FabricRaft,
+        hosts: &[(u64, String)],
+    ) -> Result<Vec<(u64, LeaseRead)>, ProposeError> {
+        let reads = raft
+            .read_linearizable(|s| {
+                hosts
+                    .iter()
+                    .map(|(host, site)| (*host, lease_read(s, *host, site)))
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        let now = clock::majority_now();
+        let mut confirmed = lock(&self.confirmations);
+        for (host, _) in &reads {
+            confirmed.insert(*host, now);
+        }
+        Ok(reads)
     }
 
     /// Asks voter `id` at `addr` to carry a confirmation to the leader.
@@ -617,15 +735,16 @@ impl Fabric for Cluster {
     }
 }
 
-/// Which way a hedged request was answered.
+/// Which way a hedged request was answered: the first choice, or one of the hedges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Via {
-    Leader,
-    Relay,
+    Direct,
+    Hedge,
 }
 
-/// Runs `direct`; when it has not succeeded within `hedge`, also every one of `relays`; the
-/// first success wins. Fails with the direct error (else a relay's) when all failed.
+/// Runs `direct`; when it has not succeeded within `hedge`, also every one of `relays` (the
+/// hedges); the first success wins. Fails with the direct error (else a hedge's) when all
+/// failed.
 async fn hedged<T, D, R>(
     direct: D,
     hedge: Duration,
@@ -639,7 +758,7 @@ where
     let mut direct_err = None;
     tokio::select! {
         r = &mut direct => match r {
-            Ok(t) => return Ok((t, Via::Leader)),
+            Ok(t) => return Ok((t, Via::Direct)),
             Err(e) => direct_err = Some(e),
         },
         _ = tokio::time::sleep(hedge) => {}
@@ -649,11 +768,11 @@ where
     loop {
         tokio::select! {
             r = &mut direct, if direct_err.is_none() => match r {
-                Ok(t) => return Ok((t, Via::Leader)),
+                Ok(t) => return Ok((t, Via::Direct)),
                 Err(e) => direct_err = Some(e),
             },
             Some(r) = relays.next() => match r {
-                Ok(t) => return Ok((t, Via::Relay)),
+                Ok(t) => return Ok((t, Via::Hedge)),
                 Err(e) => relay_err = Some(e),
             },
             else => break,
@@ -672,6 +791,12 @@ trait IntoLocalReply {
 impl IntoLocalReply for consensus::state::CommandResult {
     fn into_reply(self) -> ControlReply {
         ControlReply::Proposed(self)
+    }
+}
+
+impl IntoLocalReply for Vec<(u64, LeaseRead)> {
+    fn into_reply(self) -> ControlReply {
+        ControlReply::LeaseReads(self)
     }
 }
 
@@ -845,9 +970,37 @@ impl WanHandler {
                     tracing::warn!("refused a lease confirmation from {peer}: {refusal}");
                     return ControlReply::Failed(refusal);
                 }
-                match self.cluster.confirm_via_leader(host, site).await {
+                match self.cluster.confirm_in_batch(host, site).await {
                     Ok(read) => ControlReply::LeaseRead(read),
                     Err(e) => ControlReply::Failed(e.to_string()),
+                }
+            }
+            ControlRequest::ConfirmLeases { hosts } => {
+                // Only a Raft member relays: the leader notes every host it names as alive.
+                if !peer
+                    .node_id()
+                    .is_some_and(|id| raft.members().nodes.contains_key(&id))
+                {
+                    tracing::warn!(
+                        "refused a batch of lease confirmations from {peer}: not a Raft member"
+                    );
+                    return ControlReply::Failed(format!(
+                        "{peer} is not a Raft member: it relays no confirmations"
+                    ));
+                }
+                if let Some(refusal) = hosts
+                    .iter()
+                    .find_map(|(host, site)| authorize_confirmation(peer, *host, site).err())
+                {
+                    tracing::warn!("refused a batch of lease confirmations from {peer}: {refusal}");
+                    return ControlReply::Failed(refusal);
+                }
+                match self.cluster.read_leases_on_leader(raft, &hosts).await {
+                    Ok(reads) => {
+                        metrics::counter!("fabric_lease_confirmation_batches_total").increment(1);
+                        ControlReply::LeaseReads(reads)
+                    }
+                    Err(e) => e.into(),
                 }
             }
             ControlRequest::LeaderHeard => ControlReply::Heard(self.cluster.heard_reply()),
@@ -890,11 +1043,11 @@ mod tests {
     async fn a_hedged_request_asks_relays_only_when_the_leader_is_slow_and_takes_the_first_answer()
     {
         let fast = hedged(after(10, Ok(1)), RELAY_AFTER, vec![after(0, Ok(2))]).await;
-        assert_eq!(fast.expect("answer"), (1, Via::Leader), "relays not asked");
+        assert_eq!(fast.expect("answer"), (1, Via::Direct), "relays not asked");
         let slow = hedged(after(5_000, Ok(1)), RELAY_AFTER, vec![after(10, Ok(2))]).await;
-        assert_eq!(slow.expect("answer"), (2, Via::Relay));
+        assert_eq!(slow.expect("answer"), (2, Via::Hedge));
         let relays_fail = hedged(after(1_000, Ok(1)), RELAY_AFTER, vec![after(0, down())]).await;
-        assert_eq!(relays_fail.expect("answer"), (1, Via::Leader));
+        assert_eq!(relays_fail.expect("answer"), (1, Via::Direct));
         let all_fail = hedged(after(0, down()), RELAY_AFTER, vec![after(0, down())]).await;
         assert!(all_fail.is_err());
     }

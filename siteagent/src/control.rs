@@ -23,8 +23,9 @@ pub enum ControlRequest {
     /// Leader: confirm leadership with a quorum and return the read index.
     ReadIndex,
     /// Confirm the lease of `host` of `site`. The leader reads what the host holds after a read
-    /// index and notes the confirmation; any other voter carries it to the leader (a relay, for
-    /// a host whose link to the leader is cut).
+    /// index and notes the confirmation; any other voter carries it to the leader in its next
+    /// batch ([`ControlRequest::ConfirmLeases`]): the host's site relay, or a hedge for a host
+    /// whose link to its relay or the leader is cut.
     ConfirmLease {
         host: u64,
         site: String,
@@ -47,6 +48,12 @@ pub enum ControlRequest {
     /// A SWIM message from an agent of the same site ([`crate::health`]); the reply carries
     /// what the receiver sends back to it.
     Swim(failover::swim::Message),
+    /// A relay's batch of its hosts' lease confirmations (`(host, site)`), all of which arrived
+    /// before it sent this: the leader reads them after one read index, notes every one, and
+    /// answers [`ControlReply::LeaseReads`]. Only a Raft member may send it.
+    ConfirmLeases {
+        hosts: Vec<(u64, String)>,
+    },
 }
 
 /// A node's answer to "when did you last hear a leader?".
@@ -84,6 +91,8 @@ pub enum ControlReply {
     Failed(String),
     /// A relay's batch for [`ControlRequest::Watch`].
     Watched(Box<WatchReply>),
+    /// The answer to [`ControlRequest::ConfirmLeases`], one read per host.
+    LeaseReads(Vec<(u64, LeaseRead)>),
 }
 
 impl From<ProposeError> for ControlReply {

@@ -98,3 +98,70 @@ fn a_host_follows_the_state_through_its_sites_voter_and_resumes_through_another_
         "the host follows another relay than the dead {dead}: {now_from}"
     );
 }
+
+/// The value of the unlabelled counter or gauge `name` in Prometheus text (0 when absent).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn hosts_confirm_their_leases_through_their_sites_relay_and_keep_them_when_it_dies() {
+    // 3 sites x 3 agents: nodes 1, 4, 7 vote, the others are hosts.
+    let lab = TestLab::up(3, 3);
+    let status: Status = lab.ctl(&["status"]).expect("status");
+    let leader = status.leader.expect("a leader");
+    let relay = [1u64, 4, 7]
+        .into_iter()
+        .find(|v| *v != leader)
+        .expect("a voter that does not lead");
+    let hosts = [relay + 1, relay + 2];
+
+    // The relay carries its hosts' confirmations; the leader answers them in batches.
+    eventually(
+        Duration::from_secs(30),
+        "confirmations go through the relay",
+        || {
+            let relayed = sample(
+                &lab.metrics(relay)?,
+                "fabric_lease_confirmations_relayed_total",
+            );
+            let batches = sample(
+                &lab.metrics(leader)?,
+                "fabric_lease_confirmation_batches_total",
+            );
+            Ok((relayed >= 4.0 && batches >= 1.0).then_some(()))
+        },
+    );
+    for host in hosts {
+        let text = lab.metrics(host).expect("host metrics");
+        assert!(
+            sample(&text, "fabric_lease_remaining_seconds") > 0.0,
+            "host {host} holds no lease:\n{text}"
+        );
+    }
+
+    // Its relay dies: the hosts confirm through the leader instead, without a gap. The lab's
+    // lease is 5 s; watch for twice that.
+    lab.kill9(relay);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        for host in hosts {
+            let text = lab.metrics(host).expect("host metrics");
+            assert!(
+                sample(&text, "fabric_lease_remaining_seconds") > 0.0,
+                "host {host} lost its lease when its relay died:\n{text}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for host in hosts {
+        let log = lab.log(host);
+        assert!(
+            !log.contains("lease expired"),
+            "host {host} fenced itself when its relay died:\n{log}"
+        );
+    }
+}
