@@ -8,8 +8,8 @@
 //! hosts.
 //!
 //! Invariant: a caller of [`SharedRounds::join`] gets the outcome of a round that started after
-//! it called, and that round was given the caller's input. Rounds start at most once per `gap`; the first caller after a quiet spell waits
-//! for none.
+//! it called, and that round was given the caller's input. Rounds start at most once per `gap`;
+//! the first caller after a quiet spell waits for none.
 //!
 //! Does not: know what a round does (the caller passes it), retry, or time out.
 

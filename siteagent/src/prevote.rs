@@ -62,7 +62,6 @@ pub async fn prevote_loop(
 ) {
     let fresh = heartbeat * 3;
     let mut enabled = true;
-    let mut ticks = true;
     let mut server = cluster.raft().raft().server_metrics();
     loop {
         // A node that holds no vote (a host) has no election to gate: it waits for a change of
@@ -80,11 +79,12 @@ pub async fn prevote_loop(
         };
         // openraft's timer only serves a voter (elections) and a leader (heartbeats, stepping
         // down once removed): a host's would wake Raft for nothing several times a second.
-        let ticking = voter || leading;
-        if ticking != ticks {
-            cluster.raft().raft().runtime_config().tick(ticking);
-            ticks = ticking;
-        }
+        // (An atomic store: setting it on every wake-up is as cheap as remembering it.)
+        cluster
+            .raft()
+            .raft()
+            .runtime_config()
+            .tick(voter || leading);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(heartbeat), if voter => {}
